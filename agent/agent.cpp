@@ -1,0 +1,76 @@
+#include "agent/agent.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "agent/probe_tcp_connect.hpp"
+#include "common/crypto.hpp"
+#include "common/tls.hpp"
+
+namespace firedrill::agent {
+
+namespace asio = boost::asio;
+
+Agent::Agent(asio::io_context& io, AgentConfig cfg)
+    : io_(io),
+      cfg_(std::move(cfg)),
+      identity_(Identity::load(cfg_.state_dir)),
+      tls_(common::make_client_context(
+          {identity_.ca_file(), identity_.cert_file(), identity_.key_file()})) {
+  outbox_ = Outbox::open({identity_.outbox_dir(), cfg_.outbox_max_bytes}, identity_.agent_id);
+  probes_["tcp_connect"] = std::make_unique<TcpConnectProbe>(io_.get_executor(), cfg_.allowlist, clock_);
+  auto server = common::parse_host_port(cfg_.server.empty() ? identity_.server : cfg_.server);
+  auto key = common::Ed25519Key::from_private_pem(common::read_file(identity_.key_file()));
+  uplink_ = std::make_unique<Uplink>(io_.get_executor(), tls_, server, identity_.agent_id,
+                                     std::move(key), *outbox_, clock_, cfg_.uplink);
+  scheduler_ = std::make_unique<Scheduler>(io_.get_executor(), cfg_.tests,
+                                           [this](const TestSpec& t) { return run_test(t); });
+}
+
+Agent::~Agent() { stop(); }
+
+asio::awaitable<void> Agent::run_test(const TestSpec& t) {
+  auto marker = new_marker();
+  auto results = co_await probes_.at(t.probe)->run(t, marker);
+  std::vector<std::string> bodies;
+  bodies.reserve(results.size());
+  std::map<std::string, int> verdicts;
+  for (const auto& r : results) {
+    bodies.push_back(common::encode_body(r));
+    ++verdicts[r.verdict];
+  }
+  auto appended = outbox_->append(bodies);
+  std::string summary;
+  for (auto& [v, n] : verdicts) summary += (summary.empty() ? "" : ", ") + std::to_string(n) + " " + v;
+  spdlog::info("test {} run {}: {}{}", t.id, marker, summary,
+               appended < bodies.size()
+                   ? " (" + std::to_string(bodies.size() - appended) + " dropped: outbox full)"
+                   : "");
+  uplink_->notify();
+}
+
+void Agent::start(bool once, std::function<void()> on_done) {
+  auto s = outbox_->stats();
+  spdlog::info("agent {} starting: {} tests, collector {}, outbox seq {} ({} unsent)",
+               identity_.agent_id, cfg_.tests.size(),
+               cfg_.server.empty() ? identity_.server : cfg_.server, s.head_seq, s.pending);
+  if (once) {
+    auto check = [this, on_done] {
+      if (tests_done_ && outbox_->stats().pending == 0 && on_done) on_done();
+    };
+    uplink_->on_drained(check);
+    scheduler_->start(true, [this, check] {
+      tests_done_ = true;
+      uplink_->notify();  // the drained callback fires from the sender once all is acked
+    });
+  } else {
+    scheduler_->start(false);
+  }
+  uplink_->start();
+}
+
+void Agent::stop() {
+  if (scheduler_) scheduler_->stop();
+  if (uplink_) uplink_->stop();
+}
+
+}  // namespace firedrill::agent

@@ -1,0 +1,46 @@
+// The running agent: identity, outbox, probes, scheduler and uplink wired together.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl/context.hpp>
+
+#include <functional>
+#include <map>
+#include <memory>
+
+#include "agent/config.hpp"
+#include "agent/identity.hpp"
+#include "agent/outbox.hpp"
+#include "agent/probe.hpp"
+#include "agent/scheduler.hpp"
+#include "agent/uplink.hpp"
+
+namespace firedrill::agent {
+
+class Agent {
+ public:
+  Agent(boost::asio::io_context& io, AgentConfig cfg);  // throws with a clear message
+  ~Agent();
+  // once: run each test a single time, deliver everything, then call on_done.
+  void start(bool once = false, std::function<void()> on_done = {});
+  void stop();
+  const Identity& identity() const { return identity_; }
+  Outbox& outbox() { return *outbox_; }
+  UplinkStats uplink_stats() const { return uplink_->stats(); }
+
+ private:
+  boost::asio::awaitable<void> run_test(const TestSpec& t);
+
+  boost::asio::io_context& io_;
+  AgentConfig cfg_;
+  Identity identity_;
+  boost::asio::ssl::context tls_;
+  std::unique_ptr<Outbox> outbox_;
+  ClockState clock_;
+  std::map<std::string, std::unique_ptr<Probe>> probes_;
+  std::unique_ptr<Uplink> uplink_;
+  std::unique_ptr<Scheduler> scheduler_;
+  bool tests_done_ = false;
+};
+
+}  // namespace firedrill::agent

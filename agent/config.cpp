@@ -1,0 +1,105 @@
+#include "agent/config.hpp"
+
+#include <set>
+
+#include "common/config.hpp"
+
+namespace firedrill::agent {
+
+namespace {
+
+common::HostPort endpoint(const common::ConfigNode& node, const std::string& key,
+                          const std::string& text) {
+  try {
+    return common::parse_host_port(text);
+  } catch (const std::invalid_argument& e) {
+    node.fail(key, e.what());
+  }
+}
+
+TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
+  t.check_keys({"id", "probe", "every", "jitter", "timeout", "expect", "targets", "control"});
+  TestSpec s;
+  s.id = t.str("id");
+  if (s.id.empty() || s.id.size() > 64 ||
+      s.id.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-_.") != std::string::npos)
+    t.fail("id", "must be 1-64 characters of a-z, 0-9, '-', '_', '.'");
+  s.probe = t.str("probe");
+  if (s.probe != "tcp_connect") t.fail("probe", "unknown probe '" + s.probe + "' (known: tcp_connect)");
+  s.every = t.duration("every", s.every);
+  if (s.every < 10ms) t.fail("every", "must be at least 10ms");
+  s.jitter = t.duration("jitter", s.jitter);
+  if (s.jitter >= s.every) t.fail("jitter", "must be shorter than 'every'");
+  s.timeout = t.duration("timeout", s.timeout);
+  if (s.timeout <= 0ms || s.timeout > 60s) t.fail("timeout", "must be between 1ms and 60s");
+  auto expect = t["expect"];
+  expect.check_keys({"prevent"});
+  s.expect_prevent = expect.boolean("prevent", false);
+  auto check_allowed = [&](const std::string& key, const common::HostPort& hp) {
+    if (!allow.allows_name(hp.host, hp.port))
+      t.fail(key, "target " + hp.to_string() +
+                      " is not on the allowlist (add it under allowlist.tcp_connect)");
+  };
+  for (auto& item : t["targets"].items()) {
+    auto hp = endpoint(t, "targets", item.scalar());
+    check_allowed("targets", hp);
+    s.targets.push_back(hp);
+  }
+  if (s.targets.empty()) t.fail("targets", "at least one host:port is required");
+  if (s.targets.size() > 1024) t.fail("targets", "at most 1024 targets per test");
+  if (t.has("control")) {
+    s.control = endpoint(t, "control", t.str("control"));
+    check_allowed("control", *s.control);
+  }
+  return s;
+}
+
+}  // namespace
+
+AgentConfig AgentConfig::load(const std::filesystem::path& file) {
+  auto root = common::ConfigNode::load_file(file);
+  root.check_keys({"state_dir", "server", "log_level", "outbox", "uplink", "allowlist", "tests"});
+  AgentConfig c;
+  c.state_dir = root.str("state_dir");
+  if (c.state_dir.is_relative()) c.state_dir = std::filesystem::absolute(file.parent_path() / c.state_dir);
+  c.server = root.str("server", "");
+  if (!c.server.empty()) endpoint(root, "server", c.server);
+  c.log_level = root.str("log_level", c.log_level);
+
+  auto outbox = root["outbox"];
+  outbox.check_keys({"max_bytes"});
+  c.outbox_max_bytes = outbox.size("max_bytes", c.outbox_max_bytes);
+  if (c.outbox_max_bytes < 64 * 1024) outbox.fail("max_bytes", "must be at least 64KiB");
+
+  auto up = root["uplink"];
+  up.check_keys({"connect_timeout", "io_timeout", "backoff_initial", "backoff_max",
+                 "clock_sync_interval", "batch_max_results"});
+  auto& u = c.uplink;
+  u.connect_timeout = up.duration("connect_timeout", u.connect_timeout);
+  u.io_timeout = up.duration("io_timeout", u.io_timeout);
+  u.backoff_initial = up.duration("backoff_initial", u.backoff_initial);
+  u.backoff_max = up.duration("backoff_max", u.backoff_max);
+  u.clock_sync_interval = up.duration("clock_sync_interval", u.clock_sync_interval);
+  u.batch_max_results = static_cast<std::size_t>(
+      up.integer("batch_max_results", static_cast<std::int64_t>(u.batch_max_results)));
+  if (u.backoff_initial <= 0ms) up.fail("backoff_initial", "must be positive");
+  if (u.backoff_max < u.backoff_initial) up.fail("backoff_max", "must be at least backoff_initial");
+  if (u.batch_max_results < 1 || u.batch_max_results > 4096)
+    up.fail("batch_max_results", "must be between 1 and 4096");
+
+  auto allow = root["allowlist"];
+  allow.check_keys({"tcp_connect"});
+  try {
+    c.allowlist = Allowlist::parse(allow.str_list("tcp_connect"));
+  } catch (const std::invalid_argument& e) {
+    allow.fail("tcp_connect", e.what());
+  }
+  std::set<std::string> ids;
+  for (auto& t : root["tests"].items()) {
+    c.tests.push_back(load_test(t, c.allowlist));
+    if (!ids.insert(c.tests.back().id).second) t.fail("id", "duplicate test id '" + c.tests.back().id + "'");
+  }
+  return c;
+}
+
+}  // namespace firedrill::agent

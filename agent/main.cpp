@@ -1,0 +1,125 @@
+// firedrill-agent: `enroll` once with a token, then `run` the scheduled tests as a service.
+#include <CLI/CLI.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <iostream>
+
+#include "agent/agent.hpp"
+#include "agent/config.hpp"
+#include "agent/identity.hpp"
+#include "agent/service.hpp"
+#include "common/config.hpp"
+#include "common/log.hpp"
+
+using namespace firedrill;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string trim(std::string s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.erase(0, 1);
+  return s;
+}
+
+int cmd_enroll(agent::EnrollOptions opts, const std::string& token_file) {
+  if (!token_file.empty()) opts.token = trim(common::read_file(token_file, 4096));
+  try {
+    auto id = agent::enroll(opts);
+    std::cout << "Enrolled as " << id.agent_id << " with collector " << id.server << "\n"
+              << "  identity: " << id.state_dir.string() << " (key.pem, cert.pem: 0600)\n"
+              << "  pinned CA: " << id.ca_file().string() << "\n";
+    return 0;
+  } catch (const agent::EnrollError& e) {
+    std::cerr << "firedrill-agent: enrollment failed (" << e.code << "): " << e.what() << "\n";
+    return 3;
+  }
+}
+
+int cmd_run(const fs::path& config_file, bool once, const std::string& log_level) {
+  auto cfg = agent::AgentConfig::load(config_file);
+  common::setup_logging("agent", log_level.empty() ? cfg.log_level : log_level);
+  boost::asio::io_context io(1);
+  agent::Agent a(io, cfg);
+  agent::ServiceNotifier notifier(io);
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  boost::asio::steady_timer grace(io);
+  int rc = 0;
+  auto shutdown = [&](const char* why) {
+    spdlog::info("{}; stopping", why);
+    notifier.stopping();
+    signals.cancel();
+    a.stop();
+    // Probes in flight finish within their timeout; never hang on the way out.
+    grace.expires_after(std::chrono::seconds(5));
+    grace.async_wait([&](boost::system::error_code ec) {
+      if (!ec) io.stop();
+    });
+  };
+  signals.async_wait([&](boost::system::error_code ec, int sig) {
+    if (!ec) shutdown(sig == SIGTERM ? "received SIGTERM" : "received SIGINT");
+  });
+  a.start(once, [&] {
+    auto s = a.outbox().stats();
+    spdlog::info("all tests ran once and {} results are acknowledged by the collector", s.acked_seq);
+    grace.cancel();
+    shutdown("done (--once)");
+  });
+  notifier.ready("running " + std::to_string(cfg.tests.size()) + " tests");
+  io.run();
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"FireDrill agent: runs safe, marker-tagged attack simulations and streams signed "
+               "results to the collector."};
+  app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
+  app.require_subcommand(1);
+
+  auto* enroll = app.add_subcommand("enroll", "Enroll with a collector using a single-use token: "
+                                              "creates this agent's key and certificate");
+  agent::EnrollOptions eo;
+  std::string token_file;
+  enroll->add_option("--server", eo.server, "Collector agent endpoint, host:port")->required();
+  auto* tok = enroll->add_option("--token", eo.token,
+                                 "Enrollment token from `firedrill token create`");
+  enroll->add_option("--token-file", token_file, "Read the token from this file instead")
+      ->excludes(tok);
+  enroll->add_option("--ca", eo.ca_file, "The collector's CA certificate (ca.pem) to pin")
+      ->required()
+      ->check(CLI::ExistingFile);
+  enroll->add_option("--state-dir", eo.state_dir, "Where the identity is kept (created 0700)")
+      ->capture_default_str()
+      ->default_val("/var/lib/firedrill-agent");
+  enroll->add_flag("--force", eo.force, "Replace an existing identity in the state directory");
+
+  auto* run = app.add_subcommand("run", "Run the scheduled tests and deliver results "
+                                        "(systemd: Type=notify)");
+  fs::path config;
+  bool once = false;
+  std::string log_level;
+  run->add_option("--config", config, "agent.yaml")
+      ->capture_default_str()
+      ->default_val("/etc/firedrill/agent.yaml");
+  run->add_flag("--once", once, "Run every test once, wait until the collector acked all results, "
+                                "then exit");
+  run->add_option("--log-level", log_level, "Override log_level from the config "
+                                            "(trace, debug, info, warn, error)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*enroll) {
+      if (eo.token.empty() && token_file.empty()) {
+        std::cerr << "firedrill-agent: enroll needs --token or --token-file\n";
+        return 2;
+      }
+      return cmd_enroll(eo, token_file);
+    }
+    return cmd_run(config, once, log_level);
+  } catch (const std::exception& e) {
+    std::cerr << "firedrill-agent: " << e.what() << "\n";
+    return 1;
+  }
+}

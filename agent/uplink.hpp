@@ -1,0 +1,44 @@
+// The agent's connection to the collector: sends outbox batches, signed, and applies acks.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/ssl/context.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "agent/config.hpp"
+#include "agent/outbox.hpp"
+#include "agent/probe.hpp"
+#include "common/crypto.hpp"
+#include "common/net.hpp"
+
+namespace firedrill::agent {
+
+struct UplinkStats {
+  bool connected = false;
+  std::uint64_t connects = 0;
+  std::uint64_t batches_acked = 0;
+  std::string last_error;
+};
+
+class Uplink {
+ public:
+  Uplink(boost::asio::any_io_executor ex, boost::asio::ssl::context& tls, common::HostPort server,
+         std::string agent_id, common::Ed25519Key key, Outbox& outbox, ClockState& clock,
+         UplinkOptions opts);
+  ~Uplink();
+  void start();
+  void stop();
+  void notify();  // the outbox has new results
+  // Called whenever the outbox becomes empty after an ack (used by `run --once`).
+  void on_drained(std::function<void()> fn);
+  UplinkStats stats() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace firedrill::agent

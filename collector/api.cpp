@@ -1,0 +1,668 @@
+#include "collector/api.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "collector/chain.hpp"
+#include "common/clock.hpp"
+#include "common/config.hpp"
+#include "common/crypto.hpp"
+#include "common/log.hpp"
+#include "common/wire.hpp"
+
+namespace firedrill::collector {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using asio::awaitable;
+using asio::use_awaitable;
+using asio::ip::tcp;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace detail {
+
+constexpr std::size_t kBodyLimit = 64 * 1024;
+constexpr std::uint32_t kHeaderLimit = 16 * 1024;
+constexpr auto kHandshakeTimeout = 10s;
+constexpr auto kRequestTimeout = 30s;  // a whole request must arrive within this
+constexpr auto kWriteTimeout = 30s;
+constexpr auto kShutdownTimeout = 5s;
+constexpr std::size_t kMaxConnections = 512;
+constexpr std::size_t kDefaultLimit = 1000;
+constexpr std::size_t kMaxLimit = 10000;
+// Beyond this a relative "since" would overflow nanoseconds; nobody needs more than a century.
+constexpr std::int64_t kMaxSinceMs = 100LL * 365 * 24 * 3600 * 1000;
+
+// Lets the parsing helpers abort one request with a precise status and message without
+// threading error values through every handler; it never leaves handle_request().
+struct HttpError : std::runtime_error {
+  HttpError(http::status s, const std::string& msg) : std::runtime_error(msg), status(s) {}
+  http::status status;
+};
+
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+
+// Hostile bytes (an agent's hostname, a probe's evidence) may not be valid UTF-8; replacing
+// them keeps one bad record from turning a whole listing into a 500.
+std::string dump_json(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Response make_response(http::status status, const json& body, const Request* req) {
+  Response res{status, req ? req->version() : 11};
+  res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+  res.set(http::field::content_type, "application/json");
+  res.set(http::field::cache_control, "no-store");  // answers may carry fresh secrets
+  res.keep_alive(req ? req->keep_alive() : false);
+  res.body() = dump_json(body);
+  res.prepare_payload();
+  return res;
+}
+
+Response error_response(http::status status, const std::string& message, const Request* req) {
+  return make_response(status, json{{"error", message}}, req);
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string percent_decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out += ' ';
+    } else if (s[i] == '%') {
+      int hi = i + 2 < s.size() ? hex_value(s[i + 1]) : -1;
+      int lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
+      if (lo < 0)
+        throw HttpError(http::status::bad_request,
+                        "malformed query string: bad percent-encoding in '" + std::string(s) +
+                            "'");
+      out += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+using Params = std::map<std::string, std::string>;
+
+// Unknown or repeated parameters are rejected so a typo never silently falls back to a default.
+Params parse_query(std::string_view query, const std::vector<std::string>& known) {
+  Params out;
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto part = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (part.empty()) continue;
+    auto eq = part.find('=');
+    std::string key = percent_decode(part.substr(0, eq));
+    std::string value = eq == std::string_view::npos ? "" : percent_decode(part.substr(eq + 1));
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw HttpError(http::status::bad_request,
+                      "unknown query parameter '" + key + "' (known: " +
+                          (list.empty() ? "none" : list) + ")");
+    }
+    if (!out.emplace(key, value).second)
+      throw HttpError(http::status::bad_request, "query parameter '" + key + "' given twice");
+  }
+  return out;
+}
+
+std::string param(const Params& p, const std::string& key, const std::string& def) {
+  auto it = p.find(key);
+  return it == p.end() ? def : it->second;
+}
+
+std::int64_t since_param(const Params& p, const std::string& def) {
+  std::string text = param(p, "since", def);
+  try {
+    // parse_since would overflow on huge relative durations; bound them first.
+    if (text.find('T') == std::string::npos && common::parse_duration(text).count() > kMaxSinceMs)
+      throw std::invalid_argument("'" + text + "' reaches back more than 100 years");
+    return common::parse_since(text, common::now_ns());
+  } catch (const std::invalid_argument& e) {
+    throw HttpError(http::status::bad_request, std::string("invalid 'since': ") + e.what());
+  }
+}
+
+std::size_t limit_param(const Params& p) {
+  std::string text = param(p, "limit", std::to_string(kDefaultLimit));
+  std::string bad = "'limit' must be an integer from 1 to " + std::to_string(kMaxLimit) +
+                    ", got '" + text + "'";
+  if (text.empty() || text.size() > 6 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw HttpError(http::status::bad_request, bad);
+  std::size_t n = std::stoul(text);
+  if (n < 1 || n > kMaxLimit) throw HttpError(http::status::bad_request, bad);
+  return n;
+}
+
+json parse_body_object(const Request& req, const std::vector<std::string>& known) {
+  if (req.body().empty()) return json::object();
+  json j;
+  try {
+    j = json::parse(req.body());
+  } catch (const json::parse_error& e) {
+    throw HttpError(http::status::bad_request,
+                    std::string("request body is not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw HttpError(http::status::bad_request, "request body must be a JSON object");
+  for (const auto& [key, value] : j.items())
+    if (std::find(known.begin(), known.end(), key) == known.end())
+      throw HttpError(http::status::bad_request, "unknown field '" + key + "' in request body");
+  return j;
+}
+
+std::optional<std::string> string_field(const json& body, const std::string& key) {
+  if (!body.contains(key)) return std::nullopt;
+  if (!body[key].is_string())
+    throw HttpError(http::status::bad_request, "'" + key + "' must be a string");
+  return body[key].get<std::string>();
+}
+
+json time_or_null(std::int64_t ns) { return ns == 0 ? json(nullptr) : json(common::format_time(ns)); }
+double ns_to_ms(std::int64_t ns) { return static_cast<double>(ns) / 1e6; }
+json error_ms_or_null(std::int64_t ns) { return ns < 0 ? json(nullptr) : json(ns_to_ms(ns)); }
+
+// Verifies each stored batch once per request, however many of its results are listed.
+class BatchVerifier {
+ public:
+  explicit BatchVerifier(const Store& store) : store_(store) {}
+
+  struct Verdict {
+    std::string error;  // empty: the batch verifies
+    std::string signature_hex;
+    std::uint64_t first_seq = 0;
+  };
+
+  const Verdict& check(const std::string& agent_id, std::uint64_t head_seq) {
+    auto key = std::make_pair(agent_id, head_seq);
+    auto it = batches_.find(key);
+    if (it == batches_.end()) it = batches_.emplace(key, verify(agent_id, head_seq)).first;
+    return it->second;
+  }
+
+ private:
+  struct AgentKey {
+    std::optional<common::Ed25519Key> key;
+    std::string error;
+  };
+
+  Verdict verify(const std::string& agent_id, std::uint64_t head_seq) {
+    Verdict v;
+    if (auto batch = store_.get_batch(agent_id, head_seq)) {
+      v.signature_hex = common::to_hex(batch->signature);
+      v.first_seq = batch->first_seq;
+    }
+    const AgentKey& ak = agent_key(agent_id);
+    if (!ak.key) {
+      v.error = ak.error;
+      return v;
+    }
+    v.error = verify_stored_batch(store_, agent_id, head_seq, *ak.key);
+    return v;
+  }
+
+  const AgentKey& agent_key(const std::string& agent_id) {
+    auto it = keys_.find(agent_id);
+    if (it != keys_.end()) return it->second;
+    AgentKey ak;
+    auto agent = store_.get_agent(agent_id);
+    std::array<std::uint8_t, 32> raw{};
+    if (!agent) {
+      ak.error = "agent '" + agent_id + "' is not enrolled; no key to verify with";
+    } else if (!common::from_hex(agent->public_key_hex, raw)) {
+      ak.error = "the agent's stored public key is not 32 bytes of hex";
+    } else {
+      try {
+        ak.key.emplace(common::Ed25519Key::from_public_raw(raw));
+      } catch (const std::exception& e) {
+        ak.error = std::string("the agent's stored public key is unusable: ") + e.what();
+      }
+    }
+    return keys_.emplace(agent_id, std::move(ak)).first->second;
+  }
+
+  const Store& store_;
+  std::map<std::string, AgentKey> keys_;
+  std::map<std::pair<std::string, std::uint64_t>, Verdict> batches_;
+};
+
+json body_json(const common::ResultBody& b) {
+  json j = {{"kind", b.kind},
+            {"test_id", b.test_id},
+            {"probe", b.probe},
+            {"target", b.target},
+            {"marker", b.marker},
+            {"verdict", b.verdict},
+            {"reason", b.reason},
+            {"evidence", b.evidence},
+            {"expect_prevent", b.expect_prevent},
+            {"started_at", common::format_time(b.started_ns)},
+            {"finished_at", common::format_time(b.finished_ns)},
+            {"clock_offset_ms", ns_to_ms(b.clock_offset_ns)},
+            {"clock_error_ms", error_ms_or_null(b.clock_error_ns)}};
+  // Agent-supplied numbers: an absurd offset must not overflow, it shows as null instead.
+  std::int64_t corrected = 0;
+  j["action_time_corrected"] =
+      __builtin_add_overflow(b.started_ns, b.clock_offset_ns, &corrected)
+          ? json(nullptr)
+          : json(common::format_time(corrected));
+  return j;
+}
+
+json result_json(const StoredResult& r, BatchVerifier& verifier) {
+  const auto& rec = r.record;
+  json j = {{"agent_id", rec.agent_id},
+            {"seq", rec.seq},
+            {"received_at", common::format_time(r.received_ns)},
+            {"hash", common::to_hex(rec.hash)},
+            {"batch_head_seq", r.batch_head_seq}};
+  std::string error;
+  try {
+    j.update(body_json(common::decode_body(rec.body)));
+  } catch (const std::exception& e) {
+    error = std::string("result body cannot be decoded: ") + e.what();
+  }
+  const auto& batch = verifier.check(rec.agent_id, r.batch_head_seq);
+  j["signature"] = batch.signature_hex;
+  std::string batch_error = batch.error;
+  if (batch_error.empty() && (rec.seq < batch.first_seq || rec.seq > r.batch_head_seq))
+    batch_error = "seq " + std::to_string(rec.seq) + " is not covered by the batch signed at head seq " +
+                  std::to_string(r.batch_head_seq);
+  if (!batch_error.empty()) error = error.empty() ? batch_error : batch_error + "; " + error;
+  j["verified"] = error.empty();
+  if (!error.empty()) j["verify_error"] = error;
+  return j;
+}
+
+}  // namespace detail
+
+using detail::HttpError;
+using detail::Request;
+using detail::Response;
+
+namespace {
+
+// Shared with every coroutine, so a connection finishing after ~ApiServer never touches
+// freed memory; the io_context drives all of it from one thread.
+struct State {
+  State(asio::io_context& io, asio::ssl::context& tls, Store& store, Registry& registry)
+      : io(io), tls(tls), acceptor(io), store(store), registry(registry) {}
+  struct Conn {
+    tcp::socket* socket;
+    bool busy = false;  // between a complete request and its answer
+  };
+  asio::io_context& io;
+  asio::ssl::context& tls;
+  tcp::acceptor acceptor;
+  Store& store;
+  Registry& registry;
+  std::set<Conn*> conns;
+  bool stopping = false;
+  std::uint16_t port = 0;
+};
+
+
+ApiToken authorize(State& st, const Request& req, Role min_role) {
+  auto field = req[http::field::authorization];
+  std::string_view header(field.data(), field.size());
+  constexpr std::string_view kScheme = "bearer ";
+  if (header.size() <= kScheme.size() ||
+      !beast::iequals(beast::string_view(header.data(), kScheme.size()), "bearer "))
+    throw HttpError(http::status::unauthorized,
+                    "missing API token (send 'Authorization: Bearer <token>')");
+  std::string token(header.substr(kScheme.size()));
+  auto tok = st.registry.authenticate_api(token);
+  if (!tok) throw HttpError(http::status::unauthorized, "unknown or revoked API token");
+  if (tok->role < min_role)
+    throw HttpError(http::status::forbidden, "requires role " + role_name(min_role));
+  return *tok;
+}
+
+json get_health() { return {{"status", "ok"}, {"version", FIREDRILL_VERSION}}; }
+
+json post_enroll_token(State& st, const Request& req, const ApiToken& who) {
+  json body = detail::parse_body_object(req, {"ttl"});
+  std::string ttl_text = detail::string_field(body, "ttl").value_or("1h");
+  try {
+    auto ttl = std::chrono::duration_cast<std::chrono::seconds>(common::parse_duration(ttl_text));
+    auto created = st.registry.create_enroll_token(ttl, who.name);
+    spdlog::info("api: '{}' created an enrollment token valid until {}", who.name,
+                 common::format_time(created.expires_ns));
+    return {{"token", created.token}, {"expires_at", common::format_time(created.expires_ns)}};
+  } catch (const std::invalid_argument& e) {
+    throw HttpError(http::status::bad_request, std::string("invalid 'ttl': ") + e.what());
+  }
+}
+
+json post_api_token(State& st, const Request& req, const ApiToken& who) {
+  json body = detail::parse_body_object(req, {"name", "role"});
+  auto name = detail::string_field(body, "name");
+  auto role_text = detail::string_field(body, "role");
+  if (!name || name->empty()) throw HttpError(http::status::bad_request, "'name' is required");
+  if (name->size() > 128) throw HttpError(http::status::bad_request, "'name' is longer than 128 characters");
+  if (!role_text) throw HttpError(http::status::bad_request, "'role' is required");
+  auto role = parse_role(*role_text);
+  if (!role)
+    throw HttpError(http::status::bad_request,
+                    "unknown role '" + *role_text + "' (use viewer, approver, operator, admin)");
+  std::string token;
+  try {
+    token = st.registry.create_api_token(*name, *role);
+  } catch (const std::invalid_argument& e) {
+    throw HttpError(http::status::bad_request, e.what());
+  }
+  spdlog::info("api: '{}' created API token '{}' with role {}", who.name, *name, role_name(*role));
+  return {{"token", token}, {"name", *name}, {"role", role_name(*role)}};
+}
+
+json get_agents(State& st, const detail::Params&) {
+  json list = json::array();
+  for (const auto& a : st.store.list_agents()) {
+    list.push_back({{"agent_id", a.agent_id},
+                    {"hostname", a.hostname},
+                    {"os", a.os},
+                    {"version", a.version},
+                    {"enrolled_at", detail::time_or_null(a.enrolled_ns)},
+                    {"last_seen", detail::time_or_null(a.last_seen_ns)},
+                    {"results", a.next_seq - 1},
+                    {"clock_offset_ms", detail::ns_to_ms(a.clock_offset_ns)},
+                    {"clock_error_ms", detail::error_ms_or_null(a.clock_error_ns)},
+                    {"revoked", a.revoked}});
+  }
+  return {{"agents", std::move(list)}};
+}
+
+json get_results(State& st, const detail::Params& p) {
+  std::string agent = detail::param(p, "agent", "");
+  std::int64_t since = detail::since_param(p, "24h");
+  std::size_t limit = detail::limit_param(p);
+  if (!agent.empty() && !st.store.get_agent(agent))
+    throw HttpError(http::status::not_found, "no agent '" + agent + "' is enrolled");
+  detail::BatchVerifier verifier(st.store);
+  json list = json::array();
+  for (const auto& r : st.store.list_results(agent, since, limit))
+    list.push_back(detail::result_json(r, verifier));
+  return {{"results", std::move(list)}};
+}
+
+json get_security_events(State& st, const detail::Params& p) {
+  std::int64_t since = detail::since_param(p, "7d");
+  std::size_t limit = detail::limit_param(p);
+  json list = json::array();
+  for (const auto& e : st.store.list_security_events(since, limit))
+    list.push_back({{"time", common::format_time(e.time_ns)},
+                    {"kind", e.kind},
+                    {"agent_id", e.agent_id},
+                    {"remote", e.remote},
+                    {"detail", e.detail}});
+  return {{"events", std::move(list)}};
+}
+
+struct Route {
+  std::string_view path;
+  http::verb method;
+  std::optional<Role> min_role;  // nullopt: no token needed
+  std::vector<std::string> query_params;
+  json (*get)(State&, const detail::Params&);
+  json (*post)(State&, const Request&, const ApiToken&);
+};
+
+const std::vector<Route>& routes() {
+  static const std::vector<Route> kRoutes = {
+      {"/api/v1/health", http::verb::get, std::nullopt, {}, nullptr, nullptr},
+      {"/api/v1/enroll-tokens", http::verb::post, Role::admin, {}, nullptr, post_enroll_token},
+      {"/api/v1/api-tokens", http::verb::post, Role::admin, {}, nullptr, post_api_token},
+      {"/api/v1/agents", http::verb::get, Role::viewer, {}, get_agents, nullptr},
+      {"/api/v1/results", http::verb::get, Role::viewer, {"agent", "since", "limit"}, get_results,
+       nullptr},
+      {"/api/v1/security-events", http::verb::get, Role::viewer, {"since", "limit"},
+       get_security_events, nullptr},
+  };
+  return kRoutes;
+}
+
+Response dispatch(State& st, const Request& req) {
+  std::string_view target(req.target().data(), req.target().size());
+  auto qpos = target.find('?');
+  std::string_view path = target.substr(0, qpos);
+  std::string_view query = qpos == std::string_view::npos ? "" : target.substr(qpos + 1);
+  const auto& all = routes();
+  auto route = std::find_if(all.begin(), all.end(), [&](const Route& r) { return r.path == path; });
+  if (route == all.end())
+    return detail::error_response(http::status::not_found,
+                                  "no such endpoint: " + std::string(path), &req);
+  if (req.method() != route->method) {
+    auto allowed = std::string(http::to_string(route->method));
+    auto res = detail::error_response(http::status::method_not_allowed,
+                                      std::string(path) + " only accepts " + allowed, &req);
+    res.set(http::field::allow, allowed);
+    return res;
+  }
+  if (!route->min_role) return detail::make_response(http::status::ok, get_health(), &req);
+  ApiToken who = authorize(st, req, *route->min_role);
+  json out = route->post ? route->post(st, req, who)
+                         : route->get(st, detail::parse_query(query, route->query_params));
+  return detail::make_response(http::status::ok, out, &req);
+}
+
+Response handle_request(State& st, const Request& req, const std::string& remote) {
+  try {
+    return dispatch(st, req);
+  } catch (const HttpError& e) {
+    if (e.status == http::status::unauthorized)
+      spdlog::warn("api: {} {} from {}: {}", std::string(req.method_string()),
+                   std::string(req.target()), remote, e.what());
+    auto res = detail::error_response(e.status, e.what(), &req);
+    if (e.status == http::status::unauthorized)
+      res.set(http::field::www_authenticate, "Bearer");
+    return res;
+  } catch (const std::exception& e) {
+    spdlog::error("api: {} {} from {} failed: {}", std::string(req.method_string()),
+                  std::string(req.target()), remote, e.what());
+    return detail::error_response(http::status::internal_server_error,
+                                  "internal error (see the collector log)", &req);
+  }
+}
+
+// Answer for a request that could not even be parsed; the connection is closed after it.
+Response parse_error_response(const boost::system::error_code& ec) {
+  if (ec == http::error::body_limit)
+    return detail::error_response(http::status::payload_too_large,
+                                  "request body exceeds " + std::to_string(detail::kBodyLimit) +
+                                      " bytes",
+                                  nullptr);
+  if (ec == http::error::header_limit)
+    return detail::error_response(http::status::request_header_fields_too_large,
+                                  "request headers exceed " +
+                                      std::to_string(detail::kHeaderLimit) + " bytes",
+                                  nullptr);
+  return detail::error_response(http::status::bad_request, "malformed HTTP request: " + ec.message(),
+                                nullptr);
+}
+
+using TlsStream = asio::ssl::stream<tcp::socket>;
+
+awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
+                               common::Watchdog& watchdog, const std::string& remote) {
+  beast::flat_buffer buffer;
+  while (!st.stopping) {
+    http::request_parser<http::string_body> parser;
+    parser.body_limit(detail::kBodyLimit);
+    parser.header_limit(detail::kHeaderLimit);
+    boost::system::error_code ec;
+    watchdog.arm(detail::kRequestTimeout);
+    co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    if (ec == http::error::end_of_stream || watchdog.fired() || !stream.lowest_layer().is_open())
+      co_return;
+    conn.busy = true;
+    bool parsed = !ec;
+    Response res = parsed ? handle_request(st, parser.get(), remote) : parse_error_response(ec);
+    if (!parsed) {
+      if (ec == asio::ssl::error::stream_truncated || ec == asio::error::connection_reset ||
+          ec == asio::error::eof)
+        co_return;
+      spdlog::info("api: bad request from {}: {}", remote, ec.message());
+    }
+    watchdog.arm(detail::kWriteTimeout);
+    co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
+    conn.busy = false;
+    if (ec || !parsed || !res.keep_alive()) co_return;
+  }
+}
+
+awaitable<void> run_session(std::shared_ptr<State> st, tcp::socket socket) {
+  std::string remote = "unknown";
+  boost::system::error_code ec;
+  auto ep = socket.remote_endpoint(ec);
+  if (!ec) remote = ep.address().to_string() + ":" + std::to_string(ep.port());
+
+  TlsStream stream(std::move(socket), st->tls);
+  State::Conn conn{&stream.next_layer()};
+  st->conns.insert(&conn);
+  struct Unregister {
+    State& st;
+    State::Conn* c;
+    ~Unregister() { st.conns.erase(c); }
+  } unregister{*st, &conn};
+  auto ex = co_await asio::this_coro::executor;
+  // Asio 1.18 has no per-operation timeout: closing the socket aborts whatever is pending.
+  common::Watchdog watchdog(ex, [&stream] {
+    boost::system::error_code ignored;
+    stream.lowest_layer().close(ignored);
+  });
+
+  watchdog.arm(detail::kHandshakeTimeout);
+  co_await stream.async_handshake(asio::ssl::stream_base::server,
+                                  asio::redirect_error(use_awaitable, ec));
+  if (ec) {
+    spdlog::info("api: TLS handshake with {} failed: {}", remote,
+                 watchdog.fired() ? "timed out" : ec.message());
+    co_return;
+  }
+  co_await serve_requests(*st, stream, conn, watchdog, remote);
+  if (watchdog.fired()) spdlog::debug("api: connection from {} timed out", remote);
+  if (!stream.lowest_layer().is_open()) co_return;
+  watchdog.arm(detail::kShutdownTimeout);
+  // A peer that just drops the connection (stream_truncated) is normal for HTTP clients.
+  co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
+  watchdog.disarm();
+  stream.lowest_layer().close(ec);
+}
+
+void log_session_end(const std::string& remote, std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    spdlog::error("api: connection from {} failed: {}", remote, x.what());
+  }
+}
+
+awaitable<void> accept_loop(std::shared_ptr<State> st) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer backoff(ex);
+  for (;;) {
+    boost::system::error_code ec;
+    tcp::socket socket = co_await st->acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+    if (st->stopping || !st->acceptor.is_open()) co_return;
+    if (ec) {
+      // Typically EMFILE: pause instead of spinning on an error that persists.
+      spdlog::warn("api: accept failed: {}", ec.message());
+      backoff.expires_after(100ms);
+      co_await backoff.async_wait(asio::redirect_error(use_awaitable, ec));
+      continue;
+    }
+    if (st->conns.size() >= detail::kMaxConnections) {
+      spdlog::warn("api: {} connections open, refusing another", st->conns.size());
+      socket.close(ec);
+      continue;
+    }
+    std::string remote;
+    auto ep = socket.remote_endpoint(ec);
+    if (!ec) remote = ep.address().to_string();
+    asio::co_spawn(ex, run_session(st, std::move(socket)),
+                   [remote](std::exception_ptr e) { log_session_end(remote, e); });
+  }
+}
+
+void stop_state(const std::shared_ptr<State>& st) {
+  if (st->stopping) return;
+  st->stopping = true;
+  boost::system::error_code ec;
+  st->acceptor.close(ec);
+  // Idle keep-alive connections would otherwise hold the io_context until their timeout.
+  for (auto* c : st->conns)
+    if (!c->busy) c->socket->close(ec);
+}
+
+}  // namespace
+
+struct ApiServer::Impl {
+  std::shared_ptr<State> state;
+};
+
+ApiServer::ApiServer(asio::io_context& io, asio::ssl::context& tls, const common::HostPort& listen,
+                     Store& store, Registry& registry)
+    : impl_(std::make_unique<Impl>()) {
+  auto st = std::make_shared<State>(io, tls, store, registry);
+  tcp::resolver resolver(io);
+  auto endpoints = resolver.resolve(listen.host, std::to_string(listen.port),
+                                    tcp::resolver::passive | tcp::resolver::numeric_service);
+  tcp::endpoint ep = endpoints.begin()->endpoint();
+  st->acceptor.open(ep.protocol());
+  st->acceptor.set_option(asio::socket_base::reuse_address(true));
+  st->acceptor.bind(ep);
+  st->acceptor.listen(asio::socket_base::max_listen_connections);
+  st->port = st->acceptor.local_endpoint().port();
+  impl_->state = std::move(st);
+}
+
+// The acceptor belongs to the io_context's thread: closing it is posted there. Coroutines hold
+// the state, so it lives until the last of them ends.
+ApiServer::~ApiServer() { stop(); }
+
+std::uint16_t ApiServer::port() const { return impl_->state->port; }
+
+void ApiServer::start() {
+  auto& st = impl_->state;
+  spdlog::info("api: listening on https://{}", st->acceptor.local_endpoint().address().to_string() +
+                                                   ":" + std::to_string(st->port));
+  asio::co_spawn(st->io, accept_loop(st), [](std::exception_ptr e) { log_session_end("accept loop", e); });
+}
+
+void ApiServer::stop() {
+  asio::post(impl_->state->io, [st = impl_->state] { stop_state(st); });
+}
+
+}  // namespace firedrill::collector

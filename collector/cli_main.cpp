@@ -1,0 +1,327 @@
+// The `firedrill` admin CLI: parses the command line, calls the collector's HTTPS API through
+// ApiClient and prints tables or JSON. It never opens the collector's database.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "collector/api_client.hpp"
+#include "common/crypto.hpp"
+
+namespace fs = std::filesystem;
+using firedrill::collector::ApiClient;
+using firedrill::collector::ApiError;
+using nlohmann::json;
+
+namespace {
+
+constexpr int kExitApiError = 1;
+constexpr int kExitUsage = 2;
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct GlobalOptions {
+  std::string server = "https://127.0.0.1:7444";
+  std::string token_file;
+  std::string ca;
+  int timeout_s = 15;
+};
+
+std::string trim(const std::string& s) {
+  auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return {};
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+ApiClient make_client(const GlobalOptions& g) {
+  if (g.token_file.empty())
+    throw UsageError("no API token: pass --token-file or set FIREDRILL_TOKEN_FILE");
+  std::string token;
+  try {
+    token = trim(firedrill::common::read_file(g.token_file, 4096));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("cannot read token file: " + std::string(e.what()));
+  }
+  if (token.empty()) throw std::runtime_error("token file " + g.token_file + " is empty");
+  fs::path ca = g.ca.empty() ? fs::path(g.token_file).parent_path() / "ca.pem" : fs::path(g.ca);
+  std::error_code ec;
+  if (!fs::is_regular_file(ca, ec))
+    throw std::runtime_error("collector CA certificate " + ca.string() +
+                             " not found (pass --ca with the collector's ca.pem)");
+  return ApiClient(g.server, token, ca, g.timeout_s * 1000L);
+}
+
+std::string url_encode(const std::string& s) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// Agents and SIEMs control some of these strings: never let them send escape sequences
+// (C0 controls, DEL, and the UTF-8-encoded C1 range U+0080..U+009F) to the terminal.
+std::string sanitize(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      out += '?';
+    } else if (c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(s[i + 1]) <= 0x9f) {
+      out += '?';
+      ++i;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+std::size_t display_width(const std::string& s) {
+  return static_cast<std::size_t>(
+      std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xc0) != 0x80; }));
+}
+
+std::string text(const json& obj, const std::string& key) {
+  if (!obj.is_object() || !obj.contains(key) || obj[key].is_null()) return "-";
+  const json& v = obj[key];
+  return sanitize(v.is_string() ? v.get<std::string>() : v.dump());
+}
+
+void print_table(const std::vector<std::string>& headers,
+                 const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> width(headers.size());
+  for (std::size_t i = 0; i < headers.size(); ++i) width[i] = display_width(headers[i]);
+  for (const auto& r : rows)
+    for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], display_width(r[i]));
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string out;
+    for (std::size_t i = 0; i < cells.size(); ++i) {
+      out += cells[i];
+      if (i + 1 < cells.size()) out += std::string(width[i] - display_width(cells[i]) + 2, ' ');
+    }
+    std::cout << out << "\n";
+  };
+  line(headers);
+  for (const auto& r : rows) line(r);
+}
+
+const json& list_field(const json& answer, const std::string& key) {
+  if (!answer.is_object() || !answer.contains(key) || !answer[key].is_array())
+    throw std::runtime_error("the server's answer has no '" + key + "' list");
+  return answer[key];
+}
+
+std::string format_ms(double ms) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%+.1f", ms);
+  return buf;
+}
+
+std::string clock_text(const json& a) {
+  const json& err = a.value("clock_error_ms", json());
+  if (!err.is_number()) return "not synchronised";
+  double offset = a.value("clock_offset_ms", 0.0);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%s ms ± %.1f ms", format_ms(offset).c_str(), err.get<double>());
+  return buf;
+}
+
+void print_json(const json& j) {
+  std::cout << j.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+}
+
+int cmd_token_create(const ApiClient& api, const std::string& ttl) {
+  json body = {{"ttl", ttl}};
+  json r = api.post("/api/v1/enroll-tokens", body);
+  std::cout << "Single-use enrollment token, valid until " << text(r, "expires_at") << ":\n"
+            << text(r, "token") << "\n";
+  return 0;
+}
+
+int cmd_api_token_create(const ApiClient& api, const std::string& name, const std::string& role) {
+  json body = {{"name", name}, {"role", role}};
+  json r = api.post("/api/v1/api-tokens", body);
+  std::cout << "API token '" << text(r, "name") << "' with role " << text(r, "role")
+            << " (shown only now; store it like a password):\n"
+            << text(r, "token") << "\n";
+  return 0;
+}
+
+int cmd_agents(const ApiClient& api, bool as_json) {
+  const json answer = api.get("/api/v1/agents");
+  const json& agents = list_field(answer, "agents");
+  if (as_json) return print_json(agents), 0;
+  if (agents.empty()) return std::cout << "No agents enrolled.\n", 0;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& a : agents)
+    rows.push_back({text(a, "agent_id") + (a.value("revoked", false) ? " (revoked)" : ""),
+                    text(a, "hostname"), text(a, "os"), text(a, "results"), text(a, "last_seen"),
+                    clock_text(a)});
+  print_table({"AGENT", "HOSTNAME", "OS", "RESULTS", "LAST SEEN", "CLOCK OFFSET"}, rows);
+  return 0;
+}
+
+struct ResultsQuery {
+  std::string agent;
+  std::string since = "24h";
+  int limit = 1000;
+  bool as_json = false;
+};
+
+int cmd_results(const ApiClient& api, const ResultsQuery& q) {
+  std::string path = "/api/v1/results?since=" + url_encode(q.since) +
+                     "&limit=" + std::to_string(q.limit);
+  if (!q.agent.empty()) path += "&agent=" + url_encode(q.agent);
+  const json answer = api.get(path);
+  const json& results = list_field(answer, "results");
+  if (q.as_json) return print_json(results), 0;
+  if (results.empty()) return std::cout << "No results since " << sanitize(q.since) << ".\n", 0;
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> problems;
+  for (const auto& r : results) {
+    bool ok = r.value("verified", false);
+    rows.push_back({text(r, "received_at"), text(r, "agent_id"), text(r, "seq"),
+                    text(r, "test_id"), text(r, "target"), text(r, "verdict"), text(r, "reason"),
+                    ok ? "verified" : "INVALID"});
+    if (!ok)
+      problems.push_back(text(r, "agent_id") + " seq " + text(r, "seq") + ": " +
+                         text(r, "verify_error"));
+  }
+  print_table({"RECEIVED", "AGENT", "SEQ", "TEST", "TARGET", "VERDICT", "REASON", "SIGNATURE"},
+              rows);
+  if (!problems.empty()) {
+    std::cout << "\n" << problems.size() << " result(s) failed verification:\n";
+    for (const auto& p : problems) std::cout << "  INVALID " << p << "\n";
+  }
+  return 0;
+}
+
+int cmd_security_events(const ApiClient& api, const std::string& since, int limit, bool as_json) {
+  const json answer = api.get("/api/v1/security-events?since=" + url_encode(since) +
+                              "&limit=" + std::to_string(limit));
+  const json& events = list_field(answer, "events");
+  if (as_json) return print_json(events), 0;
+  if (events.empty()) return std::cout << "No security events since " << sanitize(since) << ".\n", 0;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& e : events)
+    rows.push_back({text(e, "time"), text(e, "kind"), text(e, "agent_id"), text(e, "remote"),
+                    text(e, "detail")});
+  print_table({"TIME", "KIND", "AGENT", "REMOTE", "DETAIL"}, rows);
+  return 0;
+}
+
+std::string check_https(const std::string& url) {
+  return url.rfind("https://", 0) == 0 ? std::string()
+                                       : "must be an https:// URL (the token is never sent in clear)";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"firedrill: administer a FireDrill collector through its HTTPS API."};
+  app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
+  app.require_subcommand(1);
+  app.fallthrough();  // global options are accepted after the subcommand too
+
+  GlobalOptions g;
+  app.add_option("--server", g.server, "Collector API base URL")
+      ->envname("FIREDRILL_SERVER")
+      ->check(check_https)
+      ->capture_default_str();
+  app.add_option("--token-file", g.token_file,
+                 "File holding the API token (e.g. <data dir>/admin.token)")
+      ->envname("FIREDRILL_TOKEN_FILE");
+  app.add_option("--ca", g.ca,
+                 "Collector CA certificate to pin (default: ca.pem beside the token file)");
+  app.add_option("--timeout", g.timeout_s, "Seconds to wait for the collector's answer")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+
+  auto* token = app.add_subcommand("token", "Enrollment tokens for new agents (admin)");
+  token->require_subcommand(1);
+  auto* token_create = token->add_subcommand(
+      "create", "Create a single-use enrollment token; the token is printed alone on the last line");
+  std::string ttl = "1h";
+  token_create->add_option("--ttl", ttl, "How long the token stays valid (30m, 1h, 2d, ...)")
+      ->capture_default_str();
+
+  auto* api_token = app.add_subcommand("api-token", "API tokens for people and scripts (admin)");
+  api_token->require_subcommand(1);
+  auto* api_token_create = api_token->add_subcommand(
+      "create", "Create an API token; the token is printed alone on the last line");
+  std::string name, role;
+  api_token_create->add_option("--name", name, "Who or what the token is for")->required();
+  api_token_create
+      ->add_option("--role", role, "What the token may do: viewer, approver, operator or admin")
+      ->required()
+      ->check(CLI::IsMember({"viewer", "approver", "operator", "admin"}));
+
+  auto* agents = app.add_subcommand("agents", "List enrolled agents (viewer)");
+  bool agents_json = false;
+  agents->add_flag("--json", agents_json, "Print the JSON array instead of a table");
+
+  auto* results = app.add_subcommand(
+      "results", "List received results and re-verify their signatures (viewer)");
+  ResultsQuery rq;
+  results->add_option("--agent", rq.agent, "Only results of this agent id (default: all agents)");
+  results->add_option("--since", rq.since, "How far back: a duration (1h, 7d) or an RFC 3339 UTC time")
+      ->capture_default_str();
+  results->add_option("--limit", rq.limit, "At most this many results, oldest first")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  results->add_flag("--json", rq.as_json, "Print the JSON array instead of a table");
+
+  auto* events = app.add_subcommand(
+      "security-events", "List security events: forged signatures, replays, bad tokens (viewer)");
+  std::string ev_since = "7d";
+  int ev_limit = 1000;
+  bool ev_json = false;
+  events->add_option("--since", ev_since, "How far back: a duration (1h, 7d) or an RFC 3339 UTC time")
+      ->capture_default_str();
+  events->add_option("--limit", ev_limit, "At most this many events, oldest first")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  events->add_flag("--json", ev_json, "Print the JSON array instead of a table");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
+
+  try {
+    ApiClient api = make_client(g);
+    if (*token_create) return cmd_token_create(api, ttl);
+    if (*api_token_create) return cmd_api_token_create(api, name, role);
+    if (*agents) return cmd_agents(api, agents_json);
+    if (*results) return cmd_results(api, rq);
+    if (*events) return cmd_security_events(api, ev_since, ev_limit, ev_json);
+    return kExitUsage;  // require_subcommand makes this unreachable
+  } catch (const UsageError& e) {
+    std::cerr << "firedrill: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const ApiError& e) {
+    std::cerr << "firedrill: " << e.what();
+    if (e.status != 0) std::cerr << " (HTTP " << e.status << ")";
+    std::cerr << "\n";
+    return kExitApiError;
+  } catch (const std::exception& e) {
+    std::cerr << "firedrill: " << e.what() << "\n";
+    return kExitApiError;
+  }
+}

@@ -1,0 +1,89 @@
+#include "collector/config.hpp"
+
+#include <sstream>
+
+#include "common/config.hpp"
+
+namespace firedrill::collector {
+
+CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
+  auto root = common::ConfigNode::load_file(file);
+  root.check_keys({"data_dir", "agent_listen", "api_listen", "tls", "log_level", "limits",
+                   "enrollment"});
+  CollectorConfig c;
+  c.data_dir = root.str("data_dir", file.parent_path().string());
+  if (c.data_dir.is_relative()) c.data_dir = std::filesystem::absolute(file.parent_path() / c.data_dir);
+  auto endpoint = [&](const std::string& key, common::HostPort def) {
+    if (!root.has(key)) return def;
+    try {
+      return common::parse_host_port(root.str(key));
+    } catch (const std::invalid_argument& e) {
+      root.fail(key, e.what());
+    }
+  };
+  c.agent_listen = endpoint("agent_listen", c.agent_listen);
+  c.api_listen = endpoint("api_listen", c.api_listen);
+  c.log_level = root.str("log_level", c.log_level);
+
+  auto tls = root["tls"];
+  tls.check_keys({"ca_cert", "ca_key", "server_cert", "server_key"});
+  auto path = [&](const std::string& key, const char* def) {
+    std::filesystem::path p = tls.str(key, def);
+    return p.is_relative() ? c.data_dir / p : p;
+  };
+  c.ca_cert = path("ca_cert", "ca.pem");
+  c.ca_key = path("ca_key", "ca.key");
+  c.server_cert = path("server_cert", "server.pem");
+  c.server_key = path("server_key", "server.key");
+
+  auto limits = root["limits"];
+  limits.check_keys({"handshake_timeout", "frame_timeout", "idle_timeout", "max_connections"});
+  c.handshake_timeout = limits.duration("handshake_timeout", c.handshake_timeout);
+  c.frame_timeout = limits.duration("frame_timeout", c.frame_timeout);
+  c.idle_timeout = limits.duration("idle_timeout", c.idle_timeout);
+  c.max_connections = static_cast<std::size_t>(
+      limits.integer("max_connections", static_cast<std::int64_t>(c.max_connections)));
+  for (auto [key, d] : {std::pair{"handshake_timeout", c.handshake_timeout},
+                        std::pair{"frame_timeout", c.frame_timeout},
+                        std::pair{"idle_timeout", c.idle_timeout}})
+    if (d.count() <= 0) limits.fail(key, "must be positive");
+
+  auto enrollment = root["enrollment"];
+  enrollment.check_keys({"max_token_ttl", "certificate_validity"});
+  c.max_token_ttl = enrollment.duration("max_token_ttl", c.max_token_ttl);
+  c.agent_cert_validity = std::chrono::duration_cast<std::chrono::hours>(
+      enrollment.duration("certificate_validity", c.agent_cert_validity));
+  if (c.agent_cert_validity.count() <= 0)
+    enrollment.fail("certificate_validity", "must be at least 1h");
+  return c;
+}
+
+std::string CollectorConfig::to_yaml() const {
+  std::ostringstream o;
+  o << "# FireDrill collector configuration (written by `firedrill-collector init`).\n"
+    << "data_dir: " << data_dir.string() << "\n"
+    << "# Agents connect here (mutual TLS). Use 0.0.0.0 to accept agents from the network.\n"
+    << "agent_listen: " << agent_listen.to_string() << "\n"
+    << "# The HTTPS API used by the `firedrill` CLI (token authentication).\n"
+    << "api_listen: " << api_listen.to_string() << "\n"
+    << "log_level: " << log_level << "\n"
+    << "tls:\n"
+    << "  ca_cert: " << ca_cert.filename().string() << "\n"
+    << "  ca_key: " << ca_key.filename().string() << "\n"
+    << "  server_cert: " << server_cert.filename().string() << "\n"
+    << "  server_key: " << server_key.filename().string() << "\n"
+    << "limits:\n"
+    << "  handshake_timeout: " << common::format_duration(handshake_timeout) << "\n"
+    << "  frame_timeout: " << common::format_duration(frame_timeout) << "\n"
+    << "  idle_timeout: " << common::format_duration(idle_timeout) << "\n"
+    << "  max_connections: " << max_connections << "\n"
+    << "enrollment:\n"
+    << "  max_token_ttl: " << common::format_duration(max_token_ttl) << "\n"
+    << "  certificate_validity: "
+    << common::format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(
+           agent_cert_validity))
+    << "\n";
+  return o.str();
+}
+
+}  // namespace firedrill::collector

@@ -1,0 +1,169 @@
+// firedrill-collector: `init` creates a collector's data directory; `run` serves agents and the API.
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "collector/api.hpp"
+#include "collector/ca.hpp"
+#include "collector/config.hpp"
+#include "collector/ingest.hpp"
+#include "collector/registry.hpp"
+#include "collector/store.hpp"
+#include "common/config.hpp"
+#include "common/crypto.hpp"
+#include "common/log.hpp"
+#include "common/tls.hpp"
+
+namespace fs = std::filesystem;
+using namespace firedrill;
+
+namespace {
+
+std::vector<std::string> default_server_names(const common::HostPort& agent_listen) {
+  std::vector<std::string> names;
+  char host[256] = {0};
+  if (gethostname(host, sizeof host - 1) == 0 && host[0]) names.push_back(host);
+  for (const char* n : {"localhost", "127.0.0.1", "::1"}) names.push_back(n);
+  if (agent_listen.host != "0.0.0.0" && agent_listen.host != "::" &&
+      std::find(names.begin(), names.end(), agent_listen.host) == names.end())
+    names.push_back(agent_listen.host);
+  return names;
+}
+
+int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
+             const std::string& api_listen, std::vector<std::string> names) {
+  collector::CollectorConfig cfg;
+  cfg.data_dir = fs::absolute(data_dir);
+  cfg.agent_listen = common::parse_host_port(agent_listen);
+  cfg.api_listen = common::parse_host_port(api_listen);
+  auto config_file = cfg.data_dir / "collector.yaml";
+  if (fs::exists(config_file)) {
+    std::cerr << "firedrill-collector: " << config_file.string()
+              << " already exists; refusing to overwrite an initialised collector\n";
+    return 1;
+  }
+  fs::create_directories(cfg.data_dir);
+  fs::permissions(cfg.data_dir, fs::perms::owner_all);
+  if (names.empty()) names = default_server_names(cfg.agent_listen);
+  collector::CertificateAuthority::initialize(cfg.data_dir, names);
+  cfg.ca_cert = cfg.data_dir / "ca.pem";
+  cfg.ca_key = cfg.data_dir / "ca.key";
+  cfg.server_cert = cfg.data_dir / "server.pem";
+  cfg.server_key = cfg.data_dir / "server.key";
+  auto ca = collector::CertificateAuthority::load(cfg.ca_cert, cfg.ca_key);
+  std::string token;
+  {
+    auto store = collector::Store::open(cfg.db_dir());
+    collector::Registry reg(*store, ca, cfg.max_token_ttl, cfg.agent_cert_validity);
+    token = reg.create_api_token("admin (created by init)", collector::Role::admin);
+  }
+  common::write_file_atomic(cfg.data_dir / "admin.token", token + "\n");
+  common::write_file_atomic(config_file, cfg.to_yaml(),
+                            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  std::string name_list;
+  for (auto& n : names) name_list += (name_list.empty() ? "" : ", ") + n;
+  std::cout << "Initialised FireDrill collector in " << cfg.data_dir.string() << "\n"
+            << "  config:      " << config_file.string() << "\n"
+            << "  CA (pin it): " << cfg.ca_cert.string() << "\n"
+            << "  admin token: " << (cfg.data_dir / "admin.token").string() << " (0600)\n"
+            << "  server certificate names: " << name_list << "\n"
+            << "Start it with: firedrill-collector run --config " << config_file.string() << "\n";
+  return 0;
+}
+
+int cmd_run(const fs::path& config_file, const std::string& ready_file) {
+  auto cfg = collector::CollectorConfig::load(config_file);
+  common::setup_logging("collector", cfg.log_level);
+  auto store = collector::Store::open(cfg.db_dir());
+  auto ca = collector::CertificateAuthority::load(cfg.ca_cert, cfg.ca_key);
+  collector::Registry registry(*store, ca, cfg.max_token_ttl, cfg.agent_cert_validity);
+  auto agent_tls = common::make_server_context({cfg.server_cert, cfg.server_key, cfg.ca_cert}, false);
+  auto api_tls = common::make_server_context({cfg.server_cert, cfg.server_key, {}}, false);
+
+  boost::asio::io_context io(1);
+  collector::IngestServer ingest(io, agent_tls, cfg, *store, registry);
+  collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry);
+  ingest.start();
+  api.start();
+
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  boost::asio::steady_timer watchdog(io);
+  signals.async_wait([&](boost::system::error_code ec, int sig) {
+    if (ec) return;
+    spdlog::info("received {}; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    sd_notify(0, "STOPPING=1");
+    ingest.stop();
+    api.stop();
+    watchdog.cancel();
+  });
+  std::uint64_t wd_usec = 0;
+  if (sd_watchdog_enabled(0, &wd_usec) > 0) {
+    std::function<void()> ping = [&] {
+      sd_notify(0, "WATCHDOG=1");
+      watchdog.expires_after(std::chrono::microseconds(wd_usec / 2));
+      watchdog.async_wait([&](boost::system::error_code ec) {
+        if (!ec) ping();
+      });
+    };
+    ping();
+  }
+  spdlog::info("FireDrill collector {} ready: agents on {}:{}, API on https://{}:{}, data in {}",
+               FIREDRILL_VERSION, cfg.agent_listen.host, ingest.port(), cfg.api_listen.host,
+               api.port(), cfg.data_dir.string());
+  if (!ready_file.empty()) {
+    nlohmann::json j = {{"agent_port", ingest.port()}, {"api_port", api.port()}, {"pid", getpid()}};
+    common::write_file_atomic(ready_file, j.dump() + "\n");
+  }
+  sd_notify(0, "READY=1");
+  io.run();
+  auto st = ingest.stats();
+  spdlog::info("stopped; {} results in {} batches stored since start", st.results_stored,
+               st.batches_stored);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"FireDrill collector: receives signed probe results from agents over mutual TLS "
+               "and serves the admin API."};
+  app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
+  app.require_subcommand(1);
+
+  auto* init = app.add_subcommand("init", "Create a data directory: CA, server certificate, "
+                                          "collector.yaml and an admin API token");
+  fs::path data_dir;
+  std::string agent_listen = "0.0.0.0:7443", api_listen = "127.0.0.1:7444";
+  std::vector<std::string> names;
+  init->add_option("--data-dir", data_dir, "Directory for keys, config and database (created 0700)")
+      ->required();
+  init->add_option("--agent-listen", agent_listen, "host:port agents connect to (mutual TLS)")
+      ->capture_default_str();
+  init->add_option("--api-listen", api_listen, "host:port of the HTTPS API for the firedrill CLI")
+      ->capture_default_str();
+  init->add_option("--server-name", names,
+                   "DNS name or IP agents use to reach the collector; repeatable "
+                   "(default: this host's name, localhost, 127.0.0.1, ::1)");
+
+  auto* run = app.add_subcommand("run", "Run the collector in the foreground (systemd: Type=notify)");
+  fs::path config;
+  std::string ready_file;
+  run->add_option("--config", config, "collector.yaml written by init")->required();
+  run->add_option("--ready-file", ready_file,
+                  "Write {\"agent_port\",\"api_port\",\"pid\"} as JSON here once listening "
+                  "(useful with port 0)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*init) return cmd_init(data_dir, agent_listen, api_listen, names);
+    return cmd_run(config, ready_file);
+  } catch (const std::exception& e) {
+    std::cerr << "firedrill-collector: " << e.what() << "\n";
+    return 1;
+  }
+}

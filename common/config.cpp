@@ -1,0 +1,186 @@
+#include "common/config.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+#include "common/crypto.hpp"
+
+namespace firedrill::common {
+
+std::chrono::milliseconds parse_duration(const std::string& text) {
+  std::size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0 || i > 12) throw std::invalid_argument("'" + text + "' is not a duration like 30s, 5m, 1h");
+  std::int64_t n = std::stoll(text.substr(0, i));
+  std::string unit = text.substr(i);
+  if (unit == "ms") return std::chrono::milliseconds(n);
+  if (unit == "s" || unit.empty()) return std::chrono::seconds(n);
+  if (unit == "m") return std::chrono::minutes(n);
+  if (unit == "h") return std::chrono::hours(n);
+  if (unit == "d") return std::chrono::hours(24 * n);
+  throw std::invalid_argument("'" + text + "' has an unknown unit (use ms, s, m, h, d)");
+}
+
+std::string format_duration(std::chrono::milliseconds d) {
+  auto ms = d.count();
+  if (ms % 86400000 == 0 && ms) return std::to_string(ms / 86400000) + "d";
+  if (ms % 3600000 == 0 && ms) return std::to_string(ms / 3600000) + "h";
+  if (ms % 60000 == 0 && ms) return std::to_string(ms / 60000) + "m";
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+std::uint64_t parse_size(const std::string& text) {
+  std::size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0 || i > 15) throw std::invalid_argument("'" + text + "' is not a size like 64MiB");
+  std::uint64_t n = std::stoull(text.substr(0, i));
+  std::string unit = text.substr(i);
+  if (unit.empty() || unit == "B") return n;
+  if (unit == "KiB" || unit == "K") return n << 10;
+  if (unit == "MiB" || unit == "M") return n << 20;
+  if (unit == "GiB" || unit == "G") return n << 30;
+  throw std::invalid_argument("'" + text + "' has an unknown unit (use B, KiB, MiB, GiB)");
+}
+
+ConfigNode ConfigNode::load_file(const std::filesystem::path& file) {
+  std::string text;
+  try {
+    text = read_file(file, 4 << 20);
+  } catch (const std::exception& e) {
+    throw ConfigError(e.what());
+  }
+  return load_string(text, file.string());
+}
+
+ConfigNode ConfigNode::load_string(const std::string& text, const std::string& source_name) {
+  try {
+    YAML::Node root = YAML::Load(text);
+    if (root.IsNull() || !root.IsDefined()) root = YAML::Node(YAML::NodeType::Map);
+    if (!root.IsMap()) throw ConfigError(source_name + ": the top level must be a map of keys");
+    return ConfigNode(root, source_name, "");
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(source_name + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " +
+                      e.msg);
+  }
+}
+
+std::string ConfigNode::child_path(const std::string& key) const {
+  return path_.empty() ? key : path_ + "." + key;
+}
+
+std::string ConfigNode::where(const YAML::Node& n) const {
+  auto m = n.Mark();
+  if (m.line < 0) m = node_.Mark();
+  return file_ + (m.line >= 0 ? ":" + std::to_string(m.line + 1) : "");
+}
+
+void ConfigNode::fail(const std::string& key, const std::string& message) const {
+  YAML::Node n = !key.empty() && has(key) ? node_[key] : node_;
+  std::string p = key.empty() ? path_ : child_path(key);
+  throw ConfigError(where(n) + ": key '" + (p.empty() ? "(top level)" : p) + "': " + message);
+}
+
+bool ConfigNode::has(const std::string& key) const {
+  if (!node_.IsDefined() || !node_.IsMap()) return false;
+  auto n = node_[key];
+  return n.IsDefined() && !n.IsNull();
+}
+
+ConfigNode ConfigNode::operator[](const std::string& key) const {
+  if (node_.IsDefined() && !node_.IsNull() && !node_.IsMap()) fail("", "must be a map");
+  // A const lookup of a missing key yields an invalid node that throws on use: avoid it.
+  YAML::Node child = has(key) ? node_[key] : YAML::Node();
+  return ConfigNode(child, file_, child_path(key));
+}
+
+std::vector<ConfigNode> ConfigNode::items() const {
+  std::vector<ConfigNode> out;
+  if (!defined()) return out;
+  if (!node_.IsSequence()) fail("", "must be a list");
+  for (std::size_t i = 0; i < node_.size(); ++i)
+    out.push_back(ConfigNode(node_[i], file_, path_ + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+std::vector<std::string> ConfigNode::keys() const {
+  std::vector<std::string> out;
+  if (!defined()) return out;
+  if (!node_.IsMap()) fail("", "must be a map");
+  for (auto it = node_.begin(); it != node_.end(); ++it) out.push_back(it->first.as<std::string>());
+  return out;
+}
+
+std::string ConfigNode::scalar() const {
+  if (!node_.IsScalar()) fail("", "must be a single value");
+  return node_.Scalar();
+}
+
+std::string ConfigNode::str(const std::string& key, std::optional<std::string> def) const {
+  if (!has(key)) {
+    if (def) return *def;
+    fail(key, "is required");
+  }
+  YAML::Node n = node_[key];
+  if (!n.IsScalar()) fail(key, "must be a single value, not a list or map");
+  return n.Scalar();
+}
+
+std::int64_t ConfigNode::integer(const std::string& key, std::optional<std::int64_t> def) const {
+  if (!has(key) && def) return *def;
+  auto s = str(key);
+  try {
+    std::size_t pos = 0;
+    auto v = std::stoll(s, &pos);
+    if (pos != s.size()) throw std::invalid_argument("trailing");
+    return v;
+  } catch (const std::exception&) {
+    fail(key, "'" + s + "' is not an integer");
+  }
+}
+
+bool ConfigNode::boolean(const std::string& key, std::optional<bool> def) const {
+  if (!has(key) && def) return *def;
+  auto s = str(key);
+  if (s == "true" || s == "yes" || s == "on") return true;
+  if (s == "false" || s == "no" || s == "off") return false;
+  fail(key, "'" + s + "' is not true or false");
+}
+
+std::chrono::milliseconds ConfigNode::duration(const std::string& key,
+                                               std::optional<std::chrono::milliseconds> def) const {
+  if (!has(key) && def) return *def;
+  auto s = str(key);
+  try {
+    return parse_duration(s);
+  } catch (const std::invalid_argument& e) {
+    fail(key, e.what());
+  }
+}
+
+std::uint64_t ConfigNode::size(const std::string& key, std::optional<std::uint64_t> def) const {
+  if (!has(key) && def) return *def;
+  auto s = str(key);
+  try {
+    return parse_size(s);
+  } catch (const std::invalid_argument& e) {
+    fail(key, e.what());
+  }
+}
+
+std::vector<std::string> ConfigNode::str_list(const std::string& key) const {
+  std::vector<std::string> out;
+  for (auto& item : (*this)[key].items()) out.push_back(item.scalar());
+  return out;
+}
+
+void ConfigNode::check_keys(const std::vector<std::string>& known) const {
+  for (const auto& k : keys())
+    if (std::find(known.begin(), known.end(), k) == known.end()) {
+      std::string list;
+      for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
+      fail(k, "unknown key (known keys here: " + list + ")");
+    }
+}
+
+}  // namespace firedrill::common

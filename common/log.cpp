@@ -1,0 +1,23 @@
+#include "common/log.hpp"
+
+#include <spdlog/sinks/stdout_sinks.h>
+#include <unistd.h>
+
+namespace firedrill::common {
+
+void setup_logging(const std::string& program, const std::string& level) {
+  auto lvl = spdlog::level::from_str(level);
+  if (lvl == spdlog::level::off && level != "off")
+    throw std::invalid_argument("unknown log level '" + level +
+                                "' (use trace, debug, info, warn, error)");
+  auto logger = spdlog::stderr_logger_mt(program);
+  // Under systemd the journal stamps each line; elsewhere keep our own UTC timestamp.
+  bool journal = std::getenv("JOURNAL_STREAM") != nullptr;
+  logger->set_pattern(journal ? "%^%l%$ %v" : "%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %n: %v",
+                      spdlog::pattern_time_type::utc);
+  logger->set_level(lvl);
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+}
+
+}  // namespace firedrill::common
