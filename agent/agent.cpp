@@ -58,9 +58,21 @@ void Agent::start(bool once, std::function<void()> on_done) {
       if (tests_done_ && outbox_->stats().pending == 0 && on_done) on_done();
     };
     uplink_->on_drained(check);
-    scheduler_->start(true, [this, check] {
-      tests_done_ = true;
-      uplink_->notify();  // the drained callback fires from the sender once all is acked
+    // Run after the first clock exchange so results carry a measured offset; if the
+    // collector is unreachable, run anyway after the connect timeout (results wait).
+    auto started = std::make_shared<bool>(false);
+    auto go = [this, started] {
+      if (*started) return;
+      *started = true;
+      scheduler_->start(true, [this] {
+        tests_done_ = true;
+        uplink_->notify();  // the drained callback fires from the sender once all is acked
+      });
+    };
+    uplink_->on_connected(go);
+    start_timer_ = std::make_unique<asio::steady_timer>(io_, cfg_.uplink.connect_timeout);
+    start_timer_->async_wait([go](boost::system::error_code ec) {
+      if (!ec) go();
     });
   } else {
     scheduler_->start(false);
@@ -69,6 +81,7 @@ void Agent::start(bool once, std::function<void()> on_done) {
 }
 
 void Agent::stop() {
+  if (start_timer_) start_timer_->cancel();
   if (scheduler_) scheduler_->stop();
   if (uplink_) uplink_->stop();
 }

@@ -3,6 +3,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <functional>
 #include <map>
@@ -41,6 +42,7 @@ class Agent {
   std::unique_ptr<Uplink> uplink_;
   std::unique_ptr<Scheduler> scheduler_;
   bool tests_done_ = false;
+  std::unique_ptr<boost::asio::steady_timer> start_timer_;
 };
 
 }  // namespace firedrill::agent

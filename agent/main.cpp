@@ -8,6 +8,7 @@
 #include "agent/agent.hpp"
 #include "agent/config.hpp"
 #include "agent/identity.hpp"
+#include "agent/outbox.hpp"
 #include "agent/service.hpp"
 #include "common/config.hpp"
 #include "common/log.hpp"
@@ -71,6 +72,21 @@ int cmd_run(const fs::path& config_file, bool once, const std::string& log_level
   return rc;
 }
 
+int cmd_status(const fs::path& config_file) {
+  auto cfg = agent::AgentConfig::load(config_file);
+  auto id = agent::Identity::load(cfg.state_dir);
+  // Read-only: safe while the agent runs (a record being appended is simply not counted).
+  auto ob = agent::Outbox::open({id.outbox_dir(), cfg.outbox_max_bytes, 4ull << 20, true},
+                                id.agent_id);
+  auto s = ob->stats();
+  std::cout << "{\"agent_id\":\"" << id.agent_id << "\",\"server\":\"" << id.server
+            << "\",\"head_seq\":" << s.head_seq << ",\"acked_seq\":" << s.acked_seq
+            << ",\"pending\":" << s.pending << ",\"pending_bytes\":" << s.pending_bytes
+            << ",\"dropped_total\":" << s.dropped_total
+            << ",\"dropped_unreported\":" << s.dropped_unreported << "}\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,6 +124,11 @@ int main(int argc, char** argv) {
                                 "then exit");
   run->add_option("--log-level", log_level, "Override log_level from the config "
                                             "(trace, debug, info, warn, error)");
+  auto* status = app.add_subcommand("status", "Print identity and outbox state as JSON "
+                                              "(head seq, acked seq, unsent results, drops)");
+  status->add_option("--config", config, "agent.yaml")
+      ->capture_default_str()
+      ->default_val("/etc/firedrill/agent.yaml");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*enroll) {
@@ -117,6 +138,7 @@ int main(int argc, char** argv) {
       }
       return cmd_enroll(eo, token_file);
     }
+    if (*status) return cmd_status(config);
     return cmd_run(config, once, log_level);
   } catch (const std::exception& e) {
     std::cerr << "firedrill-agent: " << e.what() << "\n";

@@ -71,6 +71,11 @@ Outbox::~Outbox() {
 }
 
 std::unique_ptr<Outbox> Outbox::open(const OutboxOptions& opts, const std::string& agent_id) {
+  if (opts.read_only) {
+    std::unique_ptr<Outbox> ob(new Outbox(opts, agent_id));
+    if (fs::exists(opts.dir)) ob->load();  // else: nothing was ever written
+    return ob;
+  }
   fs::create_directories(opts.dir);
   fs::permissions(opts.dir, fs::perms::owner_all);
   auto owner_file = opts.dir / "agent_id";
@@ -122,18 +127,23 @@ void Outbox::load() {
   }
   for (auto it = segments_.begin(); it != segments_.end(); ++it)
     load_segment(it->second, std::next(it) == segments_.end());
+  if (opts_.read_only) return;
   open_current();
   drop_acked_segments();
 }
 
 void Outbox::load_segment(Segment& seg, bool is_last) {
-  int fd = ::open(seg.path.c_str(), O_RDWR | O_CLOEXEC);
+  int fd = ::open(seg.path.c_str(), (opts_.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) sys_fail("opening " + seg.path.string());
   struct stat st {};
   ::fstat(fd, &st);
   std::uint64_t size = static_cast<std::uint64_t>(st.st_size), off = 0;
   std::string rec;
   auto torn = [&](const std::string& why) {
+    if (opts_.read_only) {  // a running agent may be appending right now: just stop reading
+      size = off;
+      return;
+    }
     if (!is_last) {
       ::close(fd);
       throw std::runtime_error("outbox segment " + seg.path.string() + " is corrupt at offset " +
@@ -243,33 +253,19 @@ std::string Outbox::overflow_body() {
   return common::encode_body(b);
 }
 
-std::size_t Outbox::append(const std::vector<std::string>& bodies) {
-  if (segments_.rbegin()->second.size >= opts_.segment_bytes) roll_segment();
-  std::string buf;
-  std::size_t appended = 0;
-  bool counters_changed = false;
-  for (const auto& body : bodies) {
-    if (dropped_unreported_ > 0) {
-      // Report the loss first, in order, as soon as there is room for the report and this
-      // result; until then keep counting.
-      auto report = overflow_body();
-      if (pending_bytes_ + 2 * kHeader + report.size() + body.size() <= opts_.max_bytes &&
-          append_one(report, buf)) {
-        dropped_unreported_ = 0;
-        counters_changed = true;
-      }
-    }
-    if (dropped_unreported_ == 0 && append_one(body, buf)) {
-      ++appended;
-      continue;
-    }
-    auto now = common::now_ns();
-    if (dropped_unreported_ == 0) first_drop_ns_ = now;
-    last_drop_ns_ = now;
-    ++dropped_unreported_;
-    ++dropped_total_;
-    counters_changed = true;
-  }
+void Outbox::report_overflow_if_room(std::string& buf) {
+  if (dropped_unreported_ == 0) return;
+  // The loss is reported in order, as a result of its own, as soon as it fits.
+  auto report = overflow_body();
+  if (pending_bytes_ + kHeader + report.size() > opts_.max_bytes) return;
+  append_one(report, buf);
+  spdlog::info("outbox has room again: reporting {} results dropped while it was full",
+               dropped_unreported_);
+  dropped_unreported_ = 0;
+  counters_dirty_ = true;
+}
+
+void Outbox::flush(const std::string& buf) {
   if (!buf.empty()) {
     std::size_t off = 0;
     while (off < buf.size()) {
@@ -281,13 +277,35 @@ std::size_t Outbox::append(const std::vector<std::string>& bodies) {
     if (::fdatasync(fd_) != 0) sys_fail("syncing the outbox");
     segments_.rbegin()->second.size += buf.size();
   }
-  if (counters_changed) {
-    if (dropped_unreported_ > 0)
-      spdlog::warn("outbox full ({} bytes unacked, cap {}): {} results dropped so far",
-                   pending_bytes_, opts_.max_bytes, dropped_unreported_);
+  if (counters_dirty_) {
     common::write_file_atomic(opts_.dir / "dropped", std::to_string(dropped_total_) + " " +
                                                          std::to_string(dropped_unreported_) + "\n");
+    counters_dirty_ = false;
   }
+}
+
+std::size_t Outbox::append(const std::vector<std::string>& bodies) {
+  if (opts_.read_only) throw std::logic_error("outbox opened read-only");
+  if (segments_.rbegin()->second.size >= opts_.segment_bytes) roll_segment();
+  std::string buf;
+  std::size_t appended = 0;
+  report_overflow_if_room(buf);
+  for (const auto& body : bodies) {
+    if (dropped_unreported_ == 0 && append_one(body, buf)) {
+      ++appended;
+      continue;
+    }
+    auto now = common::now_ns();
+    if (dropped_unreported_ == 0) first_drop_ns_ = now;
+    last_drop_ns_ = now;
+    ++dropped_unreported_;
+    ++dropped_total_;
+    counters_dirty_ = true;
+  }
+  if (appended < bodies.size())
+    spdlog::warn("outbox full ({} bytes unacked, cap {}): {} results dropped since it filled",
+                 pending_bytes_, opts_.max_bytes, dropped_unreported_);
+  flush(buf);
   return appended;
 }
 
@@ -340,6 +358,9 @@ void Outbox::ack(std::uint64_t seq) {
   acked_hash_ = hash;
   write_acked();
   drop_acked_segments();
+  std::string buf;
+  report_overflow_if_room(buf);
+  flush(buf);
 }
 
 void Outbox::write_acked() {

@@ -5,7 +5,8 @@
 // [body]; <dir>/acked holds the highest acked seq and its hash. A torn record at the tail (a crash during
 // append) is detected by its hash and truncated on open. The byte cap applies to unacked
 // records; past it new results are dropped *before* they get a seq (so the chain stays
-// gap-free), counted, and reported by an "outbox_overflow" result once there is room again.
+// gap-free), counted, and reported by an "outbox_overflow" result as soon as an ack makes
+// room for it.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,7 @@ struct OutboxOptions {
   std::filesystem::path dir;
   std::uint64_t max_bytes = 64ull << 20;      // cap on unacked bytes
   std::uint64_t segment_bytes = 4ull << 20;   // roll to a new segment file past this
+  bool read_only = false;  // inspect only (status): never truncate, create or append
 };
 
 struct OutboxStats {
@@ -79,6 +81,8 @@ class Outbox {
   std::string overflow_body();
   common::ResultRecord read_record(const Index& ix) const;
   bool append_one(const std::string& body, std::string& buf);
+  void report_overflow_if_room(std::string& buf);
+  void flush(const std::string& buf);  // write + fdatasync, then persist drop counters
 
   OutboxOptions opts_;
   std::string agent_id_;
@@ -94,6 +98,7 @@ class Outbox {
   std::uint64_t dropped_unreported_ = 0;
   std::int64_t first_drop_ns_ = 0;
   std::int64_t last_drop_ns_ = 0;
+  bool counters_dirty_ = false;
 };
 
 }  // namespace firedrill::agent

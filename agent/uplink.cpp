@@ -53,6 +53,7 @@ struct Uplink::Impl {
   bool notified = false;
   UplinkStats stats;
   std::function<void()> drained;
+  std::function<void()> connected;
   std::function<void()> close_socket;
   std::mt19937_64 rng{std::random_device{}()};
 
@@ -186,6 +187,7 @@ struct Uplink::Impl {
       spdlog::info("connected to collector {} ({} results waiting)", server.to_string(),
                    outbox.stats().pending);
     stats.last_error.clear();
+    if (connected) connected();
     auto next_sync = std::chrono::steady_clock::now() + opts.clock_sync_interval;
 
     while (!stopping) {
@@ -245,6 +247,7 @@ void Uplink::stop() {
 
 void Uplink::notify() { impl_->wake_up(); }
 void Uplink::on_drained(std::function<void()> fn) { impl_->drained = std::move(fn); }
+void Uplink::on_connected(std::function<void()> fn) { impl_->connected = std::move(fn); }
 UplinkStats Uplink::stats() const { return impl_->stats; }
 
 }  // namespace firedrill::agent

@@ -34,6 +34,8 @@ class Uplink {
   void notify();  // the outbox has new results
   // Called whenever the outbox becomes empty after an ack (used by `run --once`).
   void on_drained(std::function<void()> fn);
+  // Called after each successful hello and clock exchange.
+  void on_connected(std::function<void()> fn);
   UplinkStats stats() const;
 
  private:

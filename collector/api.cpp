@@ -10,6 +10,8 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -17,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -101,8 +104,7 @@ std::string percent_decode(std::string_view s) {
       int lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
       if (lo < 0)
         throw HttpError(http::status::bad_request,
-                        "malformed query string: bad percent-encoding in '" + std::string(s) +
-                            "'");
+                        "malformed query string: bad percent-encoding in '" + std::string(s) + "'");
       out += static_cast<char>(hi * 16 + lo);
       i += 2;
     } else {
@@ -128,9 +130,8 @@ Params parse_query(std::string_view query, const std::vector<std::string>& known
     if (std::find(known.begin(), known.end(), key) == known.end()) {
       std::string list;
       for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-      throw HttpError(http::status::bad_request,
-                      "unknown query parameter '" + key + "' (known: " +
-                          (list.empty() ? "none" : list) + ")");
+      throw HttpError(http::status::bad_request, "unknown query parameter '" + key + "' (known: " +
+                                                     (list.empty() ? "none" : list) + ")");
     }
     if (!out.emplace(key, value).second)
       throw HttpError(http::status::bad_request, "query parameter '" + key + "' given twice");
@@ -146,9 +147,14 @@ std::string param(const Params& p, const std::string& key, const std::string& de
 std::int64_t since_param(const Params& p, const std::string& def) {
   std::string text = param(p, "since", def);
   try {
-    // parse_since would overflow on huge relative durations; bound them first.
-    if (text.find('T') == std::string::npos && common::parse_duration(text).count() > kMaxSinceMs)
-      throw std::invalid_argument("'" + text + "' reaches back more than 100 years");
+    // parse_since computes nanoseconds without overflow checks; keep its input in range.
+    if (text.find('T') == std::string::npos) {
+      if (common::parse_duration(text).count() > kMaxSinceMs)
+        throw std::invalid_argument("'" + text + "' reaches back more than 100 years");
+    } else if (text.size() < 4 || text.find_first_not_of("0123456789") < 4 ||
+               text.compare(0, 4, "1970") < 0 || text.compare(0, 4, "2200") > 0) {
+      throw std::invalid_argument("'" + text + "' is not an RFC 3339 UTC time from 1970 to 2200");
+    }
     return common::parse_since(text, common::now_ns());
   } catch (const std::invalid_argument& e) {
     throw HttpError(http::status::bad_request, std::string("invalid 'since': ") + e.what());
@@ -157,8 +163,8 @@ std::int64_t since_param(const Params& p, const std::string& def) {
 
 std::size_t limit_param(const Params& p) {
   std::string text = param(p, "limit", std::to_string(kDefaultLimit));
-  std::string bad = "'limit' must be an integer from 1 to " + std::to_string(kMaxLimit) +
-                    ", got '" + text + "'";
+  std::string bad =
+      "'limit' must be an integer from 1 to " + std::to_string(kMaxLimit) + ", got '" + text + "'";
   if (text.empty() || text.size() > 6 || text.find_first_not_of("0123456789") != std::string::npos)
     throw HttpError(http::status::bad_request, bad);
   std::size_t n = std::stoul(text);
@@ -175,7 +181,8 @@ json parse_body_object(const Request& req, const std::vector<std::string>& known
     throw HttpError(http::status::bad_request,
                     std::string("request body is not valid JSON: ") + e.what());
   }
-  if (!j.is_object()) throw HttpError(http::status::bad_request, "request body must be a JSON object");
+  if (!j.is_object())
+    throw HttpError(http::status::bad_request, "request body must be a JSON object");
   for (const auto& [key, value] : j.items())
     if (std::find(known.begin(), known.end(), key) == known.end())
       throw HttpError(http::status::bad_request, "unknown field '" + key + "' in request body");
@@ -189,9 +196,15 @@ std::optional<std::string> string_field(const json& body, const std::string& key
   return body[key].get<std::string>();
 }
 
-json time_or_null(std::int64_t ns) { return ns == 0 ? json(nullptr) : json(common::format_time(ns)); }
-double ns_to_ms(std::int64_t ns) { return static_cast<double>(ns) / 1e6; }
-json error_ms_or_null(std::int64_t ns) { return ns < 0 ? json(nullptr) : json(ns_to_ms(ns)); }
+json time_or_null(std::int64_t ns) {
+  return ns == 0 ? json(nullptr) : json(common::format_time(ns));
+}
+double ns_to_ms(std::int64_t ns) {
+  return static_cast<double>(ns) / 1e6;
+}
+json error_ms_or_null(std::int64_t ns) {
+  return ns < 0 ? json(nullptr) : json(ns_to_ms(ns));
+}
 
 // Verifies each stored batch once per request, however many of its results are listed.
 class BatchVerifier {
@@ -267,14 +280,14 @@ json body_json(const common::ResultBody& b) {
             {"reason", b.reason},
             {"evidence", b.evidence},
             {"expect_prevent", b.expect_prevent},
-            {"started_at", common::format_time(b.started_ns)},
-            {"finished_at", common::format_time(b.finished_ns)},
+            {"started_at", time_or_null(b.started_ns)},
+            {"finished_at", time_or_null(b.finished_ns)},
             {"clock_offset_ms", ns_to_ms(b.clock_offset_ns)},
             {"clock_error_ms", error_ms_or_null(b.clock_error_ns)}};
   // Agent-supplied numbers: an absurd offset must not overflow, it shows as null instead.
   std::int64_t corrected = 0;
   j["action_time_corrected"] =
-      __builtin_add_overflow(b.started_ns, b.clock_offset_ns, &corrected)
+      b.started_ns == 0 || __builtin_add_overflow(b.started_ns, b.clock_offset_ns, &corrected)
           ? json(nullptr)
           : json(common::format_time(corrected));
   return j;
@@ -297,7 +310,8 @@ json result_json(const StoredResult& r, BatchVerifier& verifier) {
   j["signature"] = batch.signature_hex;
   std::string batch_error = batch.error;
   if (batch_error.empty() && (rec.seq < batch.first_seq || rec.seq > r.batch_head_seq))
-    batch_error = "seq " + std::to_string(rec.seq) + " is not covered by the batch signed at head seq " +
+    batch_error = "seq " + std::to_string(rec.seq) +
+                  " is not covered by the batch signed at head seq " +
                   std::to_string(r.batch_head_seq);
   if (!batch_error.empty()) error = error.empty() ? batch_error : batch_error + "; " + error;
   j["verified"] = error.empty();
@@ -332,7 +346,6 @@ struct State {
   std::uint16_t port = 0;
 };
 
-
 ApiToken authorize(State& st, const Request& req, Role min_role) {
   auto field = req[http::field::authorization];
   std::string_view header(field.data(), field.size());
@@ -349,7 +362,9 @@ ApiToken authorize(State& st, const Request& req, Role min_role) {
   return *tok;
 }
 
-json get_health() { return {{"status", "ok"}, {"version", FIREDRILL_VERSION}}; }
+json get_health() {
+  return {{"status", "ok"}, {"version", FIREDRILL_VERSION}};
+}
 
 json post_enroll_token(State& st, const Request& req, const ApiToken& who) {
   json body = detail::parse_body_object(req, {"ttl"});
@@ -370,7 +385,8 @@ json post_api_token(State& st, const Request& req, const ApiToken& who) {
   auto name = detail::string_field(body, "name");
   auto role_text = detail::string_field(body, "role");
   if (!name || name->empty()) throw HttpError(http::status::bad_request, "'name' is required");
-  if (name->size() > 128) throw HttpError(http::status::bad_request, "'name' is longer than 128 characters");
+  if (name->size() > 128)
+    throw HttpError(http::status::bad_request, "'name' is longer than 128 characters");
   if (!role_text) throw HttpError(http::status::bad_request, "'role' is required");
   auto role = parse_role(*role_text);
   if (!role)
@@ -411,8 +427,18 @@ json get_results(State& st, const detail::Params& p) {
     throw HttpError(http::status::not_found, "no agent '" + agent + "' is enrolled");
   detail::BatchVerifier verifier(st.store);
   json list = json::array();
-  for (const auto& r : st.store.list_results(agent, since, limit))
-    list.push_back(detail::result_json(r, verifier));
+  std::vector<StoredResult> rows;
+  if (p.count("from_seq")) {
+    // Seq order for one agent: pages never overlap or skip, whatever the arrival times.
+    if (agent.empty()) throw HttpError(http::status::bad_request, "'from_seq' needs 'agent'");
+    auto text = detail::param(p, "from_seq", "1");
+    if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
+      throw HttpError(http::status::bad_request, "'from_seq' must be a positive integer");
+    rows = st.store.list_results_by_seq(agent, std::stoull(text), limit);
+  } else {
+    rows = st.store.list_results(agent, since, limit);
+  }
+  for (const auto& r : rows) list.push_back(detail::result_json(r, verifier));
   return {{"results", std::move(list)}};
 }
 
@@ -444,10 +470,18 @@ const std::vector<Route>& routes() {
       {"/api/v1/enroll-tokens", http::verb::post, Role::admin, {}, nullptr, post_enroll_token},
       {"/api/v1/api-tokens", http::verb::post, Role::admin, {}, nullptr, post_api_token},
       {"/api/v1/agents", http::verb::get, Role::viewer, {}, get_agents, nullptr},
-      {"/api/v1/results", http::verb::get, Role::viewer, {"agent", "since", "limit"}, get_results,
+      {"/api/v1/results",
+       http::verb::get,
+       Role::viewer,
+       {"agent", "since", "limit", "from_seq"},
+       get_results,
        nullptr},
-      {"/api/v1/security-events", http::verb::get, Role::viewer, {"since", "limit"},
-       get_security_events, nullptr},
+      {"/api/v1/security-events",
+       http::verb::get,
+       Role::viewer,
+       {"since", "limit"},
+       get_security_events,
+       nullptr},
   };
   return kRoutes;
 }
@@ -460,8 +494,8 @@ Response dispatch(State& st, const Request& req) {
   const auto& all = routes();
   auto route = std::find_if(all.begin(), all.end(), [&](const Route& r) { return r.path == path; });
   if (route == all.end())
-    return detail::error_response(http::status::not_found,
-                                  "no such endpoint: " + std::string(path), &req);
+    return detail::error_response(http::status::not_found, "no such endpoint: " + std::string(path),
+                                  &req);
   if (req.method() != route->method) {
     auto allowed = std::string(http::to_string(route->method));
     auto res = detail::error_response(http::status::method_not_allowed,
@@ -484,8 +518,7 @@ Response handle_request(State& st, const Request& req, const std::string& remote
       spdlog::warn("api: {} {} from {}: {}", std::string(req.method_string()),
                    std::string(req.target()), remote, e.what());
     auto res = detail::error_response(e.status, e.what(), &req);
-    if (e.status == http::status::unauthorized)
-      res.set(http::field::www_authenticate, "Bearer");
+    if (e.status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
     return res;
   } catch (const std::exception& e) {
     spdlog::error("api: {} {} from {} failed: {}", std::string(req.method_string()),
@@ -498,17 +531,15 @@ Response handle_request(State& st, const Request& req, const std::string& remote
 // Answer for a request that could not even be parsed; the connection is closed after it.
 Response parse_error_response(const boost::system::error_code& ec) {
   if (ec == http::error::body_limit)
-    return detail::error_response(http::status::payload_too_large,
-                                  "request body exceeds " + std::to_string(detail::kBodyLimit) +
-                                      " bytes",
-                                  nullptr);
+    return detail::error_response(
+        http::status::payload_too_large,
+        "request body exceeds " + std::to_string(detail::kBodyLimit) + " bytes", nullptr);
   if (ec == http::error::header_limit)
-    return detail::error_response(http::status::request_header_fields_too_large,
-                                  "request headers exceed " +
-                                      std::to_string(detail::kHeaderLimit) + " bytes",
-                                  nullptr);
-  return detail::error_response(http::status::bad_request, "malformed HTTP request: " + ec.message(),
-                                nullptr);
+    return detail::error_response(
+        http::status::request_header_fields_too_large,
+        "request headers exceed " + std::to_string(detail::kHeaderLimit) + " bytes", nullptr);
+  return detail::error_response(http::status::bad_request,
+                                "malformed HTTP request: " + ec.message(), nullptr);
 }
 
 using TlsStream = asio::ssl::stream<tcp::socket>;
@@ -523,17 +554,15 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
     boost::system::error_code ec;
     watchdog.arm(detail::kRequestTimeout);
     co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
-    if (ec == http::error::end_of_stream || watchdog.fired() || !stream.lowest_layer().is_open())
-      co_return;
-    conn.busy = true;
+    if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
+        ec == asio::ssl::error::stream_truncated || ec == asio::error::connection_reset ||
+        ec == asio::error::eof || watchdog.fired() || !stream.lowest_layer().is_open())
+      co_return;  // the peer left (or timed out): nobody to answer
     bool parsed = !ec;
+    if (!parsed) spdlog::info("api: bad request from {}: {}", remote, ec.message());
+    conn.busy = true;
     Response res = parsed ? handle_request(st, parser.get(), remote) : parse_error_response(ec);
-    if (!parsed) {
-      if (ec == asio::ssl::error::stream_truncated || ec == asio::error::connection_reset ||
-          ec == asio::error::eof)
-        co_return;
-      spdlog::info("api: bad request from {}: {}", remote, ec.message());
-    }
+    if (st.stopping) res.keep_alive(false);
     watchdog.arm(detail::kWriteTimeout);
     co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
     conn.busy = false;
@@ -586,6 +615,8 @@ void log_session_end(const std::string& remote, std::exception_ptr e) {
     std::rethrow_exception(e);
   } catch (const std::exception& x) {
     spdlog::error("api: connection from {} failed: {}", remote, x.what());
+  } catch (...) {
+    spdlog::error("api: connection from {} failed with a non-standard exception", remote);
   }
 }
 
@@ -594,7 +625,8 @@ awaitable<void> accept_loop(std::shared_ptr<State> st) {
   asio::steady_timer backoff(ex);
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket = co_await st->acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+    tcp::socket socket =
+        co_await st->acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
     if (st->stopping || !st->acceptor.is_open()) co_return;
     if (ec) {
       // Typically EMFILE: pause instead of spinning on an error that persists.
@@ -636,29 +668,40 @@ ApiServer::ApiServer(asio::io_context& io, asio::ssl::context& tls, const common
                      Store& store, Registry& registry)
     : impl_(std::make_unique<Impl>()) {
   auto st = std::make_shared<State>(io, tls, store, registry);
-  tcp::resolver resolver(io);
-  auto endpoints = resolver.resolve(listen.host, std::to_string(listen.port),
-                                    tcp::resolver::passive | tcp::resolver::numeric_service);
-  tcp::endpoint ep = endpoints.begin()->endpoint();
-  st->acceptor.open(ep.protocol());
-  st->acceptor.set_option(asio::socket_base::reuse_address(true));
-  st->acceptor.bind(ep);
-  st->acceptor.listen(asio::socket_base::max_listen_connections);
-  st->port = st->acceptor.local_endpoint().port();
+  try {
+    tcp::resolver resolver(io);
+    auto endpoints = resolver.resolve(listen.host, std::to_string(listen.port),
+                                      tcp::resolver::passive | tcp::resolver::numeric_service);
+    tcp::endpoint ep = endpoints.begin()->endpoint();  // resolve() throws rather than give none
+    st->acceptor.open(ep.protocol());
+    st->acceptor.set_option(asio::socket_base::reuse_address(true));
+    st->acceptor.bind(ep);
+    st->acceptor.listen(asio::socket_base::max_listen_connections);
+    st->port = st->acceptor.local_endpoint().port();
+  } catch (const boost::system::system_error& e) {
+    // Boost 1.74's system_error is not a std::system_error; keep the promise of api.hpp.
+    throw std::system_error(std::error_code(e.code()),
+                            "API cannot listen on " + listen.to_string());
+  }
   impl_->state = std::move(st);
 }
 
 // The acceptor belongs to the io_context's thread: closing it is posted there. Coroutines hold
 // the state, so it lives until the last of them ends.
-ApiServer::~ApiServer() { stop(); }
+ApiServer::~ApiServer() {
+  stop();
+}
 
-std::uint16_t ApiServer::port() const { return impl_->state->port; }
+std::uint16_t ApiServer::port() const {
+  return impl_->state->port;
+}
 
 void ApiServer::start() {
   auto& st = impl_->state;
   spdlog::info("api: listening on https://{}", st->acceptor.local_endpoint().address().to_string() +
                                                    ":" + std::to_string(st->port));
-  asio::co_spawn(st->io, accept_loop(st), [](std::exception_ptr e) { log_session_end("accept loop", e); });
+  asio::co_spawn(st->io, accept_loop(st),
+                 [](std::exception_ptr e) { log_session_end("accept loop", e); });
 }
 
 void ApiServer::stop() {

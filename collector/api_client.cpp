@@ -145,8 +145,8 @@ nlohmann::json ApiClient::request(const std::string& method, const std::string& 
 
   CURLcode rc = curl_easy_perform(c);
   if (sink.overflow || rc == CURLE_FILESIZE_EXCEEDED)
-    throw ApiError(0, "response from " + url + " exceeds " +
-                          std::to_string(kMaxResponseBytes >> 20) + " MiB");
+    throw ApiError(
+        0, "response from " + url + " exceeds " + std::to_string(kMaxResponseBytes >> 20) + " MiB");
   if (rc != CURLE_OK)
     throw ApiError(0, "cannot reach " + url + ": " +
                           (errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc)));

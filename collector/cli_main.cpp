@@ -99,7 +99,8 @@ std::size_t display_width(const std::string& s) {
 std::string text(const json& obj, const std::string& key) {
   if (!obj.is_object() || !obj.contains(key) || obj[key].is_null()) return "-";
   const json& v = obj[key];
-  return sanitize(v.is_string() ? v.get<std::string>() : v.dump());
+  std::string s = sanitize(v.is_string() ? v.get<std::string>() : v.dump());
+  return s.empty() ? "-" : s;
 }
 
 void print_table(const std::vector<std::string>& headers,
@@ -145,6 +146,11 @@ void print_json(const json& j) {
   std::cout << j.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
 }
 
+// "24h" reads as a window, "2026-01-01T00:00:00Z" as a point in time.
+std::string since_text(const std::string& since) {
+  return sanitize(since) + (since.find('T') == std::string::npos ? " ago" : "");
+}
+
 int cmd_token_create(const ApiClient& api, const std::string& ttl) {
   json body = {{"ttl", ttl}};
   json r = api.post("/api/v1/enroll-tokens", body);
@@ -184,19 +190,19 @@ struct ResultsQuery {
 };
 
 int cmd_results(const ApiClient& api, const ResultsQuery& q) {
-  std::string path = "/api/v1/results?since=" + url_encode(q.since) +
-                     "&limit=" + std::to_string(q.limit);
+  std::string path =
+      "/api/v1/results?since=" + url_encode(q.since) + "&limit=" + std::to_string(q.limit);
   if (!q.agent.empty()) path += "&agent=" + url_encode(q.agent);
   const json answer = api.get(path);
   const json& results = list_field(answer, "results");
   if (q.as_json) return print_json(results), 0;
-  if (results.empty()) return std::cout << "No results since " << sanitize(q.since) << ".\n", 0;
+  if (results.empty()) return std::cout << "No results since " << since_text(q.since) << ".\n", 0;
   std::vector<std::vector<std::string>> rows;
   std::vector<std::string> problems;
   for (const auto& r : results) {
     bool ok = r.value("verified", false);
-    rows.push_back({text(r, "received_at"), text(r, "agent_id"), text(r, "seq"),
-                    text(r, "test_id"), text(r, "target"), text(r, "verdict"), text(r, "reason"),
+    rows.push_back({text(r, "received_at"), text(r, "agent_id"), text(r, "seq"), text(r, "test_id"),
+                    text(r, "target"), text(r, "verdict"), text(r, "reason"),
                     ok ? "verified" : "INVALID"});
     if (!ok)
       problems.push_back(text(r, "agent_id") + " seq " + text(r, "seq") + ": " +
@@ -216,7 +222,8 @@ int cmd_security_events(const ApiClient& api, const std::string& since, int limi
                               "&limit=" + std::to_string(limit));
   const json& events = list_field(answer, "events");
   if (as_json) return print_json(events), 0;
-  if (events.empty()) return std::cout << "No security events since " << sanitize(since) << ".\n", 0;
+  if (events.empty())
+    return std::cout << "No security events since " << since_text(since) << ".\n", 0;
   std::vector<std::vector<std::string>> rows;
   for (const auto& e : events)
     rows.push_back({text(e, "time"), text(e, "kind"), text(e, "agent_id"), text(e, "remote"),
@@ -226,8 +233,9 @@ int cmd_security_events(const ApiClient& api, const std::string& since, int limi
 }
 
 std::string check_https(const std::string& url) {
-  return url.rfind("https://", 0) == 0 ? std::string()
-                                       : "must be an https:// URL (the token is never sent in clear)";
+  return url.rfind("https://", 0) == 0
+             ? std::string()
+             : "must be an https:// URL (the token is never sent in clear)";
 }
 
 }  // namespace
@@ -255,7 +263,8 @@ int main(int argc, char** argv) {
   auto* token = app.add_subcommand("token", "Enrollment tokens for new agents (admin)");
   token->require_subcommand(1);
   auto* token_create = token->add_subcommand(
-      "create", "Create a single-use enrollment token; the token is printed alone on the last line");
+      "create",
+      "Create a single-use enrollment token; the token is printed alone on the last line");
   std::string ttl = "1h";
   token_create->add_option("--ttl", ttl, "How long the token stays valid (30m, 1h, 2d, ...)")
       ->capture_default_str();
@@ -279,7 +288,8 @@ int main(int argc, char** argv) {
       "results", "List received results and re-verify their signatures (viewer)");
   ResultsQuery rq;
   results->add_option("--agent", rq.agent, "Only results of this agent id (default: all agents)");
-  results->add_option("--since", rq.since, "How far back: a duration (1h, 7d) or an RFC 3339 UTC time")
+  results
+      ->add_option("--since", rq.since, "How far back: a duration (1h, 7d) or an RFC 3339 UTC time")
       ->capture_default_str();
   results->add_option("--limit", rq.limit, "At most this many results, oldest first")
       ->check(CLI::Range(1, 10000))
@@ -291,12 +301,18 @@ int main(int argc, char** argv) {
   std::string ev_since = "7d";
   int ev_limit = 1000;
   bool ev_json = false;
-  events->add_option("--since", ev_since, "How far back: a duration (1h, 7d) or an RFC 3339 UTC time")
+  events
+      ->add_option("--since", ev_since, "How far back: a duration (1h, 7d) or an RFC 3339 UTC time")
       ->capture_default_str();
   events->add_option("--limit", ev_limit, "At most this many events, oldest first")
       ->check(CLI::Range(1, 10000))
       ->capture_default_str();
   events->add_flag("--json", ev_json, "Print the JSON array instead of a table");
+
+  for (auto* sub : {token_create, api_token_create, agents, results, events})
+    sub->footer(
+        "Global options (--server, --token-file, --ca, --timeout) may follow the "
+        "subcommand; see firedrill --help.");
 
   try {
     app.parse(argc, argv);

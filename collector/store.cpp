@@ -283,6 +283,21 @@ std::vector<StoredResult> Store::list_results(const std::string& agent_id, std::
   return out;
 }
 
+std::vector<StoredResult> Store::list_results_by_seq(const std::string& agent_id,
+                                                     std::uint64_t from_seq,
+                                                     std::size_t limit) const {
+  std::vector<StoredResult> out;
+  std::string prefix = agent_id;
+  prefix.push_back('\0');
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kResults]));
+  for (it->Seek(result_key(agent_id, from_seq));
+       it->Valid() && it->key().starts_with(prefix) && out.size() < limit; it->Next()) {
+    auto k = it->key();
+    out.push_back(decode_result(agent_id, get_be64(k.data() + k.size() - 8), it->value().ToString()));
+  }
+  return out;
+}
+
 std::uint64_t Store::count_results(const std::string& agent_id) const {
   std::uint64_t n = 0;
   std::string prefix = agent_id;

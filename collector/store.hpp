@@ -129,6 +129,9 @@ class Store {
   // Results received at or after since_ns, optionally of one agent, newest last, at most limit.
   std::vector<StoredResult> list_results(const std::string& agent_id, std::int64_t since_ns,
                                          std::size_t limit) const;
+  // One agent's results in seq order starting at from_seq (pagination without duplicates).
+  std::vector<StoredResult> list_results_by_seq(const std::string& agent_id,
+                                                std::uint64_t from_seq, std::size_t limit) const;
   std::uint64_t count_results(const std::string& agent_id) const;
   std::optional<StoredBatch> get_batch(const std::string& agent_id, std::uint64_t head_seq) const;
   std::vector<SecurityEvent> list_security_events(std::int64_t since_ns, std::size_t limit) const;

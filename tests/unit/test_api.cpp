@@ -163,7 +163,7 @@ std::vector<std::string> three_bodies() {
 
 }  // namespace
 
-TEST_CASE("the health endpoint answers without a token") {
+TEST_CASE("the API health endpoint answers without a token") {
   ApiFixture f;
   json j = f.client("").get("/api/v1/health");
   CHECK(j["status"] == "ok");
@@ -190,7 +190,7 @@ TEST_CASE("api requests without a valid token are refused with 401") {
   }
 }
 
-TEST_CASE("a viewer token cannot create enrollment tokens (403 naming the role)") {
+TEST_CASE("an API viewer token cannot create enrollment tokens (403 naming the role)") {
   ApiFixture f;
   json body = {{"ttl", "1h"}};
   auto e = error_of([&] { f.client(f.viewer_token).post("/api/v1/enroll-tokens", body); });
@@ -199,7 +199,7 @@ TEST_CASE("a viewer token cannot create enrollment tokens (403 naming the role)"
   CHECK(std::string(e->what()) == "requires role admin");
 }
 
-TEST_CASE("an admin creates an enrollment token of 64 hex digits that the store knows") {
+TEST_CASE("an API admin creates an enrollment token of 64 hex digits that the store knows") {
   ApiFixture f;
   json body = {{"ttl", "2h"}};
   json j = f.client(f.admin_token).post("/api/v1/enroll-tokens", body);
@@ -219,7 +219,7 @@ TEST_CASE("an admin creates an enrollment token of 64 hex digits that the store 
   }
 }
 
-TEST_CASE("a bad enrollment token ttl is answered with 400 naming the problem") {
+TEST_CASE("the API answers a bad enrollment token ttl with 400 naming the problem") {
   ApiFixture f;
   auto post = [&](const json& body) {
     return error_of([&] { f.client(f.admin_token).post("/api/v1/enroll-tokens", body); });
@@ -260,7 +260,7 @@ TEST_CASE("a bad enrollment token ttl is answered with 400 naming the problem") 
   }
 }
 
-TEST_CASE("an admin creates API tokens with a role and unknown roles are refused") {
+TEST_CASE("an API admin creates API tokens with a role and unknown roles are refused") {
   ApiFixture f;
   json body = {{"name", "soc dashboard"}, {"role", "viewer"}};
   json j = f.client(f.admin_token).post("/api/v1/api-tokens", body);
@@ -298,7 +298,7 @@ TEST_CASE("unknown api paths get 404 and wrong methods 405") {
   CHECK(e->status == 405);
 }
 
-TEST_CASE("stored results verify on read and a body altered on disk is reported as invalid") {
+TEST_CASE("API results verify on read and a body altered on disk is reported as invalid") {
   ApiFixture f;
   auto key = common::Ed25519Key::generate();
   auto sb = make_batch(key, three_bodies());
@@ -345,7 +345,8 @@ TEST_CASE("stored results verify on read and a body altered on disk is reported 
   }
 }
 
-TEST_CASE("a result whose body cannot be decoded is listed as invalid without failing the rest") {
+TEST_CASE(
+    "the API lists a result whose body cannot be decoded as invalid without failing the rest") {
   ApiFixture f;
   auto key = common::Ed25519Key::generate();
   // Correctly hashed and signed, but the body is not msgpack at all.
@@ -357,7 +358,7 @@ TEST_CASE("a result whose body cannot be decoded is listed as invalid without fa
   CHECK(j["results"][0]["verify_error"].get<std::string>().find("decoded") != std::string::npos);
 }
 
-TEST_CASE("results query parameters are validated with 400") {
+TEST_CASE("API results query parameters are validated with 400") {
   ApiFixture f;
   auto api = f.client(f.viewer_token);
   auto status = [&](const std::string& path) {
@@ -366,6 +367,7 @@ TEST_CASE("results query parameters are validated with 400") {
   };
   CHECK(status("/api/v1/results?since=yesterday") == 400);
   CHECK(status("/api/v1/results?since=99999999999h") == 400);
+  CHECK(status("/api/v1/results?since=9999-99-99T99:99:99Z") == 400);
   CHECK(status("/api/v1/results?limit=0") == 400);
   CHECK(status("/api/v1/results?limit=10001") == 400);
   CHECK(status("/api/v1/results?limit=ten") == 400);
@@ -375,7 +377,7 @@ TEST_CASE("results query parameters are validated with 400") {
   CHECK(status("/api/v1/results?since=2020-01-01T00:00:00Z&limit=10000") == 200);
 }
 
-TEST_CASE("agents and security events are listed for viewers") {
+TEST_CASE("the API lists agents and security events for viewers") {
   ApiFixture f;
   auto key = common::Ed25519Key::generate();
   store_batch(*f.store, key, make_batch(key, three_bodies()));
@@ -415,4 +417,12 @@ TEST_CASE("an api client pinned to another CA fails before any HTTP answer (stat
 
 TEST_CASE("an api client refuses plain http so the token never travels in clear") {
   CHECK_THROWS_AS(ApiClient("http://127.0.0.1:7444", "t", "ca.pem"), std::invalid_argument);
+}
+
+TEST_CASE("an API server cannot bind a port that is already listening") {
+  ApiFixture f;
+  boost::asio::io_context io;
+  CHECK_THROWS_AS(collector::ApiServer(io, f.tls, common::HostPort{"127.0.0.1", f.server->port()},
+                                       *f.store, f.registry),
+                  std::system_error);
 }

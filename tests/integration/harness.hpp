@@ -1,0 +1,151 @@
+// Integration-test harness: real binaries on loopback, each in its own temporary directory.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
+#include <string>
+#include <vector>
+
+namespace firedrill::test {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+fs::path bin(const std::string& name);  // build/bin/<name>
+
+struct TempDir {
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  fs::path path;
+  fs::path operator/(const std::string& p) const { return path / p; }
+};
+
+struct CommandResult {
+  int rc = -1;
+  std::string out, err;
+};
+// Runs argv to completion (killed after `timeout`), capturing stdout and stderr.
+CommandResult run_command(const std::vector<std::string>& argv,
+                          std::chrono::milliseconds timeout = 60s);
+
+// A background process whose stderr and stdout go to a log file; killed (SIGKILL) on destruction.
+class Process {
+ public:
+  Process() = default;
+  Process(const std::vector<std::string>& argv, const fs::path& log);
+  Process(Process&& o) noexcept;
+  Process& operator=(Process&& o) noexcept;
+  ~Process();
+  pid_t pid() const { return pid_; }
+  bool running();
+  void signal(int sig);
+  // Waits for exit; returns the exit code (128+signal if killed), or nullopt on timeout.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  void kill9();
+  std::string log() const;
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = 0;
+  bool reaped_ = true;
+  fs::path log_;
+};
+
+// Polls `cond` every few milliseconds until true or `timeout`; returns whether it held.
+bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds timeout);
+
+struct CollectorOptions {
+  std::string frame_timeout = "10s";
+  std::string idle_timeout = "5m";
+  std::string handshake_timeout = "10s";
+};
+
+class Collector {
+ public:
+  explicit Collector(CollectorOptions opts = {});
+  ~Collector();
+  void start();
+  void kill9();
+  void stop();  // SIGTERM and wait
+  bool running() { return proc_.running(); }
+  std::uint16_t agent_port() const { return agent_port_; }
+  std::uint16_t api_port() const { return api_port_; }
+  std::string agent_endpoint() const { return "127.0.0.1:" + std::to_string(agent_port_); }
+  fs::path dir() const { return tmp_.path / "collector"; }
+  fs::path ca_pem() const { return dir() / "ca.pem"; }
+  fs::path admin_token() const { return dir() / "admin.token"; }
+  std::string log() const { return proc_.log(); }
+
+  // The `firedrill` CLI against this collector with the admin token.
+  CommandResult cli(std::vector<std::string> args);
+  std::string create_token(const std::string& ttl = "1h");
+  nlohmann::json api_get(const std::string& path, const std::string& token = {});
+  std::uint64_t stored_results(const std::string& agent_id);  // via the API agents list
+  nlohmann::json security_events();
+
+ private:
+  TempDir tmp_;
+  Process proc_;
+  std::uint16_t agent_port_ = 0, api_port_ = 0;
+  int starts_ = 0;
+};
+
+struct AgentTest {
+  std::string id;
+  std::string every = "1s";
+  std::vector<std::string> targets;
+  bool expect_prevent = false;
+};
+
+class Agent {
+ public:
+  // Enrolls with a fresh token from `c` into its own state directory.
+  explicit Agent(Collector& c, std::string outbox_max = "64MiB");
+  void write_config(const std::vector<AgentTest>& tests, const std::string& server = {});
+  // Smaller batches make delivery take many round trips (to kill something mid-flight).
+  void set_batch_max_results(int n) { batch_max_results_ = n; }
+  void start(const std::vector<std::string>& extra = {});
+  void kill9() { proc_.kill9(); }
+  void stop();
+  bool running() { return proc_.running(); }
+  Process& process() { return proc_; }
+  nlohmann::json status();  // `firedrill-agent status`
+  const std::string& id() const { return id_; }
+  fs::path state_dir() const { return tmp_.path / "state"; }
+  fs::path config() const { return tmp_.path / "agent.yaml"; }
+  std::string log() const { return proc_.log(); }
+
+ private:
+  Collector& c_;
+  TempDir tmp_;
+  Process proc_;
+  std::string id_;
+  std::string outbox_max_;
+  int batch_max_results_ = 512;
+  int starts_ = 0;
+};
+
+// A TCP listener on 127.0.0.1 that accepts and closes connections on its own thread.
+class OpenPort {
+ public:
+  OpenPort();
+  ~OpenPort();
+  std::uint16_t port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::thread* thread_ = nullptr;
+};
+
+std::uint16_t closed_port();  // a loopback port with nothing listening
+
+}  // namespace firedrill::test
