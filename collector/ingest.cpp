@@ -105,6 +105,17 @@ struct IngestServer::Impl {
     });
   }
 
+  awaitable<void> record_security_event(std::string kind, std::string agent, std::string remote,
+                                        std::string detail) {
+    spdlog::warn("security event {}: agent={} remote={} {}", kind, agent.empty() ? "-" : agent,
+                 remote, detail);
+    ++stats_.security_events;
+    WriteSet ws;
+    ws.put_security_event({common::now_ns(), kind, agent, remote, detail});
+    auto err = co_await async_commit(store_, std::move(ws), io_.get_executor(), use_awaitable);
+    if (!err.empty()) spdlog::error("could not store security event: {}", err);
+  }
+
   awaitable<void> accept_loop() {
     while (!stopping_) {
       boost::system::error_code ec;
@@ -162,7 +173,8 @@ struct IngestServer::Impl {
                      agent_id.empty() ? "unauthenticated" : agent_id, e.what());
     }
     if (refusal) {  // co_await is not allowed inside a handler
-      security_event(refusal->code, agent_id, remote, refusal->what());
+      // Recorded durably before the peer hears of it, so the refusal is never unrecorded.
+      co_await record_security_event(refusal->code, agent_id, remote, refusal->what());
       co_await send_error(stream, wd, refusal->code, refusal->what());
     }
     wd.disarm();
