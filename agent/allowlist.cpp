@@ -6,6 +6,13 @@
 namespace firedrill::agent {
 namespace {
 
+// The whole text must be a decimal number (std::stoul alone ignores trailing junk).
+unsigned long whole_number(const std::string& text) {
+  if (text.empty() || text.size() > 6 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw std::invalid_argument("not a number");
+  return std::stoul(text);
+}
+
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   return s;
@@ -62,8 +69,8 @@ Allowlist Allowlist::parse(const std::vector<std::string>& entries) {
     if (!ports.empty() && ports != "*") {
       auto dash = ports.find('-');
       try {
-        unsigned long lo = std::stoul(ports.substr(0, dash));
-        unsigned long hi = dash == std::string::npos ? lo : std::stoul(ports.substr(dash + 1));
+        unsigned long lo = whole_number(ports.substr(0, dash));
+        unsigned long hi = dash == std::string::npos ? lo : whole_number(ports.substr(dash + 1));
         if (lo < 1 || hi > 65535 || lo > hi) throw std::out_of_range("range");
         e.port_lo = static_cast<std::uint16_t>(lo);
         e.port_hi = static_cast<std::uint16_t>(hi);
@@ -81,7 +88,7 @@ Allowlist Allowlist::parse(const std::vector<std::string>& entries) {
       e.prefix = max;
       if (slash != std::string::npos) {
         try {
-          e.prefix = static_cast<unsigned>(std::stoul(host.substr(slash + 1)));
+          e.prefix = static_cast<unsigned>(whole_number(host.substr(slash + 1)));
         } catch (const std::exception&) {
           throw bad("bad prefix length");
         }

@@ -114,9 +114,12 @@ void Outbox::load() {
   if (fs::exists(opts_.dir / "dropped")) {
     auto text = common::read_file(opts_.dir / "dropped", 128);
     unsigned long long total = 0, unreported = 0;
-    std::sscanf(text.c_str(), "%llu %llu", &total, &unreported);
+    long long first = 0, last = 0;
+    std::sscanf(text.c_str(), "%llu %llu %lld %lld", &total, &unreported, &first, &last);
     dropped_total_ = total;
     dropped_unreported_ = unreported;
+    first_drop_ns_ = first;
+    last_drop_ns_ = last;
   }
   for (auto& e : fs::directory_iterator(opts_.dir)) {
     auto name = e.path().filename().string();
@@ -267,25 +270,49 @@ void Outbox::report_overflow_if_room(std::string& buf) {
 
 void Outbox::flush(const std::string& buf) {
   if (!buf.empty()) {
+    auto& cur = segments_.rbegin()->second;
     std::size_t off = 0;
-    while (off < buf.size()) {
-      ssize_t n = ::write(fd_, buf.data() + off, buf.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) sys_fail("appending to the outbox");
-      off += static_cast<std::size_t>(n);
+    try {
+      while (off < buf.size()) {
+        ssize_t n = ::write(fd_, buf.data() + off, buf.size() - off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) sys_fail("appending to the outbox");
+        off += static_cast<std::size_t>(n);
+      }
+      if (::fdatasync(fd_) != 0) sys_fail("syncing the outbox");
+    } catch (...) {
+      // Nothing of this append counts: cut the file back and forget the records in memory,
+      // so the chain in memory is always the chain on disk.
+      if (::ftruncate(fd_, static_cast<off_t>(cur.size)) != 0)
+        spdlog::error("outbox: could not truncate {} after a failed append", cur.path.string());
+      while (!index_.empty() && index_.back().segment == cur.first_seq &&
+             index_.back().offset >= cur.size) {
+        pending_bytes_ -= index_.back().size;
+        index_.pop_back();
+      }
+      head_seq_ = index_.empty() ? acked_seq_ : index_.back().seq;
+      head_hash_ = index_.empty() ? acked_hash_ : read_record(index_.back()).hash;
+      cur.last_seq = std::min(cur.last_seq, head_seq_);
+      throw;
     }
-    if (::fdatasync(fd_) != 0) sys_fail("syncing the outbox");
-    segments_.rbegin()->second.size += buf.size();
+    cur.size += buf.size();
   }
   if (counters_dirty_) {
-    common::write_file_atomic(opts_.dir / "dropped", std::to_string(dropped_total_) + " " +
-                                                         std::to_string(dropped_unreported_) + "\n");
+    common::write_file_atomic(opts_.dir / "dropped",
+                              std::to_string(dropped_total_) + " " +
+                                  std::to_string(dropped_unreported_) + " " +
+                                  std::to_string(first_drop_ns_) + " " +
+                                  std::to_string(last_drop_ns_) + "\n");
     counters_dirty_ = false;
   }
 }
 
 std::size_t Outbox::append(const std::vector<std::string>& bodies) {
   if (opts_.read_only) throw std::logic_error("outbox opened read-only");
+  for (const auto& body : bodies)  // refuse before anything changes
+    if (kHeader + body.size() > kMaxRecord)
+      throw std::length_error("a result body of " + std::to_string(body.size()) +
+                              " bytes exceeds the outbox record cap");
   if (segments_.rbegin()->second.size >= opts_.segment_bytes) roll_segment();
   std::string buf;
   std::size_t appended = 0;
@@ -380,6 +407,7 @@ void Outbox::drop_acked_segments() {
 
 std::string Outbox::reconcile(std::uint64_t collector_next_seq,
                               const common::Digest& collector_head) {
+  if (collector_next_seq == 0) return "collector sent next seq 0, which is not valid";
   std::uint64_t stored = collector_next_seq - 1;  // the collector's last seq
   if (stored > head_seq_) {
     if (!index_.empty() || head_seq_ != acked_seq_)

@@ -1,6 +1,8 @@
 #include "common/clock.hpp"
 
 #include <chrono>
+#include <cctype>
+#include <climits>
 #include <cstdio>
 #include <ctime>
 #include <stdexcept>
@@ -32,17 +34,50 @@ std::string format_time(std::int64_t ns) {
 
 std::int64_t parse_since(const std::string& text, std::int64_t now) {
   if (text.empty()) throw std::invalid_argument("empty time");
-  if (text.find('T') == std::string::npos) return now - parse_duration(text).count() * 1'000'000;
+  if (text.find('T') == std::string::npos) {
+    auto ms = parse_duration(text).count();
+    if (ms > (now - INT64_MIN / 2) / 1'000'000) throw std::invalid_argument("'" + text + "' reaches back too far");
+    return now - ms * 1'000'000;
+  }
+  // RFC 3339: YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)
+  auto bad = [&] {
+    return std::invalid_argument("'" + text + "' is neither a duration (1h) nor an RFC 3339 time");
+  };
   std::tm tm{};
-  int ms = 0;
-  char tail[8] = {0};
-  int n = std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%7s", &tm.tm_year, &tm.tm_mon,
-                      &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, tail);
-  if (n < 6) throw std::invalid_argument("'" + text + "' is neither a duration nor RFC 3339 UTC");
-  if (tail[0] == '.') ms = std::atoi(tail + 1);
+  int consumed = 0;
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &consumed) != 6 || consumed != 19)
+    throw bad();
+  if (tm.tm_year < 1970 || tm.tm_year > 2200 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
+      tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
+    throw bad();
+  std::size_t i = 19;
+  std::int64_t frac_ns = 0;
+  if (i < text.size() && text[i] == '.') {
+    std::int64_t scale = 100'000'000;
+    std::size_t digits = 0;
+    for (++i; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i, ++digits) {
+      frac_ns += (text[i] - '0') * scale;  // digits beyond nanoseconds add 0
+      scale /= 10;
+    }
+    if (digits == 0) throw bad();
+  }
+  std::int64_t offset_s = 0;
+  std::string zone = text.substr(i);
+  if (zone == "Z" || zone == "z") {
+  } else if (zone.size() == 6 && (zone[0] == '+' || zone[0] == '-') && zone[3] == ':' &&
+             std::isdigit(static_cast<unsigned char>(zone[1])) &&
+             std::isdigit(static_cast<unsigned char>(zone[2])) &&
+             std::isdigit(static_cast<unsigned char>(zone[4])) &&
+             std::isdigit(static_cast<unsigned char>(zone[5]))) {
+    offset_s = ((zone[1] - '0') * 10 + (zone[2] - '0')) * 3600 + ((zone[4] - '0') * 10 + (zone[5] - '0')) * 60;
+    if (zone[0] == '-') offset_s = -offset_s;
+  } else {
+    throw bad();
+  }
   tm.tm_year -= 1900;
   tm.tm_mon -= 1;
-  return static_cast<std::int64_t>(timegm(&tm)) * 1'000'000'000 + std::int64_t{ms} * 1'000'000;
+  return (static_cast<std::int64_t>(timegm(&tm)) - offset_s) * 1'000'000'000 + frac_ns;
 }
 
 ClockSample clock_sample(std::int64_t t1, std::int64_t t2, std::int64_t t3, std::int64_t t4) {

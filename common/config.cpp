@@ -13,12 +13,17 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
   if (i == 0 || i > 12) throw std::invalid_argument("'" + text + "' is not a duration like 30s, 5m, 1h");
   std::int64_t n = std::stoll(text.substr(0, i));
   std::string unit = text.substr(i);
-  if (unit == "ms") return std::chrono::milliseconds(n);
-  if (unit == "s" || unit.empty()) return std::chrono::seconds(n);
-  if (unit == "m") return std::chrono::minutes(n);
-  if (unit == "h") return std::chrono::hours(n);
-  if (unit == "d") return std::chrono::hours(24 * n);
-  throw std::invalid_argument("'" + text + "' has an unknown unit (use ms, s, m, h, d)");
+  std::int64_t ms_per = 0;
+  if (unit == "ms") ms_per = 1;
+  else if (unit == "s" || unit.empty()) ms_per = 1000;
+  else if (unit == "m") ms_per = 60'000;
+  else if (unit == "h") ms_per = 3'600'000;
+  else if (unit == "d") ms_per = 86'400'000;
+  else throw std::invalid_argument("'" + text + "' has an unknown unit (use ms, s, m, h, d)");
+  // Nanosecond arithmetic elsewhere must not overflow either: cap at about 100 years.
+  constexpr std::int64_t kMaxMs = 100LL * 366 * 86'400'000;
+  if (n > kMaxMs / ms_per) throw std::invalid_argument("'" + text + "' is longer than 100 years");
+  return std::chrono::milliseconds(n * ms_per);
 }
 
 std::string format_duration(std::chrono::milliseconds d) {
@@ -36,11 +41,14 @@ std::uint64_t parse_size(const std::string& text) {
   if (i == 0 || i > 15) throw std::invalid_argument("'" + text + "' is not a size like 64MiB");
   std::uint64_t n = std::stoull(text.substr(0, i));
   std::string unit = text.substr(i);
-  if (unit.empty() || unit == "B") return n;
-  if (unit == "KiB" || unit == "K") return n << 10;
-  if (unit == "MiB" || unit == "M") return n << 20;
-  if (unit == "GiB" || unit == "G") return n << 30;
-  throw std::invalid_argument("'" + text + "' has an unknown unit (use B, KiB, MiB, GiB)");
+  int shift = -1;
+  if (unit.empty() || unit == "B") shift = 0;
+  else if (unit == "KiB" || unit == "K") shift = 10;
+  else if (unit == "MiB" || unit == "M") shift = 20;
+  else if (unit == "GiB" || unit == "G") shift = 30;
+  else throw std::invalid_argument("'" + text + "' has an unknown unit (use B, KiB, MiB, GiB)");
+  if (n > (std::uint64_t{1} << (62 - shift))) throw std::invalid_argument("'" + text + "' is too large");
+  return n << shift;
 }
 
 ConfigNode ConfigNode::load_file(const std::filesystem::path& file) {
@@ -175,12 +183,17 @@ std::vector<std::string> ConfigNode::str_list(const std::string& key) const {
 }
 
 void ConfigNode::check_keys(const std::vector<std::string>& known) const {
-  for (const auto& k : keys())
-    if (std::find(known.begin(), known.end(), k) == known.end()) {
-      std::string list;
-      for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
-      fail(k, "unknown key (known keys here: " + list + ")");
-    }
+  if (!defined()) return;
+  if (!node_.IsMap()) fail("", "must be a map");
+  for (auto it = node_.begin(); it != node_.end(); ++it) {
+    auto k = it->first.as<std::string>();
+    if (std::find(known.begin(), known.end(), k) != known.end()) continue;
+    std::string list;
+    for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
+    // The key's own line: its value may be empty or start on the next line.
+    throw ConfigError(where(it->first) + ": key '" + child_path(k) +
+                      "': unknown key (known keys here: " + list + ")");
+  }
 }
 
 }  // namespace firedrill::common

@@ -280,8 +280,11 @@ Message decode_message(std::string_view payload) {
   auto oh = unpack_checked(payload, "message");
   Fields f(oh.get(), "message");
   std::string t = f.str("t");
-  if (t == "hello") return Hello{f.str("agent_id"), f.str("version"),
-                                 static_cast<std::uint32_t>(f.u64("protocol", 1))};
+  if (t == "hello") {
+    auto protocol = f.u64("protocol", 1);
+    if (protocol > UINT32_MAX) throw ProtocolError("hello field 'protocol' is out of range");
+    return Hello{f.str("agent_id"), f.str("version"), static_cast<std::uint32_t>(protocol)};
+  }
   if (t == "hello_ack") return HelloAck{f.u64("next_seq", 1), f.fixed<32>("head_hash")};
   if (t == "time_req") return TimeReq{f.i64("t1")};
   if (t == "time_resp") return TimeResp{f.i64("t1"), f.i64("t2"), f.i64("t3")};
