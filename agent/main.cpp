@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
   fs::path config;
   bool once = false;
   std::string log_level;
-  run->add_option("--config", config, "agent.yaml")
+  run->add_option("--config", config, "Agent configuration (YAML: state_dir, allowlist, tests; see README)")
       ->capture_default_str()
       ->default_val("/etc/firedrill/agent.yaml");
   run->add_flag("--once", once, "Run every test once, wait until the collector acked all results, "
@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
                                             "(trace, debug, info, warn, error)");
   auto* status = app.add_subcommand("status", "Print identity and outbox state as JSON "
                                               "(head seq, acked seq, unsent results, drops)");
-  status->add_option("--config", config, "agent.yaml")
+  status->add_option("--config", config, "Agent configuration (YAML), to find the state directory")
       ->capture_default_str()
       ->default_val("/etc/firedrill/agent.yaml");
   CLI11_PARSE(app, argc, argv);
