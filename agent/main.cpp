@@ -9,7 +9,7 @@
 #include "agent/config.hpp"
 #include "agent/identity.hpp"
 #include "agent/outbox.hpp"
-#include "agent/service.hpp"
+#include "common/service.hpp"
 #include "common/config.hpp"
 #include "common/log.hpp"
 
@@ -43,7 +43,7 @@ int cmd_run(const fs::path& config_file, bool once, const std::string& log_level
   common::setup_logging("agent", log_level.empty() ? cfg.log_level : log_level);
   boost::asio::io_context io(1);
   agent::Agent a(io, cfg);
-  agent::ServiceNotifier notifier(io);
+  common::ServiceNotifier notifier(io);
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   boost::asio::steady_timer grace(io);
   int rc = 0;

@@ -15,6 +15,7 @@
 #include "agent/scheduler.hpp"
 #include "common/clock.hpp"
 #include "common/frame.hpp"
+#include "common/log.hpp"
 #include "common/tls.hpp"
 #include "common/wire.hpp"
 
@@ -228,14 +229,10 @@ Uplink::Uplink(asio::any_io_executor ex, asio::ssl::context& tls, common::HostPo
 Uplink::~Uplink() { stop(); }
 
 void Uplink::start() {
-  asio::co_spawn(impl_->ex, impl_->run(), [impl = impl_](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      spdlog::critical("uplink stopped: {}", ex.what());
-    }
-  });
+  // The handler holds the state alive for as long as the coroutine may touch it.
+  asio::co_spawn(impl_->ex, impl_->run(),
+                 [impl = impl_, log = common::log_if_failed("uplink stopped")](
+                     std::exception_ptr e) { log(e); });
 }
 
 void Uplink::stop() {

@@ -19,6 +19,7 @@
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/frame.hpp"
+#include "common/log.hpp"
 #include "common/net.hpp"
 #include "common/wire.hpp"
 #include "common/x509.hpp"
@@ -164,6 +165,17 @@ struct IngestServer::Impl {
       }
     } catch (const Refusal& r) {
       refusal = r;
+    } catch (const boost::system::system_error& e) {
+      // An agent that exits or restarts simply drops the connection; not worth an info line.
+      bool quiet = e.code() == asio::error::eof || e.code() == asio::ssl::error::stream_truncated ||
+                   e.code() == asio::error::connection_reset;
+      if (wd.fired())
+        spdlog::info("connection {} ({}) closed: timed out waiting for the peer", remote,
+                     agent_id.empty() ? "unauthenticated" : agent_id);
+      else if (!stopping_)
+        spdlog::log(quiet ? spdlog::level::debug : spdlog::level::info,
+                    "connection {} ({}) closed: {}", remote,
+                    agent_id.empty() ? "unauthenticated" : agent_id, e.what());
     } catch (const std::exception& e) {
       if (wd.fired())
         spdlog::info("connection {} ({}) closed: timed out waiting for the peer", remote,
@@ -399,14 +411,7 @@ IngestServer::~IngestServer() = default;
 std::uint16_t IngestServer::port() const { return impl_->acceptor_.local_endpoint().port(); }
 
 void IngestServer::start() {
-  asio::co_spawn(impl_->io_, impl_->accept_loop(), [](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      spdlog::error("agent listener stopped: {}", ex.what());
-    }
-  });
+  asio::co_spawn(impl_->io_, impl_->accept_loop(), common::log_if_failed("agent listener stopped"));
 }
 
 void IngestServer::stop() {

@@ -1,5 +1,4 @@
 // firedrill-collector: `init` creates a collector's data directory; `run` serves agents and the API.
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -18,6 +17,7 @@
 #include "common/config.hpp"
 #include "common/crypto.hpp"
 #include "common/log.hpp"
+#include "common/service.hpp"
 #include "common/tls.hpp"
 
 namespace fs = std::filesystem;
@@ -92,27 +92,15 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   ingest.start();
   api.start();
 
+  common::ServiceNotifier notifier(io);
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-  boost::asio::steady_timer watchdog(io);
   signals.async_wait([&](boost::system::error_code ec, int sig) {
     if (ec) return;
     spdlog::info("received {}; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    sd_notify(0, "STOPPING=1");
+    notifier.stopping();
     ingest.stop();
     api.stop();
-    watchdog.cancel();
   });
-  std::uint64_t wd_usec = 0;
-  if (sd_watchdog_enabled(0, &wd_usec) > 0) {
-    std::function<void()> ping = [&] {
-      sd_notify(0, "WATCHDOG=1");
-      watchdog.expires_after(std::chrono::microseconds(wd_usec / 2));
-      watchdog.async_wait([&](boost::system::error_code ec) {
-        if (!ec) ping();
-      });
-    };
-    ping();
-  }
   spdlog::info("FireDrill collector {} ready: agents on {}:{}, API on https://{}:{}, data in {}",
                FIREDRILL_VERSION, cfg.agent_listen.host, ingest.port(), cfg.api_listen.host,
                api.port(), cfg.data_dir.string());
@@ -120,7 +108,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
     nlohmann::json j = {{"agent_port", ingest.port()}, {"api_port", api.port()}, {"pid", getpid()}};
     common::write_file_atomic(ready_file, j.dump() + "\n");
   }
-  sd_notify(0, "READY=1");
+  notifier.ready("serving agents on port " + std::to_string(ingest.port()));
   io.run();
   auto st = ingest.stats();
   spdlog::info("stopped; {} results in {} batches stored since start", st.results_stored,

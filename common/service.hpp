@@ -1,4 +1,4 @@
-// Service-manager integration: systemd readiness and watchdog (no-ops outside systemd).
+// Service-manager integration (agent and collector): systemd readiness and watchdog (no-ops outside systemd).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-namespace firedrill::agent {
+namespace firedrill::common {
 
 class ServiceNotifier {
  public:
@@ -21,4 +21,4 @@ class ServiceNotifier {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace firedrill::common
