@@ -86,7 +86,7 @@ std::unique_ptr<Outbox> Outbox::open(const OutboxOptions& opts, const std::strin
       // Results chained for another identity can never verify under this one: keep them
       // aside for inspection rather than deleting or sending them.
       auto aside = opts.dir;
-      aside += ".orphaned-" + owner;
+      aside += ".orphaned-" + owner + "-" + std::to_string(common::now_ns());
       spdlog::warn("outbox {} belongs to agent {}, not {}; moving it to {}", opts.dir.string(),
                    owner, agent_id, aside.string());
       fs::rename(opts.dir, aside);
@@ -262,10 +262,7 @@ void Outbox::report_overflow_if_room(std::string& buf) {
   auto report = overflow_body();
   if (pending_bytes_ + kHeader + report.size() > opts_.max_bytes) return;
   append_one(report, buf);
-  spdlog::info("outbox has room again: reporting {} results dropped while it was full",
-               dropped_unreported_);
-  dropped_unreported_ = 0;
-  counters_dirty_ = true;
+  reporting_ = dropped_unreported_;  // cleared by flush() once the report is durable
 }
 
 void Outbox::flush(const std::string& buf) {
@@ -293,9 +290,17 @@ void Outbox::flush(const std::string& buf) {
       head_seq_ = index_.empty() ? acked_seq_ : index_.back().seq;
       head_hash_ = index_.empty() ? acked_hash_ : read_record(index_.back()).hash;
       cur.last_seq = std::min(cur.last_seq, head_seq_);
+      reporting_ = 0;  // the report was not written: it stays owed
       throw;
     }
     cur.size += buf.size();
+  }
+  if (reporting_) {
+    spdlog::info("outbox has room again: reported {} results dropped while it was full",
+                 reporting_);
+    dropped_unreported_ -= reporting_;
+    reporting_ = 0;
+    counters_dirty_ = true;
   }
   if (counters_dirty_) {
     common::write_file_atomic(opts_.dir / "dropped",
@@ -318,12 +323,12 @@ std::size_t Outbox::append(const std::vector<std::string>& bodies) {
   std::size_t appended = 0;
   report_overflow_if_room(buf);
   for (const auto& body : bodies) {
-    if (dropped_unreported_ == 0 && append_one(body, buf)) {
+    if (dropped_unreported_ == reporting_ && append_one(body, buf)) {
       ++appended;
       continue;
     }
     auto now = common::now_ns();
-    if (dropped_unreported_ == 0) first_drop_ns_ = now;
+    if (dropped_unreported_ == reporting_) first_drop_ns_ = now;
     last_drop_ns_ = now;
     ++dropped_unreported_;
     ++dropped_total_;
@@ -371,6 +376,7 @@ std::vector<common::ResultRecord> Outbox::pending(std::size_t max_count,
 }
 
 void Outbox::ack(std::uint64_t seq) {
+  if (opts_.read_only) throw std::logic_error("outbox opened read-only");
   if (seq <= acked_seq_) return;
   if (seq > head_seq_)
     throw std::runtime_error("collector acked seq " + std::to_string(seq) +
@@ -407,6 +413,7 @@ void Outbox::drop_acked_segments() {
 
 std::string Outbox::reconcile(std::uint64_t collector_next_seq,
                               const common::Digest& collector_head) {
+  if (opts_.read_only) throw std::logic_error("outbox opened read-only");
   if (collector_next_seq == 0) return "collector sent next seq 0, which is not valid";
   std::uint64_t stored = collector_next_seq - 1;  // the collector's last seq
   if (stored > head_seq_) {

@@ -99,6 +99,7 @@ class Outbox {
   std::int64_t first_drop_ns_ = 0;
   std::int64_t last_drop_ns_ = 0;
   bool counters_dirty_ = false;
+  std::uint64_t reporting_ = 0;  // drops covered by a report appended but not yet flushed
 };
 
 }  // namespace firedrill::agent

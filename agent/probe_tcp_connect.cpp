@@ -92,12 +92,15 @@ asio::awaitable<TcpConnectProbe::Attempt> TcpConnectProbe::attempt(
     co_return a;
   }
   bool name_allowed = allow_.allows_name(target.host, target.port);
+  bool tried = false;
   for (const auto& entry : results) {
     auto ep = entry.endpoint();
     if (!name_allowed && !allow_.allows_address(ep.address(), target.port)) {
-      a.outcome = ConnectOutcome::error;
-      a.address = ep.address().to_string();
-      a.detail = "resolved address " + a.address + " is not on the allowlist; not contacted";
+      if (!tried) {  // keep a real outcome from an earlier address if there is one
+        a.outcome = ConnectOutcome::error;
+        a.address = ep.address().to_string();
+        a.detail = "resolved address " + a.address + " is not on the allowlist; not contacted";
+      }
       continue;
     }
     struct Conn {
@@ -116,6 +119,7 @@ asio::awaitable<TcpConnectProbe::Attempt> TcpConnectProbe::attempt(
       }
     });
     ec = {};
+    tried = true;
     co_await conn->sock.async_connect(ep, asio::redirect_error(asio::use_awaitable, ec));
     timer.cancel();
     a.address = ep.address().to_string();

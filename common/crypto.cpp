@@ -210,12 +210,23 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
     if (n < 0) {
       int e = errno;
       ::close(fd);
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
       throw std::runtime_error("cannot write " + tmp.string() + ": " + std::strerror(e));
     }
     off += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0)
-    throw std::runtime_error("cannot sync " + tmp.string() + ": " + std::strerror(errno));
+  int sync_rc = ::fsync(fd);
+  int sync_errno = errno;
+  if (::close(fd) != 0 && sync_rc == 0) {
+    sync_rc = -1;
+    sync_errno = errno;
+  }
+  if (sync_rc != 0) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    throw std::runtime_error("cannot sync " + tmp.string() + ": " + std::strerror(sync_errno));
+  }
   std::filesystem::rename(tmp, path);
   int dfd = ::open(path.parent_path().empty() ? "." : path.parent_path().c_str(),
                    O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -41,13 +41,15 @@ struct CaDir {
   X509Ptr cert(const std::string& name) const { return parse_cert_pem(read_file(tmp / name)); }
 };
 
-fs::perms mode_of(const fs::path& p) { return fs::status(p).permissions() & fs::perms::all; }
+fs::perms mode_of(const fs::path& p) {
+  return fs::status(p).permissions() & fs::perms::all;
+}
 
 // Verifies `leaf` up to `ca` as OpenSSL would for a TLS peer with the given purpose.
 bool chain_verifies(X509* leaf, X509* ca, int purpose) {
   std::unique_ptr<X509_STORE, decltype(&X509_STORE_free)> store(X509_STORE_new(), X509_STORE_free);
   std::unique_ptr<X509_STORE_CTX, decltype(&X509_STORE_CTX_free)> ctx(X509_STORE_CTX_new(),
-                                                                       X509_STORE_CTX_free);
+                                                                      X509_STORE_CTX_free);
   REQUIRE(X509_STORE_add_cert(store.get(), ca) == 1);
   REQUIRE(X509_STORE_CTX_init(ctx.get(), store.get(), leaf, nullptr) == 1);
   X509_STORE_CTX_set_purpose(ctx.get(), purpose);
@@ -111,9 +113,8 @@ TEST_CASE("the server certificate is issued by the CA for the requested names") 
   CHECK(X509_check_host(srv.get(), "collector.lab", 0, 0, nullptr) == 1);
   CHECK(X509_check_ip_asc(srv.get(), "127.0.0.1", 0) == 1);
   CHECK(X509_check_host(srv.get(), "other.lab", 0, 0, nullptr) != 1);
-  CHECK(X509_check_private_key(srv.get(),
-                               Ed25519Key::from_private_pem(read_file(d.tmp / "server.key")).get()) ==
-        1);
+  CHECK(X509_check_private_key(
+            srv.get(), Ed25519Key::from_private_pem(read_file(d.tmp / "server.key")).get()) == 1);
 }
 
 TEST_CASE("initialize refuses to create a server certificate without a name") {
@@ -121,7 +122,8 @@ TEST_CASE("initialize refuses to create a server certificate without a name") {
   CHECK_THROWS_AS(CertificateAuthority::initialize(tmp.path(), {}), std::invalid_argument);
 }
 
-TEST_CASE("an agent certificate carries the agent id and the CSR's key and verifies against the CA") {
+TEST_CASE(
+    "an agent certificate carries the agent id and the CSR's key and verifies against the CA") {
   CaDir d;
   auto ca = d.load();
   auto agent_key = Ed25519Key::generate();
@@ -151,8 +153,8 @@ TEST_CASE("an agent certificate carries the agent id and the CSR's key and verif
 TEST_CASE("an agent certificate is valid from just before now for the requested time") {
   CaDir d;
   auto ca = d.load();
-  auto cert = parse_cert_pem(ca.issue_agent_cert(make_csr_pem(Ed25519Key::generate(), "a"),
-                                                 "agent-1", 48h));
+  auto cert = parse_cert_pem(
+      ca.issue_agent_cert(make_csr_pem(Ed25519Key::generate(), "a"), "agent-1", 48h));
   int days = 0, secs = 0;
   REQUIRE(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(cert.get()),
                          X509_get0_notAfter(cert.get())) == 1);
@@ -189,8 +191,7 @@ TEST_CASE("a garbage CSR is refused with std::invalid_argument") {
   auto ca = d.load();
   auto good = make_csr_pem(Ed25519Key::generate(), "a");
   for (const std::string& csr : {std::string(), std::string("not a csr"),
-                                 good.substr(0, good.size() / 2),
-                                 read_file(d.tmp / "ca.pem")}) {
+                                 good.substr(0, good.size() / 2), read_file(d.tmp / "ca.pem")}) {
     CAPTURE(csr);
     CHECK_THROWS_AS(ca.issue_agent_cert(csr, "agent-1", 24h), std::invalid_argument);
   }

@@ -244,8 +244,7 @@ TEST_CASE("a batch or result naming another agent is an agent_mismatch") {
     AgentChain other(0);
     other.agent_id = "agent-8";
     other.append("x");
-    auto c = check_batch(a.head_after(0), kAgent, other.batch(1, 1), other.key,
-                         lookup({}));
+    auto c = check_batch(a.head_after(0), kAgent, other.batch(1, 1), other.key, lookup({}));
     CHECK(c.outcome == BatchOutcome::agent_mismatch);
   }
 }

@@ -85,15 +85,15 @@ TEST_CASE("parse_since reads back what format_time writes") {
   }
 }
 
-// BUG (common/clock.cpp parse_since): the fraction is read as a whole number of milliseconds
-// whatever its number of digits, so ".5" becomes 5 ms and ".123456" becomes 123456 ms.
+// Regression: the fraction was read as a whole number of milliseconds whatever its number of
+// digits, so ".5" became 5 ms and ".123456" 123456 ms.
 TEST_CASE("parse_since reads a fraction of a second by its digits") {
   CHECK(parse_since("1970-01-01T00:00:01.5Z", 0) == 1'500'000'000);
   CHECK(parse_since("1970-01-01T00:00:01.123456Z", 0) == 1'123'456'000);  // full precision
 }
 
-// BUG (common/clock.cpp parse_since): anything after the seconds other than a fraction is
-// ignored, so a "+02:00" offset is silently read as UTC (two hours off).
+// Regression: anything after the seconds other than a fraction was ignored, so a "+02:00"
+// offset was silently read as UTC (two hours off).
 TEST_CASE("parse_since does not silently read a non-UTC offset as UTC") {
   bool refused_or_applied = false;
   try {

@@ -44,8 +44,10 @@ TEST_CASE("parse_duration accepts every documented unit") {
   struct Case {
     const char* text;
     std::chrono::milliseconds want;
-  } cases[] = {{"250ms", 250ms}, {"30s", 30s},   {"5m", 5min},   {"1h", 1h},
-               {"2d", 48h},      {"45", 45s},    {"0s", 0ms},    {"90m", 90min},
+  } cases[] = {{"250ms", 250ms}, {"30s", 30s},
+               {"5m", 5min},     {"1h", 1h},
+               {"2d", 48h},      {"45", 45s},
+               {"0s", 0ms},      {"90m", 90min},
                {"000012s", 12s}, {"999999999999ms", std::chrono::milliseconds(999999999999)}};
   for (const auto& c : cases) {
     CAPTURE(std::string(c.text));
@@ -61,8 +63,7 @@ TEST_CASE("parse_duration rejects malformed durations") {
   }
 }
 
-// BUG (common/config.cpp parse_duration): 12 digits of days overflow int64 milliseconds and
-// wrap to a wrong (negative) duration instead of being refused.
+// Regression: 12 digits of days overflowed int64 milliseconds and wrapped to a wrong duration.
 TEST_CASE("parse_duration refuses a duration that does not fit in milliseconds") {
   CHECK_THROWS_AS(parse_duration("999999999999d"), std::invalid_argument);
 }
@@ -71,9 +72,8 @@ TEST_CASE("format_duration picks the largest exact unit") {
   struct Case {
     std::chrono::milliseconds d;
     const char* want;
-  } cases[] = {{0ms, "0s"},     {1ms, "1ms"},  {1500ms, "1500ms"}, {90s, "90s"},
-               {5min, "5m"},    {90min, "90m"}, {1h, "1h"},        {36h, "36h"},
-               {48h, "2d"},     {-30s, "-30s"}};
+  } cases[] = {{0ms, "0s"},    {1ms, "1ms"}, {1500ms, "1500ms"}, {90s, "90s"}, {5min, "5m"},
+               {90min, "90m"}, {1h, "1h"},   {36h, "36h"},       {48h, "2d"},  {-30s, "-30s"}};
   for (const auto& c : cases) {
     CAPTURE(std::string(c.want));
     CHECK(format_duration(c.d) == c.want);
@@ -91,9 +91,8 @@ TEST_CASE("parse_size accepts bytes and binary units") {
   struct Case {
     const char* text;
     std::uint64_t want;
-  } cases[] = {{"1048576", 1048576},  {"10B", 10},          {"64KiB", 64 << 10},
-               {"64K", 64 << 10},     {"64MiB", 64ull << 20}, {"1GiB", 1ull << 30},
-               {"2G", 2ull << 30},    {"0", 0}};
+  } cases[] = {{"1048576", 1048576},   {"10B", 10},          {"64KiB", 64 << 10}, {"64K", 64 << 10},
+               {"64MiB", 64ull << 20}, {"1GiB", 1ull << 30}, {"2G", 2ull << 30},  {"0", 0}};
   for (const auto& c : cases) {
     CAPTURE(std::string(c.text));
     CHECK(parse_size(c.text) == c.want);
@@ -101,15 +100,14 @@ TEST_CASE("parse_size accepts bytes and binary units") {
 }
 
 TEST_CASE("parse_size rejects malformed sizes") {
-  for (const char* text : {"", "MiB", "-1", "1.5MiB", "64kb", "64 MiB", "64mib", "1TiB",
-                           "1000000000000000B"}) {
+  for (const char* text :
+       {"", "MiB", "-1", "1.5MiB", "64kb", "64 MiB", "64mib", "1TiB", "1000000000000000B"}) {
     CAPTURE(std::string(text));
     CHECK_THROWS_AS(parse_size(text), std::invalid_argument);
   }
 }
 
-// BUG (common/config.cpp parse_size): "n << 30" silently wraps for n >= 2^34, so an absurd
-// size becomes a small one instead of being refused.
+// Regression: "n << 30" silently wrapped for n >= 2^34, turning an absurd size into a small one.
 TEST_CASE("parse_size refuses a size that does not fit in 64 bits") {
   CHECK_THROWS_AS(parse_size("99999999999999GiB"), std::invalid_argument);
 }
@@ -191,8 +189,9 @@ TEST_CASE("check_keys rejects an unknown key and names it with its line") {
   CHECK_MESSAGE(msg.find("agent.yaml:1") != std::string::npos, msg);
   CHECK_MESSAGE(msg.find("'name'") != std::string::npos, msg);
   CHECK_MESSAGE(msg.find("unknown key") != std::string::npos, msg);
-  auto nested = config_error(
-      [&] { root["tests"].items()[1].check_keys({"id", "every", "count", "enabled"}); });
+  auto nested = config_error([&] {
+    root["tests"].items()[1].check_keys({"id", "every", "count", "enabled"});
+  });
   CHECK_MESSAGE(nested.find("tests[1].nested") != std::string::npos, nested);
   CHECK_MESSAGE(nested.find("agent.yaml:10") != std::string::npos, nested);
 }
@@ -213,9 +212,8 @@ TEST_CASE("load_file names the file and reports a missing one as a ConfigError")
   CHECK_THROWS_AS(ConfigNode::load_file(tmp / "missing.yaml"), ConfigError);
 }
 
-// BUG (common/config.cpp ConfigNode::fail via check_keys): the line comes from the key's *value*
-// node; for an empty value ("unknown:") that is undefined, so the map's first line is reported
-// (here line 1 instead of 3), and for a block-map value it is the line after the key.
+// Regression: the line came from the key's *value* node, so an empty value ("unknown:")
+// reported the map's first line and a block-map value the line after the key.
 TEST_CASE("check_keys reports the line of the unknown key even when its value is empty") {
   auto root = ConfigNode::load_string("a: 1\nb: 2\nunknown:\nnested_unknown:\n  x: 1\n", "x.yaml");
   auto msg = config_error([&] { root.check_keys({"a", "b", "nested_unknown"}); });

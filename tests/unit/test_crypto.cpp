@@ -21,7 +21,9 @@ using firedrill::test::TempDir;
 
 namespace {
 
-std::vector<std::uint8_t> bytes_of(std::string_view s) { return {s.begin(), s.end()}; }
+std::vector<std::uint8_t> bytes_of(std::string_view s) {
+  return {s.begin(), s.end()};
+}
 
 // Restores the process umask at scope end so one test cannot leak it into the next.
 class UmaskGuard {
@@ -33,7 +35,9 @@ class UmaskGuard {
   mode_t old_;
 };
 
-fs::perms mode_of(const fs::path& p) { return fs::status(p).permissions() & fs::perms::all; }
+fs::perms mode_of(const fs::path& p) {
+  return fs::status(p).permissions() & fs::perms::all;
+}
 
 }  // namespace
 
@@ -42,14 +46,15 @@ TEST_CASE("sha256 matches the FIPS 180-2 test vectors") {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   CHECK(to_hex(sha256(std::string_view(""))) ==
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  CHECK(to_hex(sha256(std::string_view(
-            "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))) ==
+  CHECK(to_hex(
+            sha256(std::string_view("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))) ==
         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 }
 
 TEST_CASE("incremental Sha256 equals the one-shot hash of the concatenation") {
   auto whole = sha256(std::string_view("hello, world"));
-  auto parts = Sha256().update(std::string_view("hello")).update(std::string_view(", world")).finish();
+  auto parts =
+      Sha256().update(std::string_view("hello")).update(std::string_view(", world")).finish();
   CHECK(parts == whole);
 }
 
@@ -114,7 +119,9 @@ TEST_CASE("an Ed25519 signature fails for any change to message, signature or ke
       CHECK_FALSE(key.verify(msg, s));
     }
   }
-  SUBCASE("another key") { CHECK_FALSE(Ed25519Key::generate().verify(msg, sig)); }
+  SUBCASE("another key") {
+    CHECK_FALSE(Ed25519Key::generate().verify(msg, sig));
+  }
   SUBCASE("a 63-byte or 65-byte signature") {
     std::vector<std::uint8_t> short_sig(sig.begin(), sig.end() - 1);
     CHECK_FALSE(key.verify(msg, short_sig));

@@ -82,8 +82,8 @@ TEST_CASE("encode_frame prefixes the payload with its length as a big-endian u32
 }
 
 TEST_CASE("a frame round-trips through encode_frame and decode_frame_length") {
-  for (std::size_t size : {std::size_t{1}, std::size_t{255}, std::size_t{256}, std::size_t{65537},
-                           kMaxFrameBytes}) {
+  for (std::size_t size :
+       {std::size_t{1}, std::size_t{255}, std::size_t{256}, std::size_t{65537}, kMaxFrameBytes}) {
     CAPTURE(size);
     std::string payload(size, '\0');
     for (std::size_t i = 0; i < size; ++i) payload[i] = static_cast<char>(i * 7);
@@ -106,8 +106,8 @@ TEST_CASE("a header over the 1 MiB cap is refused with an error naming the size"
                          doctest::Contains("1048577"), ProtocolError);
   }
   SUBCASE("the largest u32") {
-    CHECK_THROWS_WITH_AS(decode_frame_length(be32(0xffffffffu)),
-                         doctest::Contains("4294967295"), ProtocolError);
+    CHECK_THROWS_WITH_AS(decode_frame_length(be32(0xffffffffu)), doctest::Contains("4294967295"),
+                         ProtocolError);
   }
   SUBCASE("a caller-supplied smaller cap") {
     CHECK(decode_frame_length(be32(100), 100) == 100);
@@ -155,6 +155,8 @@ TEST_CASE("read_frame throws ProtocolError for an oversized header without readi
   auto header = be32(kMaxFrameBytes + 1);
   asio::write(p.a, asio::buffer(header));
   asio::write(p.a, asio::buffer(std::string("BODY")));
+  // A reader that wrongly waits for the body then gets EOF instead of hanging.
+  p.a.shutdown(local_socket::shutdown_send);
   CHECK_THROWS_WITH_AS(run_read(p.io, p.b), doctest::Contains("1048577"), ProtocolError);
   // The bytes after the header are still unread in the socket.
   std::array<char, 4> rest{};
@@ -165,6 +167,7 @@ TEST_CASE("read_frame throws ProtocolError for an oversized header without readi
 TEST_CASE("read_frame honours a caller-supplied cap") {
   SocketPair p;
   asio::write(p.a, asio::buffer(encode_frame(std::string(33, 'q'))));
+  p.a.shutdown(local_socket::shutdown_send);
   CHECK_THROWS_AS(run_read(p.io, p.b, 32), ProtocolError);
 }
 

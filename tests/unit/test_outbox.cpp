@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -49,7 +51,9 @@ std::string body(int n, std::size_t pad = 0) {
 }
 
 // Bytes one record of body(n, pad) takes on disk and against the cap.
-std::size_t record_size(std::size_t pad) { return kHeader + body(0, pad).size(); }
+std::size_t record_size(std::size_t pad) {
+  return kHeader + body(0, pad).size();
+}
 
 std::vector<std::string> bodies(int from, int to, std::size_t pad = 0) {
   std::vector<std::string> out;
@@ -105,6 +109,43 @@ Digest some_digest(std::uint8_t v) {
   return d;
 }
 
+// Makes writes that would grow any file past `bytes` fail with EFBIG (RLIMIT_FSIZE), to
+// simulate a full disk, until destroyed. Keep the scope tight: it limits every file.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    ::sigaction(SIGXFSZ, &ignore, &old_action_);  // EFBIG instead of a fatal signal
+    ::getrlimit(RLIMIT_FSIZE, &old_limit_);
+    rlimit limit = old_limit_;
+    limit.rlim_cur = bytes;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &limit) == 0);
+  }
+  ~FileSizeLimit() {
+    ::setrlimit(RLIMIT_FSIZE, &old_limit_);
+    ::sigaction(SIGXFSZ, &old_action_, nullptr);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+ private:
+  rlimit old_limit_{};
+  struct sigaction old_action_ {};
+};
+
+// Runs `f` while files may not grow past `bytes`; returns whether it threw.
+template <class F>
+bool throws_with_file_limit(rlim_t bytes, F f) {
+  FileSizeLimit limit(bytes);
+  try {
+    f();
+  } catch (const std::exception&) {
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE("append assigns seqs 1..n, each chained to the previous hash") {
@@ -147,7 +188,9 @@ TEST_CASE("pending returns unacked records in order within max_count and max_byt
   SUBCASE("a byte limit below one record still yields one record") {
     CHECK(seqs(ob->pending(kAll, 1)) == range(1, 1));
   }
-  SUBCASE("pending does not consume") { CHECK(seqs(ob->pending(kAll, kAll)) == range(1, 5)); }
+  SUBCASE("pending does not consume") {
+    CHECK(seqs(ob->pending(kAll, kAll)) == range(1, 5));
+  }
 }
 
 TEST_CASE("ack removes records and the acked state survives reopening") {
@@ -371,9 +414,8 @@ TEST_CASE("drop counters survive reopening and are reported afterwards") {
   CHECK(report.evidence["dropped"] == "2");
 }
 
-// BUG (agent/outbox.cpp load/append): first_drop_ns_/last_drop_ns_ are not persisted with the
-// drop counters, so an overflow report written after a restart claims the drops happened at
-// the Unix epoch (first_dropped_at "1970-01-01T00:00:00.000Z", started_ns 0).
+// Regression: the drop times were not persisted with the counters, so a report written after a
+// restart claimed the drops happened at the Unix epoch.
 TEST_CASE("an overflow report after a restart keeps the real drop times") {
   Fixture f;
   f.opts.max_bytes = 3 * record_size(200) + record_size(200) / 2;
@@ -390,6 +432,143 @@ TEST_CASE("an overflow report after a restart keeps the real drop times") {
   REQUIRE(report.kind == "outbox_overflow");
   CHECK(report.evidence["first_dropped_at"] != "1970-01-01T00:00:00.000Z");
   CHECK(report.started_ns > 0);
+}
+
+TEST_CASE("an ack that makes room writes the overflow report at once") {
+  Fixture f;
+  const auto rec = record_size(200);
+  f.opts.max_bytes = 3 * rec + rec / 2;
+  auto ob = f.open();
+  ob->append(bodies(1, 4, 200));
+  CHECK(ob->stats().dropped_unreported == 1);
+  ob->ack(3);
+  auto rs = ob->pending(kAll, kAll);
+  REQUIRE(rs.size() == 1);  // the report is pending before any new result arrives
+  CHECK(rs[0].seq == 4);
+  CHECK(decode_body(rs[0].body).kind == "outbox_overflow");
+  CHECK(ob->stats().dropped_unreported == 0);
+  CHECK(ob->stats().dropped_total == 1);
+}
+
+TEST_CASE("each overflow report counts the drops since the previous report") {
+  Fixture f;
+  const auto rec = record_size(200);
+  f.opts.max_bytes = 3 * rec + rec / 2;
+  auto ob = f.open();
+  ob->append(bodies(1, 6, 200));   // 1..3 kept, 3 dropped
+  ob->ack(3);                      // report of 3 as seq 4
+  ob->append(bodies(7, 8, 200));   // seqs 5, 6
+  ob->append(bodies(9, 10, 200));  // full again: 2 dropped
+  CHECK(ob->stats().dropped_unreported == 2);
+  ob->ack(6);  // report of 2 as seq 7
+  auto rs = ob->pending(kAll, kAll);
+  REQUIRE(rs.size() == 1);
+  auto report = decode_body(rs[0].body);
+  CHECK(report.kind == "outbox_overflow");
+  CHECK(report.evidence["dropped"] == "2");
+  CHECK(report.evidence["dropped_total"] == "5");
+  CHECK(report.started_ns > 0);
+  CHECK(report.finished_ns >= report.started_ns);
+}
+
+TEST_CASE("a failed write leaves the outbox as it was before the append") {
+  Fixture f;
+  auto ob = f.open();
+  ob->append(bodies(1, 3));
+  auto head = ob->head_hash();
+  auto seg = segment_files(f.opts.dir).front();
+  auto size = fs::file_size(seg);
+  // Room for part of one record only: the write starts, then fails like a full disk.
+  CHECK(throws_with_file_limit(size + 10, [&] { ob->append(bodies(4, 5)); }));
+  CHECK(fs::file_size(seg) == size);
+  CHECK(ob->head_seq() == 3);
+  CHECK(ob->head_hash() == head);
+  CHECK(ob->stats().pending_bytes == 3 * record_size(0));
+  CHECK(seqs(ob->pending(kAll, kAll)) == range(1, 3));
+  ob->append({body(6)});
+  auto rs = ob->pending(kAll, kAll);
+  REQUIRE(seqs(rs) == range(1, 4));
+  CHECK(rs[3].body == body(6));
+  check_chain(rs, kGenesisHash);
+  ob.reset();
+  auto again = f.open();
+  CHECK(again->head_seq() == 4);
+  check_chain(again->pending(kAll, kAll), kGenesisHash);
+}
+
+// BUG (agent/outbox.cpp report_overflow_if_room + flush): the report sets dropped_unreported_
+// to 0 before it is written; when the write then fails, flush() rolls the report back out of
+// the chain but not the counter, so the loss is never reported (and the 0 is persisted by the
+// next successful flush). Fix: zero the counter only after the flush succeeds, or restore it
+// in flush()'s rollback when the rolled-back records include the report.
+TEST_CASE("an overflow report whose write fails is written later") {
+  Fixture f;
+  const auto rec = record_size(200);
+  f.opts.max_bytes = 3 * rec + rec / 2;
+  auto ob = f.open();
+  ob->append(bodies(1, 5, 200));  // 2 dropped
+  auto seg = segment_files(f.opts.dir).front();
+  CHECK(throws_with_file_limit(fs::file_size(seg), [&] { ob->ack(3); }));
+  CHECK(ob->stats().acked_seq == 3);
+  CHECK(ob->stats().dropped_unreported == 2);
+  ob->append({body(6, 200)});
+  auto rs = ob->pending(kAll, kAll);
+  REQUIRE(rs.size() == 2);
+  CHECK(decode_body(rs[0].body).kind == "outbox_overflow");
+  CHECK(decode_body(rs[0].body).evidence["dropped"] == "2");
+}
+
+TEST_CASE("a read-only outbox shows what is pending without changing anything") {
+  Fixture f;
+  {
+    auto ob = f.open();
+    ob->append(bodies(1, 3));
+    ob->ack(1);
+  }
+  auto seg = segment_files(f.opts.dir).front();
+  std::ofstream(seg, std::ios::app | std::ios::binary) << std::string(10, '\x7f');  // torn tail
+  auto size = fs::file_size(seg);
+  auto ro = f.opts;
+  ro.read_only = true;
+  {
+    auto ob = Outbox::open(ro, kAgent);
+    CHECK(ob->head_seq() == 3);
+    CHECK(ob->stats().acked_seq == 1);
+    CHECK(seqs(ob->pending(kAll, kAll)) == range(2, 3));
+    CHECK_THROWS_AS(ob->append({body(4)}), std::logic_error);
+  }
+  CHECK(fs::file_size(seg) == size);  // a running agent may be mid-append: never truncate
+  CHECK(f.open()->head_seq() == 3);   // a writable open still repairs the tail
+  CHECK(fs::file_size(seg) == size - 10);
+}
+
+TEST_CASE("a read-only outbox of a directory that does not exist is empty and creates nothing") {
+  Fixture f;
+  auto ro = f.opts;
+  ro.read_only = true;
+  auto ob = Outbox::open(ro, kAgent);
+  CHECK(ob->head_seq() == 0);
+  CHECK(ob->pending(kAll, kAll).empty());
+  CHECK_FALSE(fs::exists(f.opts.dir));
+}
+
+// BUG (agent/outbox.cpp ack, reconcile): only append() checks opts_.read_only; ack() and
+// reconcile() on a read-only outbox rewrite the "acked" marker, delete segment files and can
+// try to append an overflow report through fd_ == -1. Both should throw std::logic_error like
+// append() and touch nothing.
+TEST_CASE("a read-only outbox refuses to ack or reconcile") {
+  Fixture f;
+  {
+    auto ob = f.open();
+    ob->append(bodies(1, 3));
+  }
+  auto ro = f.opts;
+  ro.read_only = true;
+  auto ob = Outbox::open(ro, kAgent);
+  CHECK_THROWS_AS(ob->ack(2), std::logic_error);
+  CHECK_THROWS_AS(ob->reconcile(4, ob->head_hash()), std::logic_error);
+  CHECK_FALSE(fs::exists(f.opts.dir / "acked"));
+  CHECK(f.open()->stats().acked_seq == 0);
 }
 
 TEST_CASE("segments roll past segment_bytes and fully acked old segments are deleted") {
@@ -445,10 +624,8 @@ TEST_CASE("records spread over several segments survive reopening") {
   check_chain(rs, rs.front().prev_hash);
 }
 
-// BUG (agent/outbox.cpp append/append_one): append_one advances head_seq_, head_hash_ and the
-// index before anything is written; when a later body in the same call throws (over the 1 MiB
-// record cap) or the write fails, those records are never written but stay in memory, so the
-// next append chains onto seqs that do not exist and pending() reads past the file end.
+// Regression: earlier bodies of the same call were chained in memory but never written, so the
+// next append chained onto seqs that did not exist and pending() read past the file end.
 TEST_CASE("a body over the record cap is refused without corrupting the outbox") {
   Fixture f;
   auto ob = f.open();
@@ -494,8 +671,12 @@ TEST_CASE("reconcile reports chains that disagree and changes nothing") {
   ob->append(bodies(1, 5));
   auto rs = ob->pending(kAll, kAll);
   std::string error;
-  SUBCASE("a different hash at our head") { error = ob->reconcile(6, some_digest(7)); }
-  SUBCASE("a different hash in the middle") { error = ob->reconcile(3, some_digest(7)); }
+  SUBCASE("a different hash at our head") {
+    error = ob->reconcile(6, some_digest(7));
+  }
+  SUBCASE("a different hash in the middle") {
+    error = ob->reconcile(3, some_digest(7));
+  }
   SUBCASE("a collector beyond our head while we still have unsent results") {
     error = ob->reconcile(10, some_digest(7));
   }
@@ -545,9 +726,8 @@ TEST_CASE("a fully acked outbox behind the collector continues the collector's c
   CHECK(rs[0].prev_hash == some_digest(5));
 }
 
-// BUG (agent/outbox.cpp reconcile): collector_next_seq comes from the network (HelloAck) and is
-// not checked; next_seq 0 underflows "collector_next_seq - 1" to 2^64-1 and a fresh outbox
-// adopts that as its head, so its next seq wraps to 0.
+// Regression: next_seq comes from the network; 0 underflowed to a head of 2^64-1 and the next
+// seq wrapped to 0.
 TEST_CASE("reconcile refuses a collector next_seq of 0") {
   Fixture f;
   auto ob = f.open();
@@ -564,7 +744,9 @@ TEST_CASE("an outbox owned by another agent id is moved aside") {
   auto ob = f.open("agent-new");
   CHECK(ob->head_seq() == 0);
   CHECK(ob->pending(kAll, kAll).empty());
-  auto aside = f.tmp / "outbox.orphaned-agent-old";
+  fs::path aside;  // named with the old id and a timestamp, so repeated moves never collide
+  for (auto& e : fs::directory_iterator(f.tmp))
+    if (e.path().filename().string().rfind("outbox.orphaned-agent-old-", 0) == 0) aside = e.path();
   REQUIRE(fs::is_directory(aside));
   CHECK(segment_files(aside).size() == 1);
   CHECK(firedrill::common::read_file(f.opts.dir / "agent_id") == "agent-new\n");

@@ -41,11 +41,11 @@ TEST_CASE("next_slot is the first grid slot strictly after now") {
     std::chrono::milliseconds now_after_origin;
     std::chrono::milliseconds want_after_origin;
   } cases[] = {
-      {0ms, 10s},          // exactly on a slot: the next one
-      {1ms, 10s},          //
-      {9999ms, 10s},       //
-      {10s, 20s},          //
-      {37s, 40s},          // an overrun skips the missed slots 20s and 30s
+      {0ms, 10s},     // exactly on a slot: the next one
+      {1ms, 10s},     //
+      {9999ms, 10s},  //
+      {10s, 20s},     //
+      {37s, 40s},     // an overrun skips the missed slots 20s and 30s
       {10000001ms, 10010000ms},
   };
   for (const auto& c : cases) {
@@ -106,7 +106,8 @@ TEST_CASE("full_jitter_backoff with realistic settings never exceeds its cap") {
     for (int i = 0; i < 200; ++i) {
       auto d = full_jitter_backoff(attempt, base, cap, rng);
       REQUIRE(d >= 0ms);
-      REQUIRE(d <= std::min<std::chrono::milliseconds>(cap, base * (1ll << std::min(attempt, 20u))));
+      REQUIRE(d <=
+              std::min<std::chrono::milliseconds>(cap, base * (1ll << std::min(attempt, 20u))));
       hi = std::max(hi, d.count());
     }
   CHECK(hi > 50'000);  // the cap's neighbourhood is reached, it is not stuck low
@@ -115,7 +116,8 @@ TEST_CASE("full_jitter_backoff with realistic settings never exceeds its cap") {
 TEST_CASE("full_jitter_backoff is reproducible for a given seed") {
   std::mt19937_64 a(5), b(5);
   for (unsigned attempt = 0; attempt < 10; ++attempt)
-    CHECK(full_jitter_backoff(attempt, 100ms, 10s, a) == full_jitter_backoff(attempt, 100ms, 10s, b));
+    CHECK(full_jitter_backoff(attempt, 100ms, 10s, a) ==
+          full_jitter_backoff(attempt, 100ms, 10s, b));
 }
 
 TEST_CASE("a Scheduler with once=true runs each test exactly once and then reports completion") {

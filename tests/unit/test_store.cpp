@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <future>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -134,7 +135,8 @@ TEST_CASE("list_results filters by agent and receive time, oldest first, within 
   SUBCASE("every agent, in receive-time order") {
     auto all = f.store->list_results("", 0, 100);
     REQUIRE(all.size() == 5);
-    for (std::size_t i = 1; i < all.size(); ++i) CHECK(all[i - 1].received_ns <= all[i].received_ns);
+    for (std::size_t i = 1; i < all.size(); ++i)
+      CHECK(all[i - 1].received_ns <= all[i].received_ns);
     CHECK(all[0].record.agent_id == "a1");
     CHECK(all[4].record.agent_id == "a10");
     check_same(all[0], f.a1[0]);
@@ -147,6 +149,31 @@ TEST_CASE("list_results filters by agent and receive time, oldest first, within 
   SUBCASE("limit") {
     CHECK(seqs(f.store->list_results("a1", 0, 2)) == std::vector<std::uint64_t>{1, 2});
     CHECK(f.store->list_results("", 0, 0).empty());
+  }
+}
+
+TEST_CASE("list_results_by_seq pages through one agent's results in seq order") {
+  Filled f;
+  CHECK(seqs(f.store->list_results_by_seq("a1", 1, 100)) == std::vector<std::uint64_t>{1, 2, 3});
+  CHECK(seqs(f.store->list_results_by_seq("a1", 2, 100)) == std::vector<std::uint64_t>{2, 3});
+  CHECK(seqs(f.store->list_results_by_seq("a1", 0, 2)) == std::vector<std::uint64_t>{1, 2});
+  CHECK(f.store->list_results_by_seq("a1", 4, 100).empty());
+  CHECK(f.store->list_results_by_seq("a1", 1, 0).empty());
+  // Neither an agent whose id has this one as a prefix, nor a prefix of it, leaks in.
+  CHECK(seqs(f.store->list_results_by_seq("a10", 1, 100)) == std::vector<std::uint64_t>{1, 2});
+  CHECK(f.store->list_results_by_seq("a", 0, 100).empty());
+  auto page = f.store->list_results_by_seq("a10", 2, 1);
+  REQUIRE(page.size() == 1);
+  check_same(page[0], f.a10[1]);
+  SUBCASE("paging by the last seq seen visits every result exactly once") {
+    std::vector<std::uint64_t> seen;
+    for (std::uint64_t next = 1;;) {
+      auto batch = f.store->list_results_by_seq("a1", next, 2);
+      if (batch.empty()) break;
+      for (const auto& r : batch) seen.push_back(r.record.seq);
+      next = batch.back().record.seq + 1;
+    }
+    CHECK(seen == std::vector<std::uint64_t>{1, 2, 3});
   }
 }
 
@@ -222,8 +249,8 @@ TEST_CASE("security events list in time order with a since filter and a limit") 
   auto store = Store::open(tmp / "db");
   WriteSet ws;
   for (std::int64_t t : {300, 100, 200, 200, -50})
-    ws.put_security_event({t, "forged_signature", "a1", "127.0.0.1:5555",
-                           "seq " + std::to_string(t)});
+    ws.put_security_event(
+        {t, "forged_signature", "a1", "127.0.0.1:5555", "seq " + std::to_string(t)});
   store->commit(std::move(ws));
   auto all = store->list_security_events(std::numeric_limits<std::int64_t>::min(), 100);
   REQUIRE(all.size() == 5);  // two in the same nanosecond are both kept

@@ -17,7 +17,9 @@ namespace {
 
 using Packer = msgpack::packer<msgpack::sbuffer>;
 
-std::string bytes(const msgpack::sbuffer& buf) { return std::string(buf.data(), buf.size()); }
+std::string bytes(const msgpack::sbuffer& buf) {
+  return std::string(buf.data(), buf.size());
+}
 
 Digest digest_of(std::uint8_t seed) {
   Digest d{};
@@ -108,7 +110,9 @@ TEST_CASE("every message type round-trips through encode_message and decode_mess
     CHECK(m.next_seq == 101);
     CHECK(m.head_hash == digest_of(3));
   }
-  SUBCASE("time_req") { CHECK(round_trip(TimeReq{-5}).t1 == -5); }
+  SUBCASE("time_req") {
+    CHECK(round_trip(TimeReq{-5}).t1 == -5);
+  }
   SUBCASE("time_resp") {
     auto m = round_trip(TimeResp{1, std::numeric_limits<std::int64_t>::max(),
                                  std::numeric_limits<std::int64_t>::min()});
@@ -121,7 +125,8 @@ TEST_CASE("every message type round-trips through encode_message and decode_mess
     b.agent_id = "agent-1";
     b.results.push_back(record(1, kGenesisHash, encode_body(full_body())));
     b.results.push_back(record(2, b.results[0].hash, std::string("\0\xff binary", 9)));
-    for (std::size_t i = 0; i < b.signature.size(); ++i) b.signature[i] = static_cast<std::uint8_t>(i);
+    for (std::size_t i = 0; i < b.signature.size(); ++i)
+      b.signature[i] = static_cast<std::uint8_t>(i);
     auto m = round_trip(b);
     CHECK(m.agent_id == "agent-1");
     CHECK(m.signature == b.signature);
@@ -134,16 +139,18 @@ TEST_CASE("every message type round-trips through encode_message and decode_mess
       CHECK(m.results[i].body == b.results[i].body);
     }
   }
-  SUBCASE("ack") { CHECK(round_trip(Ack{std::numeric_limits<std::uint64_t>::max()}).seq ==
-                         std::numeric_limits<std::uint64_t>::max()); }
+  SUBCASE("ack") {
+    CHECK(round_trip(Ack{std::numeric_limits<std::uint64_t>::max()}).seq ==
+          std::numeric_limits<std::uint64_t>::max());
+  }
   SUBCASE("error") {
     auto m = round_trip(ErrorMsg{"seq_gap", "expected seq 4"});
     CHECK(m.code == "seq_gap");
     CHECK(m.message == "expected seq 4");
   }
   SUBCASE("enroll") {
-    auto m = round_trip(EnrollReq{"tok", "-----BEGIN CERTIFICATE REQUEST-----", "host1", "linux",
-                                  "0.1.0"});
+    auto m = round_trip(
+        EnrollReq{"tok", "-----BEGIN CERTIFICATE REQUEST-----", "host1", "linux", "0.1.0"});
     CHECK(m.token == "tok");
     CHECK(m.csr_pem == "-----BEGIN CERTIFICATE REQUEST-----");
     CHECK(m.hostname == "host1");
@@ -241,8 +248,7 @@ TEST_CASE("malformed input is refused with a ProtocolError naming the problem") 
   SUBCASE("a message that is not a map") {
     msgpack::sbuffer buf;
     Packer(buf).pack_array(1).pack(std::string("hello"));
-    CHECK_THROWS_WITH_AS(decode_message(bytes(buf)), doctest::Contains("not a map"),
-                         ProtocolError);
+    CHECK_THROWS_WITH_AS(decode_message(bytes(buf)), doctest::Contains("not a map"), ProtocolError);
     CHECK_THROWS_WITH_AS(decode_body(bytes(buf)), doctest::Contains("not a map"), ProtocolError);
   }
   SUBCASE("a wrong-typed field") {
@@ -283,8 +289,7 @@ TEST_CASE("malformed input is refused with a ProtocolError naming the problem") 
     p.pack_map(1);
     p.pack(std::string("count"));
     p.pack(3);
-    CHECK_THROWS_WITH_AS(decode_body(bytes(buf)), doctest::Contains("'evidence'"),
-                         ProtocolError);
+    CHECK_THROWS_WITH_AS(decode_body(bytes(buf)), doctest::Contains("'evidence'"), ProtocolError);
   }
   SUBCASE("an unknown message type") {
     CHECK_THROWS_WITH_AS(decode_message(message_map("bogus", 0, [](Packer&) {})),
@@ -374,8 +379,7 @@ TEST_CASE("msgpack beyond the unpack limits is refused before it is used") {
   }
 }
 
-// BUG (common/wire.cpp decode_message, "hello"): the u64 "protocol" is cast to u32 without a
-// range check, so protocol 2^32 + 1 from a peer decodes as protocol 1.
+// Regression: the u64 "protocol" was cast to u32 unchecked, so 2^32 + 1 decoded as protocol 1.
 TEST_CASE("a hello whose protocol does not fit in 32 bits is refused") {
   auto payload = message_map("hello", 1, [](Packer& p) {
     p.pack(std::string("protocol"));
@@ -389,8 +393,12 @@ TEST_CASE("compute_result_hash changes when any part of the result changes") {
   const auto prev = digest_of(9);
   const auto base = compute_result_hash(agent, 5, prev, body);
   CHECK(compute_result_hash(agent, 5, prev, body) == base);
-  SUBCASE("agent_id") { CHECK(compute_result_hash("agent-2", 5, prev, body) != base); }
-  SUBCASE("seq") { CHECK(compute_result_hash(agent, 6, prev, body) != base); }
+  SUBCASE("agent_id") {
+    CHECK(compute_result_hash("agent-2", 5, prev, body) != base);
+  }
+  SUBCASE("seq") {
+    CHECK(compute_result_hash(agent, 6, prev, body) != base);
+  }
   SUBCASE("prev_hash") {
     auto other = prev;
     other[31] ^= 1;
