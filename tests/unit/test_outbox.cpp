@@ -745,7 +745,7 @@ TEST_CASE("an outbox owned by another agent id is moved aside") {
   CHECK(ob->head_seq() == 0);
   CHECK(ob->pending(kAll, kAll).empty());
   fs::path aside;  // named with the old id and a timestamp, so repeated moves never collide
-  for (auto& e : fs::directory_iterator(f.tmp))
+  for (auto& e : fs::directory_iterator(f.tmp.path()))
     if (e.path().filename().string().rfind("outbox.orphaned-agent-old-", 0) == 0) aside = e.path();
   REQUIRE(fs::is_directory(aside));
   CHECK(segment_files(aside).size() == 1);
