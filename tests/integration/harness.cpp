@@ -22,17 +22,6 @@ namespace firedrill::test {
 
 fs::path bin(const std::string& name) { return fs::path(FIREDRILL_BIN_DIR) / name; }
 
-TempDir::TempDir() {
-  std::random_device rd;
-  path = fs::temp_directory_path() /
-         ("fdr-it-" + std::to_string(getpid()) + "-" + std::to_string(rd() % 1000000000));
-  fs::create_directories(path);
-}
-TempDir::~TempDir() {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-}
-
 namespace {
 
 std::vector<char*> c_argv(const std::vector<std::string>& argv) {
@@ -187,7 +176,7 @@ Collector::Collector(CollectorOptions opts) {
 Collector::~Collector() { proc_.kill9(); }
 
 void Collector::start() {
-  auto ready = tmp_.path / "ready.json";
+  auto ready = tmp_.path() / "ready.json";
   fs::remove(ready);
   // After the first start the ports are fixed, so agents find a restarted collector.
   if (agent_port_) {
@@ -196,7 +185,7 @@ void Collector::start() {
   }
   proc_ = Process({bin("firedrill-collector").string(), "run", "--config",
                    (dir() / "collector.yaml").string(), "--ready-file", ready.string()},
-                  tmp_.path / ("collector-" + std::to_string(++starts_) + ".log"));
+                  tmp_.path() / ("collector-" + std::to_string(++starts_) + ".log"));
   if (!wait_until([&] { return fs::exists(ready) || !proc_.running(); }, 30s) || !fs::exists(ready))
     throw std::runtime_error("collector did not start: " + proc_.log());
   auto j = nlohmann::json::parse(read_text(ready));
@@ -282,7 +271,7 @@ void Agent::start(const std::vector<std::string>& extra) {
   std::vector<std::string> argv = {bin("firedrill-agent").string(), "run", "--config",
                                    config().string()};
   argv.insert(argv.end(), extra.begin(), extra.end());
-  proc_ = Process(argv, tmp_.path / ("agent-" + std::to_string(++starts_) + ".log"));
+  proc_ = Process(argv, tmp_.path() / ("agent-" + std::to_string(++starts_) + ".log"));
 }
 
 void Agent::stop() {

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/unit/temp_dir.hpp"
+
 namespace firedrill::test {
 
 namespace fs = std::filesystem;
@@ -20,13 +22,6 @@ using namespace std::chrono_literals;
 
 fs::path bin(const std::string& name);  // build/bin/<name>
 
-struct TempDir {
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  fs::path path;
-  fs::path operator/(const std::string& p) const { return path / p; }
-};
 
 struct CommandResult {
   int rc = -1;
@@ -79,7 +74,7 @@ class Collector {
   std::uint16_t agent_port() const { return agent_port_; }
   std::uint16_t api_port() const { return api_port_; }
   std::string agent_endpoint() const { return "127.0.0.1:" + std::to_string(agent_port_); }
-  fs::path dir() const { return tmp_.path / "collector"; }
+  fs::path dir() const { return tmp_.path() / "collector"; }
   fs::path ca_pem() const { return dir() / "ca.pem"; }
   fs::path admin_token() const { return dir() / "admin.token"; }
   std::string log() const { return proc_.log(); }
@@ -119,8 +114,8 @@ class Agent {
   Process& process() { return proc_; }
   nlohmann::json status();  // `firedrill-agent status`
   const std::string& id() const { return id_; }
-  fs::path state_dir() const { return tmp_.path / "state"; }
-  fs::path config() const { return tmp_.path / "agent.yaml"; }
+  fs::path state_dir() const { return tmp_.path() / "state"; }
+  fs::path config() const { return tmp_.path() / "agent.yaml"; }
   std::string log() const { return proc_.log(); }
 
  private:

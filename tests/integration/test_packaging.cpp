@@ -2,6 +2,8 @@
 // and their hardening must not regress past a measured exposure score.
 #include <doctest/doctest.h>
 
+#include "tests/integration/harness.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <pwd.h>
@@ -29,9 +31,10 @@
 
 extern char** environ;
 
+using namespace firedrill::test;  // run_command, TempDir, bin
+
 namespace {
 
-namespace fs = std::filesystem;
 
 // Highest acceptable `systemd-analyze security` exposure, in tenths (the unit of --threshold).
 // Measured with systemd 252 (Debian 12): agent 1.6 (root, network access, AF_UNIX), collector
@@ -40,7 +43,6 @@ namespace fs = std::filesystem;
 constexpr int kAgentMaxExposure = 17;
 constexpr int kCollectorMaxExposure = 12;
 
-constexpr auto kCommandTimeout = std::chrono::seconds(60);
 
 // The unit's `User=firedrill` does not exist on a build machine and we don't create users here.
 // `daemon` is in base-passwd (on every Debian system) and is, like `firedrill`, a static non-root
@@ -78,27 +80,6 @@ constexpr std::pair<std::string_view, std::string_view> kHardening[] = {
     {"Service.CapabilityBoundingSet", ""},
 };
 
-struct CommandResult {
-  int exit_code = -1;  // -1: did not exit normally (signal, timeout)
-  std::string out, err;
-};
-
-struct TempDir {
-  TempDir() {
-    auto pattern = (fs::temp_directory_path() / "firedrill-packaging-XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr)
-      throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  fs::path path;
-};
-
 std::optional<fs::path> find_program(const std::string& name) {
   std::string search = std::getenv("PATH") ? std::getenv("PATH") : "";
   search += ":/usr/bin:/bin";  // systemd's own location, even with a minimal PATH
@@ -109,72 +90,6 @@ std::optional<fs::path> find_program(const std::string& name) {
     if (access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return std::nullopt;
-}
-
-// Runs argv without a shell; stdout and stderr are captured separately. Bounded in time: a hung
-// child is killed and reported.
-CommandResult run_command(const std::vector<std::string>& argv) {
-  int out_pipe[2], err_pipe[2];
-  REQUIRE(pipe2(out_pipe, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(err_pipe, O_CLOEXEC) == 0);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = -1;
-  int spawn_error = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(out_pipe[1]);
-  close(err_pipe[1]);
-  if (spawn_error != 0) {
-    close(out_pipe[0]);
-    close(err_pipe[0]);
-    FAIL("cannot run " << argv[0] << ": " << std::strerror(spawn_error));
-  }
-
-  CommandResult result;
-  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
-  std::string* sinks[2] = {&result.out, &result.err};
-  const auto deadline = std::chrono::steady_clock::now() + kCommandTimeout;
-  bool timed_out = false;
-  while (fds[0].fd >= 0 || fds[1].fd >= 0) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      timed_out = true;
-      break;
-    }
-    int n = poll(fds, 2, static_cast<int>(left.count()));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) FAIL("poll: " << std::strerror(errno));
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      char buf[4096];
-      ssize_t got = read(fds[i].fd, buf, sizeof buf);
-      if (got > 0) {
-        sinks[i]->append(buf, static_cast<std::size_t>(got));
-      } else if (got == 0 || errno != EINTR) {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-      }
-    }
-  }
-  for (auto& f : fds)
-    if (f.fd >= 0) close(f.fd);
-  if (timed_out) kill(pid, SIGKILL);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (timed_out) {
-    result.err += "\n[test] killed after " + std::to_string(kCommandTimeout.count()) + " s";
-    return result;
-  }
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  return result;
 }
 
 fs::path systemd_analyze() {
@@ -273,8 +188,8 @@ UnitCheck check_unit(const fs::path& unit, int max_exposure_tenths) {
   const auto analyze = systemd_analyze().string();
   UnitCheck c;
   c.verify = run_command({analyze, "--no-pager", "verify", unit.string()});
-  if (c.verify.exit_code != 0)
-    c.problems.push_back("verify exited with " + std::to_string(c.verify.exit_code));
+  if (c.verify.rc != 0)
+    c.problems.push_back("verify exited with " + std::to_string(c.verify.rc));
   if (!c.verify.err.empty()) c.problems.push_back("verify wrote to stderr:\n" + c.verify.err);
 
   c.security = run_command({analyze, "--no-pager", "security", "--offline=true",
@@ -285,9 +200,9 @@ UnitCheck check_unit(const fs::path& unit, int max_exposure_tenths) {
     c.exposure = std::stod(m[1].str());
   else
     c.problems.push_back("no overall exposure level in the security output");
-  if (c.security.exit_code != 0) {
+  if (c.security.rc != 0) {
     std::ostringstream why;
-    why << std::fixed << std::setprecision(1) << "security exited with " << c.security.exit_code
+    why << std::fixed << std::setprecision(1) << "security exited with " << c.security.rc
         << " (exposure " << c.exposure.value_or(-1) << ", allowed " << max_exposure_tenths / 10.0
         << ")";
     c.problems.push_back(why.str());
@@ -335,7 +250,7 @@ std::string single(const Section& keys, const std::string& key) {
 
 void check_passes(const std::string& name, int max_exposure_tenths) {
   TempDir tmp;
-  auto unit = prepare_unit(name, tmp.path);
+  auto unit = prepare_unit(name, tmp.path());
   auto c = check_unit(unit, max_exposure_tenths);
   std::ostringstream score;
   score << std::fixed << std::setprecision(1) << name << ".service: exposure "
@@ -356,27 +271,27 @@ TEST_CASE("the collector unit passes systemd-analyze verify and security without
 
 TEST_CASE("a unit with a misspelt key fails the packaging check although verify exits 0") {
   TempDir tmp;
-  auto unit = prepare_unit("firedrill-agent", tmp.path);
+  auto unit = prepare_unit("firedrill-agent", tmp.path());
   replace_line(unit, "ProtectSystem=strict", "ProtectSystm=strict");
   // A threshold nothing can exceed, so only the verify warning can fail the check.
   auto c = check_unit(unit, 100);
-  CHECK(c.verify.exit_code == 0);
+  CHECK(c.verify.rc == 0);
   CHECK(c.verify.err.find("ProtectSystm") != std::string::npos);
   CHECK_FALSE(c.passed());
 }
 
 TEST_CASE("a unit with weaker hardening fails the exposure threshold") {
   TempDir tmp;
-  auto unit = prepare_unit("firedrill-collector", tmp.path);
+  auto unit = prepare_unit("firedrill-collector", tmp.path());
   // Still a valid unit: verify stays silent, only the score gets worse.
   replace_line(unit, "SystemCallFilter=~@privileged @resources", "");
   replace_line(unit, "SystemCallFilter=@system-service", "");
   auto c = check_unit(unit, kCollectorMaxExposure);
-  CHECK(c.verify.exit_code == 0);
+  CHECK(c.verify.rc == 0);
   CHECK(c.verify.err.empty());
   REQUIRE(c.exposure.has_value());
   CHECK(*c.exposure * 10 > kCollectorMaxExposure);
-  CHECK(c.security.exit_code != 0);
+  CHECK(c.security.rc != 0);
   CHECK_FALSE(c.passed());
 }
 
