@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "agent/probe_eicar_drop.hpp"
+#include "agent/probe_encoded_command.hpp"
 #include "agent/probe_tcp_connect.hpp"
 #include "common/crypto.hpp"
 #include "common/tls.hpp"
@@ -10,6 +12,21 @@ namespace firedrill::agent {
 
 namespace asio = boost::asio;
 
+ProbeSet make_probes(asio::any_io_executor ex, const AgentConfig& cfg, const ClockState& clock) {
+  ProbeSet probes;
+  probes["tcp_connect"] = std::make_unique<TcpConnectProbe>(ex, cfg.allowlist, clock);
+  probes["eicar_drop"] = std::make_unique<EicarDropProbe>(ex, clock);
+  probes["encoded_command"] = std::make_unique<EncodedCommandProbe>(ex, clock);
+  return probes;
+}
+
+asio::awaitable<std::vector<common::ResultBody>> run_probe(const ProbeSet& probes,
+                                                           const TestSpec& t) {
+  auto results = co_await probes.at(t.probe)->run(t, new_marker());
+  for (auto& r : results) r.technique = t.technique;
+  co_return results;
+}
+
 Agent::Agent(asio::io_context& io, AgentConfig cfg)
     : io_(io),
       cfg_(std::move(cfg)),
@@ -17,7 +34,7 @@ Agent::Agent(asio::io_context& io, AgentConfig cfg)
       tls_(common::make_client_context(
           {identity_.ca_file(), identity_.cert_file(), identity_.key_file()})) {
   outbox_ = Outbox::open({identity_.outbox_dir(), cfg_.outbox_max_bytes}, identity_.agent_id);
-  probes_["tcp_connect"] = std::make_unique<TcpConnectProbe>(io_.get_executor(), cfg_.allowlist, clock_);
+  probes_ = make_probes(io_.get_executor(), cfg_, clock_);
   auto server = common::parse_host_port(cfg_.server.empty() ? identity_.server : cfg_.server);
   auto key = common::Ed25519Key::from_private_pem(common::read_file(identity_.key_file()));
   uplink_ = std::make_unique<Uplink>(io_.get_executor(), tls_, server, identity_.agent_id,
@@ -28,9 +45,22 @@ Agent::Agent(asio::io_context& io, AgentConfig cfg)
 
 Agent::~Agent() { stop(); }
 
+
+
 asio::awaitable<void> Agent::run_test(const TestSpec& t) {
-  auto marker = new_marker();
-  auto results = co_await probes_.at(t.probe)->run(t, marker);
+  std::error_code ec;
+  bool disabled = !cfg_.kill_switch.empty() && std::filesystem::exists(cfg_.kill_switch, ec);
+  if (disabled != disabled_) {
+    disabled_ = disabled;
+    if (disabled)
+      spdlog::warn("kill switch {} present: no probe runs until it is removed",
+                   cfg_.kill_switch.string());
+    else
+      spdlog::info("kill switch {} removed: probes run again", cfg_.kill_switch.string());
+  }
+  if (disabled) co_return;
+  auto results = co_await run_probe(probes_, t);
+  auto marker = results.empty() ? std::string() : results.front().marker;
   std::vector<std::string> bodies;
   bodies.reserve(results.size());
   std::map<std::string, int> verdicts;

@@ -18,6 +18,14 @@
 
 namespace firedrill::agent {
 
+using ProbeSet = std::map<std::string, std::unique_ptr<Probe>>;
+// One instance of every probe kind, sharing the agent's allowlist and clock.
+ProbeSet make_probes(boost::asio::any_io_executor ex, const AgentConfig& cfg,
+                     const ClockState& clock);
+// Runs one test once with a fresh marker; results are stamped with the test's technique.
+boost::asio::awaitable<std::vector<common::ResultBody>> run_probe(const ProbeSet& probes,
+                                                                  const TestSpec& t);
+
 class Agent {
  public:
   Agent(boost::asio::io_context& io, AgentConfig cfg);  // throws with a clear message
@@ -38,10 +46,11 @@ class Agent {
   boost::asio::ssl::context tls_;
   std::unique_ptr<Outbox> outbox_;
   ClockState clock_;
-  std::map<std::string, std::unique_ptr<Probe>> probes_;
+  ProbeSet probes_;
   std::unique_ptr<Uplink> uplink_;
   std::unique_ptr<Scheduler> scheduler_;
   bool tests_done_ = false;
+  bool disabled_ = false;  // kill switch seen at the last run
   std::unique_ptr<boost::asio::steady_timer> start_timer_;
 };
 

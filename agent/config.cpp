@@ -1,5 +1,6 @@
 #include "agent/config.hpp"
 
+#include <algorithm>
 #include <set>
 
 #include "common/config.hpp"
@@ -17,40 +18,84 @@ common::HostPort endpoint(const common::ConfigNode& node, const std::string& key
   }
 }
 
+void load_tcp_connect(const common::ConfigNode& t, const common::ConfigNode& where,
+                      TestSpec& s, const Allowlist& allow) {
+  auto check_allowed = [&](const std::string& key, const common::HostPort& hp) {
+    if (!allow.allows_name(hp.host, hp.port))
+      where.fail(key, "target " + hp.to_string() +
+                          " is not on the allowlist (add it under allowlist.tcp_connect)");
+  };
+  for (auto& item : where["targets"].items()) {
+    auto hp = endpoint(where, "targets", item.scalar());
+    check_allowed("targets", hp);
+    s.targets.push_back(hp);
+  }
+  if (s.targets.empty()) where.fail("targets", "at least one host:port is required");
+  if (s.targets.size() > 1024) where.fail("targets", "at most 1024 targets per test");
+  if (where.has("control")) {
+    s.control = endpoint(where, "control", where.str("control"));
+    check_allowed("control", *s.control);
+  }
+}
+
+void load_params(const common::ConfigNode& t, TestSpec& s, const Allowlist& allow) {
+  auto params = t["params"];
+  if (s.probe == "tcp_connect") {
+    bool flat = t.has("targets") || t.has("control");
+    if (flat && params.defined()) t.fail("params", "give targets either here or at the top level, not both");
+    if (!flat) params.check_keys({"targets", "control"});
+    load_tcp_connect(t, flat ? t : params, s, allow);
+  } else if (s.probe == "eicar_drop") {
+    params.check_keys({"directory", "observe"});
+    s.directory = params.str("directory");
+    if (!s.directory.is_absolute()) params.fail("directory", "must be an absolute path");
+    s.observe = params.duration("observe", s.observe);
+    if (s.observe < 0ms || s.observe > 10min) params.fail("observe", "must be between 0s and 10m");
+    if (!t.has("timeout")) s.timeout = s.observe + 30s;
+  } else if (s.probe == "encoded_command") {
+    params.check_keys({"interpreter"});
+    s.interpreter = params.str("interpreter", "sh");
+    if (s.interpreter != "sh" && s.interpreter != "pwsh" && s.interpreter != "powershell.exe")
+      params.fail("interpreter", "'" + s.interpreter + "' is not one of sh, pwsh, powershell.exe");
+    if (!t.has("timeout")) s.timeout = 30s;
+  }
+  if (s.probe != "tcp_connect" && (t.has("targets") || t.has("control")))
+    t.fail(t.has("targets") ? "targets" : "control", "only tcp_connect takes targets");
+}
+
 TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
-  t.check_keys({"id", "probe", "every", "jitter", "timeout", "expect", "targets", "control"});
+  t.check_keys({"id", "kind", "probe", "every", "jitter", "timeout", "technique", "expect",
+                "params", "targets", "control"});
   TestSpec s;
   s.id = t.str("id");
   if (s.id.empty() || s.id.size() > 64 ||
       s.id.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-_.") != std::string::npos)
     t.fail("id", "must be 1-64 characters of a-z, 0-9, '-', '_', '.'");
-  s.probe = t.str("probe");
-  if (s.probe != "tcp_connect") t.fail("probe", "unknown probe '" + s.probe + "' (known: tcp_connect)");
+  if (t.has("kind") && t.has("probe")) t.fail("probe", "'probe' is an old name of 'kind'; give one");
+  std::string kind_key = t.has("probe") ? "probe" : "kind";
+  s.probe = t.str(kind_key);
+  if (std::find(kProbeKinds.begin(), kProbeKinds.end(), s.probe) == kProbeKinds.end()) {
+    std::string known;
+    for (const auto& k : kProbeKinds) known += (known.empty() ? "" : ", ") + k;
+    t.fail(kind_key, "unknown probe kind '" + s.probe + "' (known: " + known + ")");
+  }
+  s.technique = t.str("technique", "");
+  if (!s.technique.empty() &&
+      (s.technique.size() > 16 || s.technique[0] != 'T' ||
+       s.technique.find_first_not_of("T0123456789.") != std::string::npos))
+    t.fail("technique", "'" + s.technique + "' is not an ATT&CK technique id like T1105 or T1059.001");
   s.every = t.duration("every", s.every);
   if (s.every < 10ms) t.fail("every", "must be at least 10ms");
-  s.jitter = t.duration("jitter", s.jitter);
+  s.jitter = t.duration("jitter", s.every / 10);  // default: 10% of the interval
   if (s.jitter >= s.every) t.fail("jitter", "must be shorter than 'every'");
   s.timeout = t.duration("timeout", s.timeout);
-  if (s.timeout <= 0ms || s.timeout > 60s) t.fail("timeout", "must be between 1ms and 60s");
+  if (s.timeout <= 0ms || s.timeout > 15min) t.fail("timeout", "must be between 1ms and 15m");
   auto expect = t["expect"];
-  expect.check_keys({"prevent"});
+  expect.check_keys({"prevent", "alert_within", "detections"});
   s.expect_prevent = expect.boolean("prevent", false);
-  auto check_allowed = [&](const std::string& key, const common::HostPort& hp) {
-    if (!allow.allows_name(hp.host, hp.port))
-      t.fail(key, "target " + hp.to_string() +
-                      " is not on the allowlist (add it under allowlist.tcp_connect)");
-  };
-  for (auto& item : t["targets"].items()) {
-    auto hp = endpoint(t, "targets", item.scalar());
-    check_allowed("targets", hp);
-    s.targets.push_back(hp);
-  }
-  if (s.targets.empty()) t.fail("targets", "at least one host:port is required");
-  if (s.targets.size() > 1024) t.fail("targets", "at most 1024 targets per test");
-  if (t.has("control")) {
-    s.control = endpoint(t, "control", t.str("control"));
-    check_allowed("control", *s.control);
-  }
+  if (expect.has("alert_within")) s.alert_within = expect.duration("alert_within");
+  s.detections = expect.str_list("detections");
+  load_params(t, s, allow);
   return s;
 }
 
@@ -58,13 +103,15 @@ TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
 
 AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
-  root.check_keys({"state_dir", "server", "log_level", "outbox", "uplink", "allowlist", "tests"});
+  root.check_keys({"state_dir", "server", "log_level", "kill_switch", "outbox", "uplink",
+                   "allowlist", "tests"});
   AgentConfig c;
   c.state_dir = root.str("state_dir");
   if (c.state_dir.is_relative()) c.state_dir = std::filesystem::absolute(file.parent_path() / c.state_dir);
   c.server = root.str("server", "");
   if (!c.server.empty()) endpoint(root, "server", c.server);
   c.log_level = root.str("log_level", c.log_level);
+  c.kill_switch = root.str("kill_switch", c.kill_switch.string());
 
   auto outbox = root["outbox"];
   outbox.check_keys({"max_bytes"});

@@ -15,16 +15,31 @@ namespace firedrill::agent {
 
 using namespace std::chrono_literals;
 
+// The probe kinds this agent knows; each lives in its own agent/probe_<kind>.cpp.
+inline const std::vector<std::string> kProbeKinds = {"tcp_connect", "eicar_drop",
+                                                     "encoded_command"};
+
 // One scheduled test: which probe, how often, what it expects, against what.
+// Probe-specific settings come from the test's `params:` map; only the keys of its kind are
+// accepted (tcp_connect also takes targets/control at the top level, the foundation format).
 struct TestSpec {
   std::string id;
-  std::string probe;  // "tcp_connect"
+  std::string probe;  // the kind: one of kProbeKinds
+  std::string technique;  // ATT&CK id, e.g. T1105 (optional)
   std::chrono::milliseconds every = 5min;
   std::chrono::milliseconds jitter = 0ms;  // each run starts up to this much after its slot
-  std::chrono::milliseconds timeout = 3s;  // per target
+  std::chrono::milliseconds timeout = 3s;  // tcp_connect: per target; others: the whole run
   bool expect_prevent = false;
+  std::optional<std::chrono::milliseconds> alert_within;  // for the collector's correlation
+  std::vector<std::string> detections;                    // names of rules it should trigger
+  // tcp_connect
   std::vector<common::HostPort> targets;
   std::optional<common::HostPort> control;  // positive control that must connect first
+  // eicar_drop
+  std::filesystem::path directory;
+  std::chrono::milliseconds observe = 5s;  // how long a defence gets to act on the drop
+  // encoded_command
+  std::string interpreter;  // "sh" (Linux variant), "pwsh" or "powershell.exe"
 };
 
 struct UplinkOptions {
@@ -39,6 +54,8 @@ struct UplinkOptions {
 
 struct AgentConfig {
   std::filesystem::path state_dir;
+  // While this file exists no probe runs (results say so); delivery continues.
+  std::filesystem::path kill_switch = "/etc/firedrill/disabled";
   std::string server;  // host:port; empty = the one recorded at enrollment
   std::string log_level = "info";
   std::uint64_t outbox_max_bytes = 64ull << 20;

@@ -3,13 +3,17 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <boost/asio/co_spawn.hpp>
+#include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "agent/agent.hpp"
 #include "agent/config.hpp"
 #include "agent/identity.hpp"
 #include "agent/outbox.hpp"
 #include "common/service.hpp"
+#include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/log.hpp"
 
@@ -87,6 +91,63 @@ int cmd_status(const fs::path& config_file) {
   return 0;
 }
 
+int cmd_tests(const fs::path& config_file) {
+  auto cfg = agent::AgentConfig::load(config_file);
+  std::printf("%-28s %-16s %-8s %-10s %-8s %s\n", "ID", "KIND", "EVERY", "TECHNIQUE",
+              "PREVENT", "TARGET");
+  for (const auto& t : cfg.tests) {
+    std::string target = t.probe == "tcp_connect"   ? std::to_string(t.targets.size()) + " target(s)"
+                         : t.probe == "eicar_drop" ? t.directory.string()
+                                                   : t.interpreter;
+    std::printf("%-28s %-16s %-8s %-10s %-8s %s\n", t.id.c_str(), t.probe.c_str(),
+                common::format_duration(t.every).c_str(),
+                t.technique.empty() ? "-" : t.technique.c_str(), t.expect_prevent ? "yes" : "no",
+                target.c_str());
+  }
+  return 0;
+}
+
+int cmd_run_once(const fs::path& config_file, const std::string& test_id, bool json) {
+  auto cfg = agent::AgentConfig::load(config_file);
+  common::setup_logging("agent", "warn");
+  auto it = std::find_if(cfg.tests.begin(), cfg.tests.end(),
+                         [&](const agent::TestSpec& t) { return t.id == test_id; });
+  if (it == cfg.tests.end()) {
+    std::cerr << "firedrill-agent: no test '" << test_id << "' in " << config_file.string() << "\n";
+    return 2;
+  }
+  boost::asio::io_context io(1);
+  agent::ClockState clock;  // not synchronised: this run is local and not delivered
+  auto probes = agent::make_probes(io.get_executor(), cfg, clock);
+  std::vector<common::ResultBody> results;
+  std::exception_ptr error;
+  boost::asio::co_spawn(io, agent::run_probe(probes, *it),
+                        [&](std::exception_ptr e, std::vector<common::ResultBody> r) {
+                          error = e;
+                          results = std::move(r);
+                        });
+  io.run();
+  if (error) std::rethrow_exception(error);
+  for (const auto& r : results) {
+    if (json) {
+      nlohmann::json j = {{"test_id", r.test_id}, {"probe", r.probe},     {"technique", r.technique},
+                          {"target", r.target},   {"marker", r.marker},   {"verdict", r.verdict},
+                          {"reason", r.reason},   {"evidence", r.evidence},
+                          {"expect_prevent", r.expect_prevent},
+                          {"started_at", common::format_time(r.started_ns)},
+                          {"finished_at", common::format_time(r.finished_ns)}};
+      std::cout << j.dump() << "\n";
+    } else {
+      std::cout << r.test_id << " (" << r.probe << ") " << r.target << "\n"
+                << "  verdict:  " << r.verdict << " (" << r.reason << ")\n"
+                << "  expected: " << (r.expect_prevent ? "prevented" : "not prevented") << "\n"
+                << "  marker:   " << r.marker << "\n";
+      for (const auto& [k, v] : r.evidence) std::cout << "  " << k << ": " << v << "\n";
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -129,6 +190,19 @@ int main(int argc, char** argv) {
   status->add_option("--config", config, "Agent configuration (YAML), to find the state directory")
       ->capture_default_str()
       ->default_val("/etc/firedrill/agent.yaml");
+  auto* tests = app.add_subcommand("tests", "List the configured tests (validates the config)");
+  tests->add_option("--config", config, "Agent configuration (YAML)")
+      ->capture_default_str()
+      ->default_val("/etc/firedrill/agent.yaml");
+  auto* run_once = app.add_subcommand(
+      "run-once", "Run one test now and print its result (local only: not sent to the collector)");
+  std::string test_id;
+  bool json = false;
+  run_once->add_option("--config", config, "Agent configuration (YAML)")
+      ->capture_default_str()
+      ->default_val("/etc/firedrill/agent.yaml");
+  run_once->add_option("--test", test_id, "Id of the test to run")->required();
+  run_once->add_flag("--json", json, "Print each result as one JSON line");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*enroll) {
@@ -139,6 +213,8 @@ int main(int argc, char** argv) {
       return cmd_enroll(eo, token_file);
     }
     if (*status) return cmd_status(config);
+    if (*tests) return cmd_tests(config);
+    if (*run_once) return cmd_run_once(config, test_id, json);
     return cmd_run(config, once, log_level);
   } catch (const std::exception& e) {
     std::cerr << "firedrill-agent: " << e.what() << "\n";

@@ -210,10 +210,11 @@ struct Encoder {
 std::string encode_body(const ResultBody& b) {
   msgpack::sbuffer buf;
   Packer p(buf);
-  p.pack_map(13);
+  p.pack_map(14);
   key(p, "kind"), p.pack(b.kind);
   key(p, "test_id"), p.pack(b.test_id);
   key(p, "probe"), p.pack(b.probe);
+  key(p, "technique"), p.pack(b.technique);
   key(p, "target"), p.pack(b.target);
   key(p, "marker"), p.pack(b.marker);
   key(p, "verdict"), p.pack(b.verdict);
@@ -234,6 +235,7 @@ ResultBody decode_body(std::string_view bytes) {
   b.kind = f.str("kind", "probe");
   b.test_id = f.str("test_id");
   b.probe = f.str("probe");
+  b.technique = f.str("technique");
   b.target = f.str("target");
   b.marker = f.str("marker");
   b.verdict = f.str("verdict");

@@ -26,6 +26,7 @@ struct ResultBody {
   std::string kind = "probe";  // "probe" | "outbox_overflow" | future kinds
   std::string test_id;
   std::string probe;
+  std::string technique;  // ATT&CK id from the test definition, if any
   std::string target;
   std::string marker;
   std::string verdict;  // prevented | not_prevented | inconclusive | error | not_applicable

@@ -1,0 +1,163 @@
+#include "agent/probe_eicar_drop.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/clock.hpp"
+
+namespace firedrill::agent {
+
+namespace fs = std::filesystem;
+
+std::string eicar_test_string() {
+  // XOR 0x5a of the standard string (https://www.eicar.org/download-anti-malware-testfile/).
+  static constexpr unsigned char kMasked[] = {
+      0x02, 0x6f, 0x15, 0x7b, 0x0a, 0x7f, 0x1a, 0x1b, 0x0a, 0x01, 0x6e, 0x06, 0x0a, 0x00, 0x02, 0x6f,
+      0x6e, 0x72, 0x0a, 0x04, 0x73, 0x6d, 0x19, 0x19, 0x73, 0x6d, 0x27, 0x7e, 0x1f, 0x13, 0x19, 0x1b,
+      0x08, 0x77, 0x09, 0x0e, 0x1b, 0x14, 0x1e, 0x1b, 0x08, 0x1e, 0x77, 0x1b, 0x14, 0x0e, 0x13, 0x0c,
+      0x13, 0x08, 0x0f, 0x09, 0x77, 0x0e, 0x1f, 0x09, 0x0e, 0x77, 0x1c, 0x13, 0x16, 0x1f, 0x7b, 0x7e,
+      0x12, 0x71, 0x12, 0x70};
+  std::string s(sizeof kMasked, '\0');
+  for (std::size_t i = 0; i < sizeof kMasked; ++i) s[i] = static_cast<char>(kMasked[i] ^ 0x5a);
+  return s;
+}
+
+DropVerdict drop_verdict(const DropObservation& o) {
+  if (!o.control_ok) return {"inconclusive", "control_failed"};
+  if (o.write_errno != 0) {
+    if (o.write_errno == EACCES || o.write_errno == EPERM || o.write_errno == ETXTBSY)
+      return {"prevented", "write_blocked"};
+    return {"error", "write_failed"};  // e.g. ENOSPC: not a defence
+  }
+  if (o.gone) return {"prevented", "removed"};
+  if (o.unreadable) return {"prevented", "unreadable"};
+  if (o.altered) return {"prevented", "altered"};
+  return {"not_prevented", "intact"};
+}
+
+namespace {
+
+enum class FileState { intact, gone, altered, unreadable };
+
+FileState inspect(const fs::path& p, const std::string& expected) {
+  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return errno == ENOENT ? FileState::gone : FileState::unreadable;
+  std::string got(expected.size() + 1, '\0');
+  ssize_t n = ::read(fd, got.data(), got.size());
+  ::close(fd);
+  if (n < 0) return FileState::unreadable;
+  got.resize(static_cast<std::size_t>(n));
+  return got == expected ? FileState::intact : FileState::altered;
+}
+
+// Writes content to a new file (never following or replacing an existing one); 0 or errno.
+int write_new(const fs::path& p, const std::string& content) {
+  int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return errno;
+  ssize_t n = ::write(fd, content.data(), content.size());
+  int err = n == static_cast<ssize_t>(content.size()) ? 0 : (n < 0 ? errno : EIO);
+  if (::close(fd) != 0 && err == 0) err = errno;
+  return err;
+}
+
+// Removes p if present and confirms it is gone: "removed", "already gone" or the failure.
+std::string clean_up(const fs::path& p) {
+  bool existed = ::unlink(p.c_str()) == 0;
+  int err = errno;
+  struct stat st {};
+  if (::lstat(p.c_str(), &st) == 0)
+    return std::string("FAILED: still present after unlink (") + std::strerror(existed ? 0 : err) + ")";
+  return existed ? "removed" : "already gone";
+}
+
+}  // namespace
+
+boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(const TestSpec& test,
+                                                                           std::string marker) {
+  common::ResultBody b;
+  b.test_id = test.id;
+  b.probe = "eicar_drop";
+  b.marker = marker;
+  b.expect_prevent = test.expect_prevent;
+  b.started_ns = common::now_ns();
+  auto dir = test.directory;
+  b.target = dir.string();
+  DropObservation o;
+
+  // Positive control: the same steps with a benign twin must work, or nothing can be concluded.
+  auto control = dir / (marker + "-control.txt");
+  std::string control_text = "FireDrill control file for run " + marker + "\n";
+  if (int e = write_new(control, control_text); e != 0) {
+    o.control_ok = false;
+    o.control_detail = "cannot write " + control.string() + ": " + std::strerror(e);
+  } else if (inspect(control, control_text) != FileState::intact) {
+    o.control_ok = false;
+    o.control_detail = "benign file did not read back intact";
+  }
+  auto control_cleanup = clean_up(control);
+  if (o.control_ok && control_cleanup.rfind("FAILED", 0) == 0) {
+    o.control_ok = false;
+    o.control_detail = "cannot remove the benign file: " + control_cleanup;
+  }
+
+  auto drop = dir / (marker + "-eicar.com");  // the marker is where a detector sees it: the name
+  std::string cleanup = "not written";
+  if (o.control_ok) {
+    auto eicar = eicar_test_string();
+    auto t0 = std::chrono::steady_clock::now();
+    o.write_errno = write_new(drop, eicar);
+    if (o.write_errno == 0) {
+      // Observe: poll the file until a defence acts or the observation window ends.
+      boost::asio::steady_timer timer(ex_);
+      auto deadline = t0 + test.observe;
+      for (;;) {
+        auto st = inspect(drop, eicar);
+        if (st != FileState::intact) {
+          o.gone = st == FileState::gone;
+          o.altered = st == FileState::altered;
+          o.unreadable = st == FileState::unreadable;
+          o.removal_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now() - t0).count();
+          break;
+        }
+        if (std::chrono::steady_clock::now() >= deadline) break;
+        timer.expires_after(std::min<std::chrono::steady_clock::duration>(
+            std::chrono::milliseconds(10), deadline - std::chrono::steady_clock::now()));
+        co_await timer.async_wait(boost::asio::use_awaitable);
+      }
+    }
+    cleanup = clean_up(drop);
+  }
+
+  auto v = drop_verdict(o);
+  b.verdict = v.verdict;
+  b.reason = v.reason;
+  b.evidence = {{"file", drop.string()},
+                {"observe_ms", std::to_string(test.observe.count())},
+                {"control", o.control_ok ? "benign twin written, read back and removed"
+                                         : o.control_detail},
+                {"cleanup", cleanup},
+                {"cleanup_verified", cleanup.rfind("FAILED", 0) == 0 ? "false" : "true"}};
+  if (o.write_errno) b.evidence["write_error"] = std::strerror(o.write_errno);
+  if (o.removal_ms >= 0) b.evidence["time_to_action_ms"] = std::to_string(o.removal_ms);
+  if (cleanup.rfind("FAILED", 0) == 0) {
+    // A probe that cannot clean up has left an artifact behind: never report that as a pass.
+    b.verdict = "error";
+    b.reason = "cleanup_failed";
+  }
+  b.finished_ns = common::now_ns();
+  b.clock_offset_ns = clock_.offset_ns;
+  b.clock_error_ns = clock_.error_ns;
+  co_return std::vector<common::ResultBody>{b};
+}
+
+}  // namespace firedrill::agent

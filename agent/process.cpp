@@ -1,0 +1,114 @@
+#include "agent/process.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <cstdlib>
+#include <sstream>
+
+extern char** environ;
+
+namespace firedrill::agent {
+
+namespace asio = boost::asio;
+
+std::optional<std::filesystem::path> find_executable(const std::string& name) {
+  if (name.find('/') != std::string::npos)
+    return ::access(name.c_str(), X_OK) == 0 ? std::optional<std::filesystem::path>(name)
+                                             : std::nullopt;
+  std::string path = std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin";
+  std::stringstream dirs(path);
+  for (std::string d; std::getline(dirs, d, ':');) {
+    if (d.empty()) continue;
+    auto p = std::filesystem::path(d) / name;
+    if (::access(p.c_str(), X_OK) == 0) return p;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+asio::awaitable<void> read_all(asio::posix::stream_descriptor& d, std::string& sink,
+                               std::size_t cap) {
+  char buf[4096];
+  for (;;) {
+    boost::system::error_code ec;
+    auto n = co_await d.async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;  // EOF, or closed because of the timeout
+    if (sink.size() < cap) sink.append(buf, std::min(n, cap - sink.size()));
+  }
+}
+
+}  // namespace
+
+asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vector<std::string> argv,
+                                            std::chrono::milliseconds timeout,
+                                            std::size_t max_output) {
+  ProcessOutcome o;
+  int out_pipe[2], err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    o.spawn_errno = errno;
+    co_return o;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err_pipe[1], 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);  // so a timeout kills its children too
+  posix_spawnattr_setpgroup(&attr, 0);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  asio::posix::stream_descriptor out(ex, out_pipe[0]), err(ex, err_pipe[0]);
+  if (rc != 0) {
+    o.spawn_errno = rc;
+    co_return o;
+  }
+  asio::steady_timer timer(ex);
+  timer.expires_after(timeout);
+  bool timed_out = false;
+  auto fired = std::make_shared<bool>(false);
+  timer.async_wait([pid, fired](boost::system::error_code ec) {
+    if (ec) return;
+    *fired = true;
+    ::kill(-pid, SIGKILL);
+  });
+  co_await read_all(out, o.out, max_output);
+  co_await read_all(err, o.err, max_output);
+  int status = 0;
+  asio::steady_timer poll(ex);
+  while (::waitpid(pid, &status, WNOHANG) == 0) {  // pipes closed; the exit follows shortly
+    poll.expires_after(std::chrono::milliseconds(5));
+    co_await poll.async_wait(asio::use_awaitable);
+  }
+  timer.cancel();
+  timed_out = *fired;
+  o.timed_out = timed_out;
+  if (WIFEXITED(status)) {
+    o.exited = true;
+    o.exit_code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status) && !timed_out) {
+    o.signal = WTERMSIG(status);
+  }
+  co_return o;
+}
+
+}  // namespace firedrill::agent

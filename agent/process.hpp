@@ -1,0 +1,33 @@
+// Running a local program for a probe: argv only (never a shell string from outside), bounded
+// in time and output, with how it ended reported as data.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace firedrill::agent {
+
+struct ProcessOutcome {
+  int spawn_errno = 0;  // non-zero: the program could not be started
+  bool timed_out = false;
+  bool exited = false;
+  int exit_code = -1;
+  int signal = 0;  // killed by this signal (not by our timeout)
+  std::string out, err;  // capped
+};
+
+// Finds an executable by name in PATH (or checks an absolute path).
+std::optional<std::filesystem::path> find_executable(const std::string& name);
+
+boost::asio::awaitable<ProcessOutcome> run_process(boost::asio::any_io_executor ex,
+                                                   std::vector<std::string> argv,
+                                                   std::chrono::milliseconds timeout,
+                                                   std::size_t max_output = 64 * 1024);
+
+}  // namespace firedrill::agent
