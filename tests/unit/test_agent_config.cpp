@@ -93,7 +93,7 @@ TEST_CASE("a valid agent config loads with defaults for what it leaves out") {
   CHECK(a.id == "smb-lateral");
   CHECK(a.probe == "tcp_connect");
   CHECK(a.every == 5min);
-  CHECK(a.jitter == 0ms);
+  CHECK(a.jitter == 30s);  // default: 10% of every (5m)
   CHECK(a.timeout == 3s);
   CHECK_FALSE(a.expect_prevent);
   REQUIRE(a.targets.size() == 1);
@@ -187,7 +187,7 @@ TEST_CASE("bad durations are rejected naming the key") {
       {"    jitter: 5s\n", "    jitter: -5s\n", "tests[1].jitter"},
       {"    every: 30s\n", "    every: 5ms\n", "tests[1].every"},       // below 10ms
       {"    jitter: 5s\n", "    jitter: 30s\n", "tests[1].jitter"},     // not shorter than every
-      {"    timeout: 2s\n", "    timeout: 61s\n", "tests[1].timeout"},  // above 60s
+      {"    timeout: 2s\n", "    timeout: 16m\n", "tests[1].timeout"},  // above 15m
       {"    timeout: 2s\n", "    timeout: 0s\n", "tests[1].timeout"},
   };
   for (const auto& c : cases) {
