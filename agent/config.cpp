@@ -1,6 +1,7 @@
 #include "agent/config.hpp"
 
 #include <algorithm>
+#include <regex>
 #include <set>
 
 #include "common/config.hpp"
@@ -80,9 +81,8 @@ TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
     t.fail(kind_key, "unknown probe kind '" + s.probe + "' (known: " + known + ")");
   }
   s.technique = t.str("technique", "");
-  if (!s.technique.empty() &&
-      (s.technique.size() > 16 || s.technique[0] != 'T' ||
-       s.technique.find_first_not_of("T0123456789.") != std::string::npos))
+  static const std::regex kTechnique("T[0-9]{4}(\\.[0-9]{3})?");
+  if (!s.technique.empty() && !std::regex_match(s.technique, kTechnique))
     t.fail("technique", "'" + s.technique + "' is not an ATT&CK technique id like T1105 or T1059.001");
   s.every = t.duration("every", s.every);
   if (s.every < 10ms) t.fail("every", "must be at least 10ms");

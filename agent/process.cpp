@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -21,16 +23,23 @@ namespace firedrill::agent {
 
 namespace asio = boost::asio;
 
+namespace {
+// A directory is "executable" to access(2) too; only a regular file is a program.
+bool is_program(const std::filesystem::path& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(p.c_str(), X_OK) == 0;
+}
+}  // namespace
+
 std::optional<std::filesystem::path> find_executable(const std::string& name) {
   if (name.find('/') != std::string::npos)
-    return ::access(name.c_str(), X_OK) == 0 ? std::optional<std::filesystem::path>(name)
-                                             : std::nullopt;
+    return is_program(name) ? std::optional<std::filesystem::path>(name) : std::nullopt;
   std::string path = std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin";
   std::stringstream dirs(path);
   for (std::string d; std::getline(dirs, d, ':');) {
     if (d.empty()) continue;
     auto p = std::filesystem::path(d) / name;
-    if (::access(p.c_str(), X_OK) == 0) return p;
+    if (is_program(p)) return p;
   }
   return std::nullopt;
 }
@@ -55,8 +64,14 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
                                             std::size_t max_output) {
   ProcessOutcome o;
   int out_pipe[2], err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
     o.spawn_errno = errno;
+    co_return o;
+  }
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    o.spawn_errno = errno;
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
     co_return o;
   }
   posix_spawn_file_actions_t fa;
@@ -91,8 +106,18 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
     *fired = true;
     ::kill(-pid, SIGKILL);
   });
+  // Drain both pipes at once: a child blocked on a full stderr pipe never closes stdout.
+  auto err_done = std::make_shared<bool>(false);
+  asio::steady_timer err_wait(ex, asio::steady_timer::time_point::max());
+  asio::co_spawn(ex, read_all(err, o.err, max_output), [err_done, &err_wait](std::exception_ptr) {
+    *err_done = true;
+    err_wait.cancel();
+  });
   co_await read_all(out, o.out, max_output);
-  co_await read_all(err, o.err, max_output);
+  if (!*err_done) {
+    boost::system::error_code ec;
+    co_await err_wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
   int status = 0;
   asio::steady_timer poll(ex);
   while (::waitpid(pid, &status, WNOHANG) == 0) {  // pipes closed; the exit follows shortly
@@ -100,7 +125,8 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
     co_await poll.async_wait(asio::use_awaitable);
   }
   timer.cancel();
-  timed_out = *fired;
+  // Our kill shows as SIGKILL; a child that exited on its own before it landed did not time out.
+  timed_out = *fired && !WIFEXITED(status);
   o.timed_out = timed_out;
   if (WIFEXITED(status)) {
     o.exited = true;
