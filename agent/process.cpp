@@ -100,11 +100,17 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
   asio::steady_timer timer(ex);
   timer.expires_after(timeout);
   bool timed_out = false;
-  auto fired = std::make_shared<bool>(false);
-  timer.async_wait([pid, fired](boost::system::error_code ec) {
+  struct Watch {
+    bool output_done = false;
+    bool fired = false;
+    bool fired_during_output = false;
+  };
+  auto watch = std::make_shared<Watch>();
+  timer.async_wait([pid, watch](boost::system::error_code ec) {
     if (ec) return;
-    *fired = true;
-    ::kill(-pid, SIGKILL);
+    watch->fired = true;
+    watch->fired_during_output = !watch->output_done;
+    ::kill(-pid, SIGKILL);  // the whole group: children holding the pipes die too
   });
   // Drain both pipes at once: a child blocked on a full stderr pipe never closes stdout.
   auto err_done = std::make_shared<bool>(false);
@@ -118,6 +124,7 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
     boost::system::error_code ec;
     co_await err_wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
+  watch->output_done = true;
   int status = 0;
   asio::steady_timer poll(ex);
   while (::waitpid(pid, &status, WNOHANG) == 0) {  // pipes closed; the exit follows shortly
@@ -125,8 +132,9 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
     co_await poll.async_wait(asio::use_awaitable);
   }
   timer.cancel();
-  // Our kill shows as SIGKILL; a child that exited on its own before it landed did not time out.
-  timed_out = *fired && !WIFEXITED(status);
+  // Timed out: our kill cut the output short (a grandchild held the pipes) or the child itself.
+  // A child that exited on its own after its output ended, just before the kill, did not.
+  timed_out = watch->fired && (watch->fired_during_output || !WIFEXITED(status));
   o.timed_out = timed_out;
   if (WIFEXITED(status)) {
     o.exited = true;
