@@ -103,6 +103,7 @@ Process::Process(const std::vector<std::string>& argv, const fs::path& log) : lo
   auto args = c_argv(argv);
   pid_ = fork();
   if (pid_ == 0) {
+    setpgid(0, 0);  // its own group, so a kill reaches everything it started (pipelines)
     int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     int devnull = ::open("/dev/null", O_RDONLY);
     dup2(devnull, 0);
@@ -146,6 +147,7 @@ std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
 
 void Process::kill9() {
   if (reaped_) return;
+  ::kill(-pid_, SIGKILL);
   ::kill(pid_, SIGKILL);
   waitpid(pid_, &status_, 0);
   reaped_ = true;
