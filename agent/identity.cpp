@@ -68,6 +68,7 @@ asio::awaitable<common::Message> exchange(asio::ssl::context& ctx, common::HostP
   try {
     auto eps = co_await resolver.async_resolve(server.host, std::to_string(server.port),
                                                asio::use_awaitable);
+    if (wd.fired()) throw EnrollError("network", "resolving " + server.host + " timed out");
     co_await asio::async_connect(stream.lowest_layer(), eps, asio::use_awaitable);
   } catch (const boost::system::system_error& e) {
     throw EnrollError("network", "cannot reach collector " + server.to_string() + ": " +

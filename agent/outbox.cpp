@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::size_t kHeader = 4 + 8 + 32 + 32;  // len, seq, prev, hash
-constexpr std::uint32_t kMaxRecord = 1 << 20;
+// A record must fit in one batch frame with room to spare for the batch's own fields.
+constexpr std::uint32_t kMaxRecord = common::kMaxFrameBytes - 64 * 1024;
 
 [[noreturn]] void sys_fail(const std::string& what) {
   throw std::runtime_error(what + ": " + std::strerror(errno));

@@ -38,6 +38,7 @@ DropVerdict drop_verdict(const DropObservation& o) {
       return {"prevented", "write_blocked"};
     return {"error", "write_failed"};  // e.g. ENOSPC: not a defence
   }
+  if (o.inspect_errno != 0) return {"error", "observe_failed"};
   if (o.gone) return {"prevented", "removed"};
   if (o.unreadable) return {"prevented", "unreadable"};
   if (o.altered) return {"prevented", "altered"};
@@ -46,11 +47,15 @@ DropVerdict drop_verdict(const DropObservation& o) {
 
 namespace {
 
-enum class FileState { intact, gone, altered, unreadable };
+enum class FileState { intact, gone, altered, unreadable, error };
 
 FileState inspect(const fs::path& p, const std::string& expected) {
   int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return errno == ENOENT ? FileState::gone : FileState::unreadable;
+  if (fd < 0) {
+    if (errno == ENOENT) return FileState::gone;
+    // Only a refusal is a defence; running out of descriptors or an I/O error is not.
+    return errno == EACCES || errno == EPERM ? FileState::unreadable : FileState::error;
+  }
   std::string got(expected.size() + 1, '\0');
   ssize_t n = ::read(fd, got.data(), got.size());
   ::close(fd);
@@ -114,6 +119,15 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
   if (o.control_ok) {
     auto eicar = eicar_test_string();
     auto t0 = std::chrono::steady_clock::now();
+    // If the agent stops mid-observation this frame is destroyed, not resumed: remove the
+    // drop then too, so an artifact never outlives the probe.
+    struct RemoveIfAbandoned {
+      fs::path path;
+      bool armed = true;
+      ~RemoveIfAbandoned() {
+        if (armed) ::unlink(path.c_str());
+      }
+    } guard{drop};
     o.write_errno = write_new(drop, eicar);
     if (o.write_errno == 0) {
       // Observe: poll the file until a defence acts or the observation window ends.
@@ -121,6 +135,10 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
       auto deadline = t0 + test.observe;
       for (;;) {
         auto st = inspect(drop, eicar);
+        if (st == FileState::error) {
+          o.inspect_errno = errno ? errno : EIO;
+          break;
+        }
         if (st != FileState::intact) {
           o.gone = st == FileState::gone;
           o.altered = st == FileState::altered;
@@ -136,6 +154,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
       }
     }
     cleanup = clean_up(drop);
+    guard.armed = false;
   }
 
   auto v = drop_verdict(o);
@@ -148,6 +167,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
                 {"cleanup", cleanup},
                 {"cleanup_verified", cleanup.rfind("FAILED", 0) == 0 ? "false" : "true"}};
   if (o.write_errno) b.evidence["write_error"] = std::strerror(o.write_errno);
+  if (o.inspect_errno) b.evidence["observe_error"] = std::strerror(o.inspect_errno);
   if (o.removal_ms >= 0) b.evidence["time_to_action_ms"] = std::to_string(o.removal_ms);
   if (cleanup.rfind("FAILED", 0) == 0) {
     // A probe that cannot clean up has left an artifact behind: never report that as a pass.

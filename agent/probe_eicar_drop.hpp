@@ -19,6 +19,7 @@ struct DropObservation {
   bool control_ok = true;          // the benign twin was written, read back and removed
   std::string control_detail;
   int write_errno = 0;             // the EICAR write failed with this (0: written)
+  int inspect_errno = 0;           // watching the file failed for a reason that is no defence
   bool gone = false;               // the file disappeared while observed
   bool altered = false;            // content differs from what was written
   bool unreadable = false;         // exists but cannot be read (e.g. access denied)

@@ -15,6 +15,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 extern char** environ;
@@ -97,6 +98,15 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
     o.spawn_errno = rc;
     co_return o;
   }
+  struct KillIfAbandoned {  // the frame may be destroyed on shutdown: leave no child behind
+    pid_t pid;
+    bool reaped = false;
+    ~KillIfAbandoned() {
+      if (reaped) return;
+      ::kill(-pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } child{pid};
   asio::steady_timer timer(ex);
   timer.expires_after(timeout);
   bool timed_out = false;
@@ -127,9 +137,18 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
   watch->output_done = true;
   int status = 0;
   asio::steady_timer poll(ex);
-  while (::waitpid(pid, &status, WNOHANG) == 0) {  // pipes closed; the exit follows shortly
+  pid_t waited = 0;
+  while ((waited = ::waitpid(pid, &status, WNOHANG)) == 0) {  // pipes closed; exit follows
     poll.expires_after(std::chrono::milliseconds(5));
     co_await poll.async_wait(asio::use_awaitable);
+  }
+  child.reaped = true;
+  if (waited < 0) {  // e.g. ECHILD: we cannot say how it ended, so do not claim "exit 0"
+    timer.cancel();
+    o.spawn_errno = 0;
+    o.timed_out = watch->fired;
+    o.err += "\n[firedrill] could not collect the exit status: " + std::string(std::strerror(errno));
+    co_return o;
   }
   timer.cancel();
   // Timed out: our kill cut the output short (a grandchild held the pipes) or the child itself.

@@ -50,7 +50,12 @@ struct Scheduler::Impl {
       boost::system::error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       if (stopping) co_return;
-      co_await run(t);
+      try {
+        co_await run(t);
+      } catch (const std::exception& e) {
+        // One failed run (a full disk, a probe bug) must not end the test's schedule.
+        spdlog::error("test {}: run failed: {}", t.id, e.what());
+      }
       if (once || stopping) co_return;
       auto next = next_slot(origin, t.every, std::chrono::steady_clock::now());
       if (auto skipped = (next - slot) / t.every - 1; skipped > 0)

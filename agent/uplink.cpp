@@ -155,11 +155,15 @@ struct Uplink::Impl {
     try {
       auto eps = co_await resolver.async_resolve(server.host, std::to_string(server.port),
                                                  use_awaitable);
+      // Closing the socket does not cancel a resolve: check, then bound the connect anew.
+      if (wd.fired()) throw std::runtime_error("name resolution timed out");
+      wd.arm(opts.connect_timeout);
       co_await asio::async_connect(s.lowest_layer(), eps, use_awaitable);
     } catch (const boost::system::system_error& e) {
       throw std::runtime_error("cannot connect: " +
                                (wd.fired() ? std::string("timed out") : e.code().message()));
     }
+    wd.arm(opts.connect_timeout);  // and the handshake gets its own bound
     boost::system::error_code ec;
     s.lowest_layer().set_option(tcp::no_delay(true), ec);
     common::set_expected_peer_name(s.native_handle(), server.host);
@@ -181,7 +185,6 @@ struct Uplink::Impl {
     if (auto err = outbox.reconcile(ack.next_seq, ack.head_hash); !err.empty())
       throw std::runtime_error("chain mismatch, not sending: " + err);
     co_await sync_clock(s, wd);
-    was_connected = true;
     stats.connected = true;
     ++stats.connects;
     if (!stats.last_error.empty())
@@ -199,6 +202,7 @@ struct Uplink::Impl {
       notified = false;
       auto records = outbox.pending(opts.batch_max_results, opts.batch_max_bytes);
       if (records.empty()) {
+        was_connected = true;  // a healthy session: the next reconnect starts a fresh backoff
         if (drained) drained();
         co_await sleep_until(next_sync);
         continue;
@@ -216,6 +220,7 @@ struct Uplink::Impl {
                                  std::to_string(last_seq));
       outbox.ack(a.seq);
       ++stats.batches_acked;
+      was_connected = true;
     }
   }
 };

@@ -123,7 +123,9 @@ struct IngestServer::Impl {
       tcp::socket sock = co_await acceptor_.async_accept(asio::redirect_error(use_awaitable, ec));
       if (ec) {
         if (stopping_ || ec == asio::error::operation_aborted) co_return;
-        spdlog::warn("accept failed: {}", ec.message());
+        spdlog::warn("accept failed: {}; pausing 100 ms", ec.message());
+        asio::steady_timer pause(io_, std::chrono::milliseconds(100));  // e.g. EMFILE: no spin
+        co_await pause.async_wait(asio::redirect_error(use_awaitable, ec));
         continue;
       }
       if (sessions_.size() >= cfg_.max_connections) {
@@ -148,6 +150,14 @@ struct IngestServer::Impl {
     };
     sessions_.emplace(id, close);
     ++stats_.connections;
+    struct Unregister {  // whatever happens below, the session leaves the table with its socket
+      Impl& self;
+      std::uint64_t id;
+      ~Unregister() {
+        self.sessions_.erase(id);
+        --self.stats_.connections;
+      }
+    } unregister{*this, id};
     common::Watchdog wd(io_.get_executor(), close);
     std::string agent_id;
     std::optional<Refusal> refusal;
@@ -185,14 +195,16 @@ struct IngestServer::Impl {
                      agent_id.empty() ? "unauthenticated" : agent_id, e.what());
     }
     if (refusal) {  // co_await is not allowed inside a handler
-      // Recorded durably before the peer hears of it, so the refusal is never unrecorded.
-      co_await record_security_event(refusal->code, agent_id, remote, refusal->what());
-      co_await send_error(stream, wd, refusal->code, refusal->what());
+      try {
+        // Recorded durably before the peer hears of it, so the refusal is never unrecorded.
+        co_await record_security_event(refusal->code, agent_id, remote, refusal->what());
+        co_await send_error(stream, wd, refusal->code, refusal->what());
+      } catch (const std::exception& e) {
+        spdlog::error("connection {}: could not record or report a refusal: {}", remote, e.what());
+      }
     }
     wd.disarm();
     close();
-    sessions_.erase(id);
-    --stats_.connections;
   }
 
   void handshake_failed(Stream& stream, const boost::system::error_code& ec,
@@ -214,7 +226,12 @@ struct IngestServer::Impl {
 
   // Reads one frame: the first byte may take idle_timeout, the rest must follow within
   // frame_timeout, so a peer that starts a frame and stalls is cut off quickly.
-  awaitable<std::string> read_frame(Stream& s, common::Watchdog& wd) {
+  // Before a peer has proven anything (enrollment, hello) its frames are small: it must not be
+  // able to make us hold a megabyte per connection.
+  static constexpr std::size_t kPreAuthFrameBytes = 64 * 1024;
+
+  awaitable<std::string> read_frame(Stream& s, common::Watchdog& wd,
+                                    std::size_t cap = common::kMaxFrameBytes) {
     std::array<std::uint8_t, 4> hdr{};
     wd.arm(cfg_.idle_timeout);
     co_await asio::async_read(s, asio::buffer(hdr.data(), 1), use_awaitable);
@@ -222,7 +239,7 @@ struct IngestServer::Impl {
     co_await asio::async_read(s, asio::buffer(hdr.data() + 1, 3), use_awaitable);
     std::size_t n = 0;
     try {
-      n = common::decode_frame_length(hdr);
+      n = common::decode_frame_length(hdr, cap);
     } catch (const common::ProtocolError& e) {
       throw Refusal("oversized_frame", e.what());
     }
@@ -266,7 +283,7 @@ struct IngestServer::Impl {
   }
 
   awaitable<void> enrollment(Stream& s, common::Watchdog& wd, const std::string& remote) {
-    auto msg = decode(co_await read_frame(s, wd));
+    auto msg = decode(co_await read_frame(s, wd, kPreAuthFrameBytes));
     auto* req = std::get_if<common::EnrollReq>(&msg);
     if (!req)
       throw Refusal("certificate_required",
@@ -286,16 +303,15 @@ struct IngestServer::Impl {
   }
 
   AgentLive& live_agent(const AgentRecord& rec) {
-    auto [it, fresh] = agents_.try_emplace(rec.agent_id);
-    if (fresh) {
-      it->second.head = {rec.next_seq, rec.head_hash};
-      std::array<std::uint8_t, 32> raw{};
-      if (!common::from_hex(rec.public_key_hex, raw))
-        throw std::runtime_error("stored public key of " + rec.agent_id + " is corrupt");
-      it->second.key = common::Ed25519Key::from_public_raw(raw);
-      it->second.fingerprint = rec.cert_fingerprint;
-    }
-    return it->second;
+    if (auto it = agents_.find(rec.agent_id); it != agents_.end()) return it->second;
+    AgentLive live;  // complete before it enters the table
+    live.head = {rec.next_seq, rec.head_hash};
+    std::array<std::uint8_t, 32> raw{};
+    if (!common::from_hex(rec.public_key_hex, raw))
+      throw std::runtime_error("stored public key of " + rec.agent_id + " is corrupt");
+    live.key = common::Ed25519Key::from_public_raw(raw);
+    live.fingerprint = rec.cert_fingerprint;
+    return agents_.emplace(rec.agent_id, std::move(live)).first->second;
   }
 
   awaitable<void> agent_session(Stream& s, common::Watchdog& wd, const std::string& remote,
@@ -323,7 +339,7 @@ struct IngestServer::Impl {
       }
     } release{live, gen};
 
-    auto first = decode(co_await read_frame(s, wd));
+    auto first = decode(co_await read_frame(s, wd, kPreAuthFrameBytes));
     if (!std::holds_alternative<common::Hello>(first))
       throw Refusal("protocol_error", "expected hello, got " + common::message_type_name(first));
     asio::steady_timer settle(io_);
@@ -332,6 +348,9 @@ struct IngestServer::Impl {
       co_await settle.async_wait(use_awaitable);
     }
     if (live.generation != gen) co_return;
+    // Nothing of ours in flight: the store is the truth (another collector may have advanced
+    // this agent's chain since we cached it).
+    if (auto fresh = store_.get_agent(agent_id)) live.head = {fresh->next_seq, fresh->head_hash};
     common::HelloAck ack{live.head.next_seq, live.head.head_hash};
     co_await write_message(s, wd, ack);
     spdlog::debug("agent {} connected from {}; next seq {}", agent_id, remote, live.head.next_seq);

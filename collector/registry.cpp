@@ -41,7 +41,8 @@ Registry::EnrollOutcome Registry::enroll(const common::EnrollReq& req, const std
     WriteSet ws;
     ws.put_security_event({common::now_ns(), "enrollment_refused", "", remote,
                            out.error_code + ": " + out.message});
-    store_.commit(std::move(ws));
+    // Not on the I/O thread's critical path: a flood of bad tokens must not stall acks.
+    store_.commit_async(std::move(ws), [](std::string) {});
     return out;
   };
   if (!well_formed_token(req.token))
@@ -64,7 +65,7 @@ Registry::EnrollOutcome Registry::enroll(const common::EnrollReq& req, const std
     return refuse("bad_csr", e.what());
   }
   auto cert = common::parse_cert_pem(out.cert_pem);
-  a.hostname = req.hostname.substr(0, 255);
+  a.hostname = req.hostname.substr(0, 255);  // may cut UTF-8; the store tolerates that
   a.os = req.os.substr(0, 255);
   a.version = req.version.substr(0, 64);
   a.cert_fingerprint = common::cert_fingerprint_hex(cert.get());

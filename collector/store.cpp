@@ -103,6 +103,10 @@ StoredResult decode_result(const std::string& agent, std::uint64_t seq, const st
   return r;
 }
 
+// Peer-supplied text (hostnames, refusal details) may hold invalid UTF-8: never let that throw
+// while recording it; the bytes are replaced, the record is kept.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void check(const rocksdb::Status& s, const std::string& what) {
   if (!s.ok()) throw StoreError(what + ": " + s.ToString());
 }
@@ -140,11 +144,11 @@ void WriteSet::put_batch(const StoredBatch& b) {
             {"head_hash", hex(b.head_hash)},
             {"signature", common::to_hex(b.signature)},
             {"received_ns", b.received_ns}};
-  ops_.push_back({kBatches, result_key(b.agent_id, b.head_seq), j.dump()});
+  ops_.push_back({kBatches, result_key(b.agent_id, b.head_seq), dump(j)});
 }
 
 void WriteSet::put_agent(const AgentRecord& a) {
-  ops_.push_back({kAgents, a.agent_id, to_json(a).dump()});
+  ops_.push_back({kAgents, a.agent_id, dump(to_json(a))});
 }
 
 void WriteSet::put_security_event(const SecurityEvent& e) {
@@ -153,18 +157,18 @@ void WriteSet::put_security_event(const SecurityEvent& e) {
   k += common::random_id(8);  // several events in one nanosecond stay distinct
   json j = {{"time_ns", e.time_ns}, {"kind", e.kind},     {"agent_id", e.agent_id},
             {"remote", e.remote},   {"detail", e.detail}};
-  ops_.push_back({kSecurityEvents, std::move(k), j.dump()});
+  ops_.push_back({kSecurityEvents, std::move(k), dump(j)});
 }
 
 void WriteSet::put_enroll_token(const EnrollToken& t) {
   json j = {{"created_ns", t.created_ns}, {"expires_ns", t.expires_ns}, {"used_ns", t.used_ns},
             {"used_by", t.used_by},       {"created_by", t.created_by}};
-  ops_.push_back({kEnrollTokens, t.token_hash, j.dump()});
+  ops_.push_back({kEnrollTokens, t.token_hash, dump(j)});
 }
 
 void WriteSet::put_api_token(const ApiToken& t) {
   json j = {{"name", t.name}, {"role", role_name(t.role)}, {"created_ns", t.created_ns}};
-  ops_.push_back({kApiTokens, t.token_hash, j.dump()});
+  ops_.push_back({kApiTokens, t.token_hash, dump(j)});
 }
 
 std::unique_ptr<Store> Store::open(const std::filesystem::path& dir) {

@@ -40,7 +40,7 @@ TEST_CASE("an enrollment token works exactly once and the identity files are pri
   CHECK(again.err.find("token_used") != std::string::npos);
   CHECK(again.err.find("already used") != std::string::npos);
   CHECK_FALSE(fs::exists(tmp / "a2" / "key.pem"));
-  CHECK(has_event(c, "enrollment_refused", "token_used"));
+  CHECK(wait_until([&] { return has_event(c, "enrollment_refused", "token_used"); }, 10s));
 }
 
 TEST_CASE("expired, unknown and malformed enrollment tokens are refused with a clear message") {
