@@ -4,6 +4,8 @@
 #include <regex>
 #include <set>
 
+#include <boost/asio/ip/address_v4.hpp>
+
 #include "common/config.hpp"
 
 namespace firedrill::agent {
@@ -19,6 +21,68 @@ common::HostPort endpoint(const common::ConfigNode& node, const std::string& key
   }
 }
 
+}  // namespace
+
+std::vector<common::HostPort> expand_targets(const std::string& spec, std::size_t cap) {
+  auto bad = [&](const std::string& why) {
+    return std::invalid_argument("target '" + spec + "': " + why);
+  };
+  std::string host, ports;
+  if (!spec.empty() && spec[0] == '[') {
+    auto close = spec.find(']');
+    if (close == std::string::npos || close + 1 >= spec.size() || spec[close + 1] != ':')
+      throw bad("expected [ipv6]:port");
+    host = spec.substr(1, close - 1);
+    ports = spec.substr(close + 2);
+  } else {
+    auto colon = spec.rfind(':');
+    if (colon == std::string::npos || spec.find(':') != colon) throw bad("expected host:port");
+    host = spec.substr(0, colon);
+    ports = spec.substr(colon + 1);
+  }
+  auto number = [&](const std::string& t) {
+    if (t.empty() || t.size() > 5 || t.find_first_not_of("0123456789") != std::string::npos)
+      throw bad("'" + t + "' is not a port");
+    auto v = std::stoul(t);
+    if (v < 1 || v > 65535) throw bad("port " + t + " is outside 1-65535");
+    return static_cast<std::uint16_t>(v);
+  };
+  auto dash = ports.find('-');
+  std::uint16_t lo = number(ports.substr(0, dash));
+  std::uint16_t hi = dash == std::string::npos ? lo : number(ports.substr(dash + 1));
+  if (lo > hi) throw bad("port range is reversed");
+  std::vector<std::string> hosts;
+  if (auto slash = host.find('/'); slash != std::string::npos) {
+    boost::system::error_code ec;
+    auto net = boost::asio::ip::make_address_v4(host.substr(0, slash), ec);
+    if (ec) throw bad("only IPv4 networks can be expanded");
+    auto plen = host.substr(slash + 1);
+    if (plen.empty() || plen.size() > 2 || plen.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoul(plen) > 32)
+      throw bad("bad prefix length");
+    unsigned prefix = static_cast<unsigned>(std::stoul(plen));
+    std::uint64_t count = std::uint64_t{1} << (32 - prefix);
+    if (count * (hi - lo + 1u) > cap)
+      throw bad("expands to " + std::to_string(count * (hi - lo + 1u)) + " targets, over the cap of " +
+                std::to_string(cap));
+    std::uint32_t base = net.to_uint() & (prefix ? ~std::uint32_t{0} << (32 - prefix) : 0);
+    for (std::uint64_t i = 0; i < count; ++i)
+      hosts.push_back(boost::asio::ip::address_v4(base + static_cast<std::uint32_t>(i)).to_string());
+  } else {
+    if (host.empty()) throw bad("no host");
+    hosts.push_back(host);
+  }
+  if (hosts.size() * (hi - lo + 1u) > cap)
+    throw bad("expands to " + std::to_string(hosts.size() * (hi - lo + 1u)) +
+              " targets, over the cap of " + std::to_string(cap));
+  std::vector<common::HostPort> out;
+  for (const auto& h : hosts)
+    for (unsigned p = lo; p <= hi; ++p) out.push_back({h, static_cast<std::uint16_t>(p)});
+  return out;
+}
+
+namespace {
+
 void load_tcp_connect(const common::ConfigNode& t, const common::ConfigNode& where,
                       TestSpec& s, const Allowlist& allow) {
   auto check_allowed = [&](const std::string& key, const common::HostPort& hp) {
@@ -27,12 +91,18 @@ void load_tcp_connect(const common::ConfigNode& t, const common::ConfigNode& whe
                           " is not on the allowlist (add it under allowlist.tcp_connect)");
   };
   for (auto& item : where["targets"].items()) {
-    auto hp = endpoint(where, "targets", item.scalar());
-    check_allowed("targets", hp);
-    s.targets.push_back(hp);
+    std::vector<common::HostPort> expanded;
+    try {
+      expanded = expand_targets(item.scalar(), kMaxTargets - std::min(kMaxTargets, s.targets.size()));
+    } catch (const std::invalid_argument& e) {
+      where.fail("targets", e.what());
+    }
+    for (auto& hp : expanded) {
+      check_allowed("targets", hp);
+      s.targets.push_back(hp);
+    }
   }
   if (s.targets.empty()) where.fail("targets", "at least one host:port is required");
-  if (s.targets.size() > 1024) where.fail("targets", "at most 1024 targets per test");
   if (where.has("control")) {
     s.control = endpoint(where, "control", where.str("control"));
     check_allowed("control", *s.control);

@@ -52,6 +52,13 @@ struct UplinkOptions {
   std::size_t batch_max_bytes = 512 * 1024;
 };
 
+// Hard cap on the targets one tcp_connect test may expand to.
+inline constexpr std::size_t kMaxTargets = 1024;
+
+// "host:port", "10.0.0.0/30:445", "127.0.0.1:8000-8010", "[::1]:22" -> every host:port it
+// names, networks and ranges expanded; more than `cap` is refused (std::invalid_argument).
+std::vector<common::HostPort> expand_targets(const std::string& spec, std::size_t cap);
+
 struct AgentConfig {
   std::filesystem::path state_dir;
   // While this file exists no probe runs (results say so); delivery continues.

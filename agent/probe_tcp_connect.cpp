@@ -25,6 +25,7 @@ std::string reason_code(ConnectOutcome o) {
     case ConnectOutcome::timeout: return "timeout";
     case ConnectOutcome::unreachable: return "unreachable";
     case ConnectOutcome::dns_failure: return "dns_failure";
+    case ConnectOutcome::not_allowlisted: return "target_not_allowlisted";
     case ConnectOutcome::error: return "error";
   }
   return "error";
@@ -52,6 +53,7 @@ std::string verdict_for(ConnectOutcome o) {
     case ConnectOutcome::timeout: return "prevented";
     case ConnectOutcome::unreachable:
     case ConnectOutcome::dns_failure: return "inconclusive";
+    case ConnectOutcome::not_allowlisted: return "not_applicable";
     case ConnectOutcome::error: return "error";
   }
   return "error";
@@ -97,7 +99,7 @@ asio::awaitable<TcpConnectProbe::Attempt> TcpConnectProbe::attempt(
     auto ep = entry.endpoint();
     if (!name_allowed && !allow_.allows_address(ep.address(), target.port)) {
       if (!tried) {  // keep a real outcome from an earlier address if there is one
-        a.outcome = ConnectOutcome::error;
+        a.outcome = ConnectOutcome::not_allowlisted;
         a.address = ep.address().to_string();
         a.detail = "resolved address " + a.address + " is not on the allowlist; not contacted";
       }
@@ -158,8 +160,6 @@ asio::awaitable<std::vector<common::ResultBody>> TcpConnectProbe::run(const Test
       auto a = co_await attempt(target, test.timeout);
       b.verdict = verdict_for(a.outcome);
       b.reason = reason_code(a.outcome);
-      if (a.outcome == ConnectOutcome::error && a.detail.find("allowlist") != std::string::npos)
-        b.reason = "not_allowlisted";
       b.evidence = {{"address", a.address},
                     {"detail", a.detail},
                     {"elapsed_ms", std::to_string(a.elapsed_us / 1000.0)},

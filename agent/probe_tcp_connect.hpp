@@ -9,11 +9,14 @@
 namespace firedrill::agent {
 
 // How a single connection attempt ended, in the reason codes of DESIGN.md.
-enum class ConnectOutcome { connected, refused, reset, timeout, unreachable, dns_failure, error };
+enum class ConnectOutcome {
+  connected, refused, reset, timeout, unreachable, dns_failure, not_allowlisted, error
+};
 std::string reason_code(ConnectOutcome o);
 ConnectOutcome classify_connect_error(const boost::system::error_code& ec, bool timed_out);
 // Verdict for one target: a block (refused, reset, timeout) is `prevented`; a success is
-// `not_prevented`; unreachable and DNS failures prove nothing, so they are `inconclusive`.
+// `not_prevented`; unreachable and DNS failures prove nothing, so they are `inconclusive`;
+// an address off the allowlist is never contacted: `not_applicable`.
 std::string verdict_for(ConnectOutcome o);
 
 class TcpConnectProbe : public Probe {

@@ -149,6 +149,7 @@ TEST_CASE("verdict_for and reason_code cover every outcome") {
       {ConnectOutcome::timeout, "prevented", "timeout"},
       {ConnectOutcome::unreachable, "inconclusive", "unreachable"},
       {ConnectOutcome::dns_failure, "inconclusive", "dns_failure"},
+      {ConnectOutcome::not_allowlisted, "not_applicable", "target_not_allowlisted"},
       {ConnectOutcome::error, "error", "error"},
   };
   for (const auto& c : cases) {
@@ -212,8 +213,8 @@ TEST_CASE("a name whose resolved address is not allowlisted is not contacted") {
   auto allow = Allowlist::parse({"127.0.0.2"});
   auto rs = run_probe(io, allow, make_test({{"localhost", l.port()}}));
   REQUIRE(rs.size() == 1);
-  CHECK(rs[0].verdict == "error");
-  CHECK(rs[0].reason == "not_allowlisted");
+  CHECK(rs[0].verdict == "not_applicable");
+  CHECK(rs[0].reason == "target_not_allowlisted");
   CHECK(rs[0].evidence.at("address") == "127.0.0.1");
   CHECK_FALSE(l.was_contacted());
 }

@@ -304,3 +304,49 @@ TEST_CASE("kill_switch defaults to /etc/firedrill/disabled and can be moved") {
   auto moved = SchemaFile("", "state_dir: /var/lib/firedrill\nkill_switch: /run/firedrill/off\n");
   CHECK(moved.load().kill_switch == "/run/firedrill/off");
 }
+
+TEST_CASE("tcp_connect targets expand networks and port ranges within a hard cap") {
+  using firedrill::agent::expand_targets;
+  auto names = [](const std::vector<firedrill::common::HostPort>& v) {
+    std::vector<std::string> out;
+    for (const auto& hp : v) out.push_back(hp.to_string());
+    return out;
+  };
+  CHECK(names(expand_targets("127.0.0.1:22", 1024)) == std::vector<std::string>{"127.0.0.1:22"});
+  CHECK(names(expand_targets("10.0.0.4/30:445", 1024)) ==
+        std::vector<std::string>{"10.0.0.4:445", "10.0.0.5:445", "10.0.0.6:445", "10.0.0.7:445"});
+  CHECK(names(expand_targets("10.0.0.5/30:445", 1024)).front() == "10.0.0.4:445");  // host bits
+  CHECK(names(expand_targets("127.0.0.1:8000-8002", 1024)) ==
+        std::vector<std::string>{"127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"});
+  CHECK(expand_targets("10.0.0.0/30:1-2", 1024).size() == 8);
+  CHECK(names(expand_targets("[::1]:22", 1024)) == std::vector<std::string>{"[::1]:22"});
+  CHECK(expand_targets("db.lab:22", 1024).front().host == "db.lab");
+  for (const char* bad : {"10.0.0.0/8:22", "127.0.0.1:1-65535", "10.0.0.0/33:1", "h:0",
+                          "h:9-8", "h", "::1:22", "[::1]/64:22", "h:22x"}) {
+    CAPTURE(std::string(bad));
+    CHECK_THROWS_AS(expand_targets(bad, 1024), std::invalid_argument);
+  }
+  try {
+    expand_targets("10.0.0.0/16:80", 1024);
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("65536 targets, over the cap of 1024") != std::string::npos);
+  }
+}
+
+TEST_CASE("every expanded target must be on the allowlist") {
+  TempDir tmp("schema");
+  auto file = tmp / "agent.yaml";
+  firedrill::common::write_file_atomic(file, R"(state_dir: s
+allowlist: {tcp_connect: ["10.0.0.0/31:445"]}
+tests:
+  - id: sweep
+    kind: tcp_connect
+    params: {targets: ["10.0.0.0/30:445"]}
+)");
+  try {
+    AgentConfig::load(file);
+    FAIL("expected a ConfigError");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("10.0.0.2:445 is not on the allowlist") != std::string::npos);
+  }
+}
