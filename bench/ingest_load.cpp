@@ -8,7 +8,11 @@
 // *scheduled* send time, so a stalled collector cannot hide its stall by slowing the senders
 // (no coordinated omission).
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 #include <CLI/CLI.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -18,8 +22,6 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <rocksdb/db.h>
-#include <rocksdb/write_batch.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,10 +31,10 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <sstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -70,6 +72,7 @@ struct Options {
   double micro_s = 2;
   std::size_t group = 8;  // batches per synced write in the group-commit variant
   bool skip_micro = false;
+  double wait_idle_s = 0;  // wait up to this long for the machine to be idle before measuring
   fs::path summary_file;
 };
 
@@ -80,7 +83,8 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 double cpu_seconds_self() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 // utime + stime of another process, in seconds; nullopt when it cannot be read.
@@ -100,6 +104,60 @@ std::optional<double> cpu_seconds_of(int pid) {
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// CPU seconds of each thread of a process, keyed by thread id: {name, seconds}.
+std::map<int, std::pair<std::string, double>> thread_cpu_of(int pid) {
+  std::map<int, std::pair<std::string, double>> out;
+  if (pid <= 0) return out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    int tid = std::atoi(e.path().filename().c_str());
+    std::ifstream f(e.path() / "stat");
+    std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    auto open = s.find('('), close = s.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    std::istringstream rest(s.substr(close + 2));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14) utime = std::stoull(field);
+      if (i == 15) stime = std::stoull(field);
+    }
+    out[tid] = {s.substr(open + 1, close - open - 1),
+                (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK))};
+  }
+  return out;
+}
+
+// Bytes written to the block device that holds `path`, since boot (/proc/diskstats).
+std::optional<double> device_written_bytes(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  std::ifstream f("/proc/diskstats");
+  unsigned maj = 0, min = 0;
+  std::string name, line;
+  while (std::getline(f, line)) {
+    std::istringstream in(line);
+    std::vector<unsigned long long> v;
+    in >> maj >> min >> name;
+    unsigned long long x = 0;
+    while (in >> x) v.push_back(x);
+    if (maj == major(st.st_dev) && min == minor(st.st_dev) && v.size() >= 7)
+      return v[6] * 512.0;  // sectors written
+  }
+  return std::nullopt;
+}
+
+// Bytes a process caused to be written to storage (/proc/PID/io write_bytes).
+std::optional<double> process_written_bytes(int pid) {
+  if (pid <= 0) return std::nullopt;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/io");
+  std::string key;
+  unsigned long long v = 0;
+  while (f >> key >> v)
+    if (key == "write_bytes:") return static_cast<double>(v);
+  return std::nullopt;
+}
+
 // Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat.
 double machine_busy_seconds() {
   std::ifstream f("/proc/stat");
@@ -117,10 +175,11 @@ double percentile(const std::vector<double>& sorted, double p) {
 }
 
 // A tcp_connect result as agent/probe_tcp_connect.cpp writes it, with its evidence.
-std::string realistic_body(const std::string& agent_id, std::size_t i) {
+std::string realistic_body(std::size_t i) {
   common::ResultBody b;
   b.test_id = "lateral-smb-" + std::to_string(i % 5);
   b.probe = "tcp_connect";
+  b.technique = "T1021.002";
   b.target = "10.20." + std::to_string(i % 250) + "." + std::to_string(7 + i % 200) + ":445";
   b.marker = "fdr-" + common::random_id(10);
   b.verdict = i % 3 == 0 ? "not_prevented" : "prevented";
@@ -134,7 +193,6 @@ std::string realistic_body(const std::string& agent_id, std::size_t i) {
   b.finished_ns = b.started_ns + 1'500'000;
   b.clock_offset_ns = -12'345;
   b.clock_error_ns = 48'000;
-  (void)agent_id;
   return common::encode_body(b);
 }
 
@@ -172,7 +230,7 @@ SimAgent make_agent(const Options& o, const collector::ApiClient& api, std::size
   a.key = common::Ed25519Key::from_private_pem(common::read_file(id->key_file()));
   a.tls = std::make_unique<asio::ssl::context>(
       common::make_client_context({id->ca_file(), id->cert_file(), id->key_file()}));
-  for (std::size_t i = 0; i < 32; ++i) a.bodies.push_back(realistic_body(a.agent_id, index * 32 + i));
+  for (std::size_t i = 0; i < 32; ++i) a.bodies.push_back(realistic_body(index * 32 + i));
   return a;
 }
 
@@ -204,26 +262,34 @@ struct LoadRun {
   const Options& opt;
   asio::io_context& io;
   std::vector<SimAgent>& agents;
-  asio::steady_timer gate;  // a condition variable: expires once every agent is connected
-  std::size_t ready = 0, failed = 0, finished = 0;
+  asio::steady_timer connected;  // a condition variable: expires once every agent is connected
+  asio::steady_timer gate;       // expires when the clock starts: the senders' go signal
+  std::size_t ready = 0, failed = 0;
   Clock::time_point start, measure_from, end;
   // Counted only for acks inside [measure_from, end].
   std::uint64_t window_results = 0, window_batches = 0;
-  std::uint64_t total_results = 0;
-  std::vector<double> latency_ms;   // batches scheduled (or sent) inside the window
-  std::vector<double> send_lag_ms;  // rate mode: how late each send left after its slot
-  std::vector<std::string> errors;  // the first few, for the report
+  std::vector<double> latency_ms;              // batches scheduled (or sent) inside the window
+  std::vector<double> send_lag_ms;             // rate mode: how late each send left after its slot
+  std::map<long, std::size_t> slow_by_second;  // acks over 50 ms, by second of the window
+  std::vector<std::string> errors;             // the first few, for the report
   std::size_t error_count = 0;
   double collector_cpu0 = 0, collector_cpu1 = 0, self_cpu0 = 0, self_cpu1 = 0;
   double machine0 = 0, machine1 = 0;
+  std::map<int, std::pair<std::string, double>> threads0, threads1;
+  std::optional<double> disk0, disk1, coll_io0, coll_io1;
+  std::string window_start_utc;
   bool collector_cpu_known = false;
 
   LoadRun(const Options& o, asio::io_context& io, std::vector<SimAgent>& a)
-      : opt(o), io(io), agents(a), gate(io, Clock::time_point::max()) {}
+      : opt(o),
+        io(io),
+        agents(a),
+        connected(io, Clock::time_point::max()),
+        gate(io, Clock::time_point::max()) {}
 
   void one_settled() {
     // Expired rather than cancelled, so a wait that starts after this returns at once too.
-    if (ready + failed == agents.size()) gate.expires_at(Clock::time_point::min());
+    if (ready + failed == agents.size()) connected.expires_at(Clock::time_point::min());
   }
 
   awaitable<common::Message> read_msg(Stream& s, common::Watchdog& wd) {
@@ -263,7 +329,8 @@ struct LoadRun {
       co_await write_bytes(s, wd, common::frame_message(hello));
       auto hm = co_await read_msg(s, wd);
       auto* ack = std::get_if<common::HelloAck>(&hm);
-      if (!ack) throw std::runtime_error("expected hello_ack, got " + common::message_type_name(hm));
+      if (!ack)
+        throw std::runtime_error("expected hello_ack, got " + common::message_type_name(hm));
       a.next_seq = ack->next_seq;
       a.head = ack->head_hash;
       a.acked_seq = ack->next_seq - 1;
@@ -287,7 +354,6 @@ struct LoadRun {
     }
     boost::system::error_code ignored;
     s.lowest_layer().close(ignored);
-    ++finished;
   }
 
   awaitable<void> send_loop(Stream& s, common::Watchdog& wd, SimAgent& a, std::size_t index) {
@@ -318,16 +384,17 @@ struct LoadRun {
       auto* ack = std::get_if<common::Ack>(&am);
       if (!ack) throw std::runtime_error("expected ack, got " + common::message_type_name(am));
       if (ack->seq != last_seq)
-        throw std::runtime_error("collector acked seq " + std::to_string(ack->seq) +
-                                 ", expected " + std::to_string(last_seq));
+        throw std::runtime_error("collector acked seq " + std::to_string(ack->seq) + ", expected " +
+                                 std::to_string(last_seq));
       a.acked_seq = ack->seq;
-      total_results += opt.batch;
       if (acked_at >= measure_from && acked_at <= end) {
         window_results += opt.batch;
         ++window_batches;
       }
       if (reference >= measure_from && reference < end) {
-        latency_ms.push_back(std::chrono::duration<double, std::milli>(acked_at - reference).count());
+        double ms = std::chrono::duration<double, std::milli>(acked_at - reference).count();
+        latency_ms.push_back(ms);
+        if (ms > 50) ++slow_by_second[static_cast<long>(seconds_between(measure_from, reference))];
         if (paced)
           send_lag_ms.push_back(std::chrono::duration<double, std::milli>(sent_at - slot).count());
       }
@@ -340,12 +407,19 @@ struct LoadRun {
     t.expires_at(measure_from);
     co_await t.async_wait(use_awaitable);
     self_cpu0 = cpu_seconds_self();
+    window_start_utc = common::format_time(common::now_ns());
     machine0 = machine_busy_seconds();
     if (auto c = cpu_seconds_of(opt.collector_pid)) collector_cpu0 = *c;
+    threads0 = thread_cpu_of(opt.collector_pid);
+    disk0 = device_written_bytes(opt.work_dir);
+    coll_io0 = process_written_bytes(opt.collector_pid);
     t.expires_at(end);
     co_await t.async_wait(use_awaitable);
     self_cpu1 = cpu_seconds_self();
     machine1 = machine_busy_seconds();
+    threads1 = thread_cpu_of(opt.collector_pid);
+    disk1 = device_written_bytes(opt.work_dir);
+    coll_io1 = process_written_bytes(opt.collector_pid);
     if (auto c = cpu_seconds_of(opt.collector_pid)) {
       collector_cpu1 = *c;
       collector_cpu_known = true;
@@ -356,16 +430,18 @@ struct LoadRun {
 struct MicroResults {
   double verify_per_s = 0;
   double hash_per_s = 0;
-  double synced_tiny_per_s = 0;    // one small put per synced write: the fixed cost of a sync
-  double synced_writes_per_s = 0;  // one batch's worth of puts per synced write
+  double synced_tiny_per_s = 0;          // one small put per synced write: the fixed cost of a sync
+  double synced_writes_per_s = 0;        // one batch's worth of puts per synced write
   double synced_group_writes_per_s = 0;  // `group` batches per synced write
+  double unsynced_writes_per_s = 0;      // one batch per write, sync=false: the CPU part
   double write_mb_per_s = 0;
 };
 
 template <class F>
 double ops_per_second(double seconds, F&& op) {
   auto t0 = Clock::now();
-  auto stop = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  auto stop =
+      t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   std::uint64_t n = 0;
   Clock::time_point now;
   do {
@@ -376,19 +452,84 @@ double ops_per_second(double seconds, F&& op) {
   return n / seconds_between(t0, now);
 }
 
-std::string fake_agent_id(std::size_t i) { return "agt-bench" + std::to_string(1000 + i); }
+std::string fake_agent_id(std::size_t i) {
+  return "agt-bench" + std::to_string(1000 + i);
+}
 
-// Mirrors collector/store.cpp WriteSet for one ingested batch: per result a record and a time
-// index entry, then the batch signature and the agent's head.
-void add_batch_puts(rocksdb::WriteBatch& wb, const std::string& agent, std::uint64_t& seq,
-                    std::size_t n, const std::string& value) {
-  for (std::size_t i = 0; i < n; ++i, ++seq) {
-    std::string k = agent + '\0' + std::to_string(seq);
-    wb.Put(k, value);
-    wb.Put(std::to_string(common::now_ns()) + k, "");
+// A scratch RocksDB configured like collector/store.cpp: one column family per kind of record,
+// each OptimizeForSmallDb, two background jobs. Fresh for each measurement so that one
+// measurement's flush and compaction debt does not slow the next.
+class ScratchDb {
+ public:
+  explicit ScratchDb(fs::path dir) : dir_(std::move(dir)) {
+    fs::remove_all(dir_);
+    rocksdb::DBOptions opts;
+    opts.create_if_missing = true;
+    opts.create_missing_column_families = true;
+    opts.max_background_jobs = 2;
+    std::vector<rocksdb::ColumnFamilyDescriptor> descs;
+    for (const char* name : {"default", "results", "results_by_time", "batches", "agents"}) {
+      rocksdb::ColumnFamilyOptions cfo;
+      cfo.OptimizeForSmallDb();
+      descs.emplace_back(name, cfo);
+    }
+    rocksdb::DB* raw = nullptr;
+    auto st = rocksdb::DB::Open(opts, dir_.string(), descs, &cfs_, &raw);
+    if (!st.ok()) throw std::runtime_error("scratch RocksDB: " + st.ToString());
+    db_.reset(raw);
   }
-  wb.Put("batch/" + agent + std::to_string(seq), std::string(200, 'b'));
-  wb.Put("agent/" + agent, std::string(400, 'a'));
+  ~ScratchDb() {
+    for (auto* h : cfs_) db_->DestroyColumnFamilyHandle(h);
+    db_->Close();
+    db_.reset();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  void write(rocksdb::WriteBatch& wb, bool sync) {
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    auto st = db_->Write(wo, &wb);
+    if (!st.ok()) throw std::runtime_error("scratch RocksDB write: " + st.ToString());
+  }
+  // Mirrors collector/store.cpp WriteSet for one ingested batch: per result its record and a
+  // time index entry, then the batch signature and the agent's head.
+  void add_batch(rocksdb::WriteBatch& wb, const std::string& agent, std::uint64_t& seq,
+                 std::size_t n, const std::string& value) {
+    for (std::size_t i = 0; i < n; ++i, ++seq) {
+      std::string k = agent + '\0' + std::to_string(seq);
+      wb.Put(cfs_[1], k, value);
+      wb.Put(cfs_[2], std::to_string(common::now_ns()) + k, "");
+    }
+    wb.Put(cfs_[3], agent + '\0' + std::to_string(seq), std::string(200, 'b'));
+    wb.Put(cfs_[4], agent, std::string(400, 'a'));
+  }
+  void add_agent_only(rocksdb::WriteBatch& wb, const std::string& agent) {
+    wb.Put(cfs_[4], agent, std::string(400, 'a'));
+  }
+
+ private:
+  fs::path dir_;
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs_;
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+// Writes/s into a fresh scratch DB: `batches` result batches per write (0: one small put).
+double rocksdb_rate(const Options& o, std::size_t batches, bool sync, double* mb_per_s = nullptr) {
+  ScratchDb db(o.work_dir / "rocksdb-scratch");
+  std::string value(80 + realistic_body(1).size(), 'v');  // 80 header bytes + body
+  std::uint64_t seq = 1, bytes = 0;
+  std::size_t agent_no = 0;
+  auto t0 = Clock::now();
+  double rate = ops_per_second(o.micro_s, [&] {
+    rocksdb::WriteBatch wb;
+    if (batches == 0) db.add_agent_only(wb, fake_agent_id(agent_no++ % 1000));
+    for (std::size_t b = 0; b < batches; ++b)
+      db.add_batch(wb, fake_agent_id(agent_no++ % 1000), seq, o.batch, value);
+    bytes += wb.GetDataSize();
+    db.write(wb, sync);
+  });
+  if (mb_per_s) *mb_per_s = bytes / 1e6 / seconds_between(t0, Clock::now());
+  return rate;
 }
 
 MicroResults run_micro(const Options& o) {
@@ -402,70 +543,44 @@ MicroResults run_micro(const Options& o) {
   m.verify_per_s = ops_per_second(o.micro_s, [&] { all_ok &= key.verify(msg, sig); });
   if (!all_ok) throw std::runtime_error("Ed25519 verify failed on a valid signature");
 
-  auto body = realistic_body("agt-bench", 1);
+  auto body = realistic_body(1);
   std::uint64_t seq = 1;
-  m.hash_per_s = ops_per_second(o.micro_s / 2, [&] {
-    head = common::compute_result_hash("agt-bench", seq++, head, body);
-  });
+  m.hash_per_s = ops_per_second(
+      o.micro_s / 2, [&] { head = common::compute_result_hash("agt-bench", seq++, head, body); });
 
-  auto dir = o.work_dir / "rocksdb-scratch";
-  fs::remove_all(dir);
-  rocksdb::Options ro;
-  ro.create_if_missing = true;
-  ro.max_background_jobs = 2;
-  ro.OptimizeForSmallDb();  // as collector/store.cpp configures its column families
-  rocksdb::DB* raw = nullptr;
-  auto st = rocksdb::DB::Open(ro, dir.string(), &raw);
-  if (!st.ok()) throw std::runtime_error("scratch RocksDB: " + st.ToString());
-  std::unique_ptr<rocksdb::DB> db(raw);
-  std::string value(80 + body.size(), 'v');  // collector's stored value: 80 header bytes + body
-  rocksdb::WriteOptions wo;
-  wo.sync = true;
-  std::uint64_t bytes = 0;
-  std::size_t agent_no = 0;
-  auto timed_writes = [&](std::size_t batches_per_write) {
-    bytes = 0;
-    return ops_per_second(o.micro_s, [&] {
-      rocksdb::WriteBatch wb;
-      for (std::size_t b = 0; b < batches_per_write; ++b)
-        add_batch_puts(wb, fake_agent_id(agent_no++ % 1000), seq, o.batch, value);
-      bytes += wb.GetDataSize();
-      auto s = db->Write(wo, &wb);
-      if (!s.ok()) throw std::runtime_error("scratch RocksDB write: " + s.ToString());
-    });
-  };
-  m.synced_tiny_per_s = ops_per_second(o.micro_s, [&] {
-    rocksdb::WriteBatch wb;
-    wb.Put("agent/" + fake_agent_id(agent_no++ % 1000), std::string(400, 'a'));
-    auto s = db->Write(wo, &wb);
-    if (!s.ok()) throw std::runtime_error("scratch RocksDB write: " + s.ToString());
-  });
-  auto t0 = Clock::now();
-  m.synced_writes_per_s = timed_writes(1);
-  m.write_mb_per_s = bytes / 1e6 / seconds_between(t0, Clock::now());
-  m.synced_group_writes_per_s = timed_writes(o.group);
-  db->Close();
-  db.reset();
-  fs::remove_all(dir);
+  m.synced_tiny_per_s = rocksdb_rate(o, 0, true);
+  m.synced_writes_per_s = rocksdb_rate(o, 1, true, &m.write_mb_per_s);
+  m.unsynced_writes_per_s = rocksdb_rate(o, 1, false);
+  m.synced_group_writes_per_s = rocksdb_rate(o, o.group, true);
   return m;
 }
 
 void print_micro(const Options& o, const MicroResults& m, std::FILE* sum) {
   std::printf("\n== Local limits (measured in this run, single thread) ==\n");
   std::printf("Ed25519 verify (OpenSSL, common::Ed25519Key):  %9.0f verifies/s\n", m.verify_per_s);
-  std::printf("  -> ceiling from verification alone: %.0f results/s (one verify per %zu-result "
-              "batch)\n", m.verify_per_s * o.batch, o.batch);
+  std::printf(
+      "  -> ceiling from verification alone: %.0f results/s (one verify per %zu-result "
+      "batch)\n",
+      m.verify_per_s * o.batch, o.batch);
   std::printf("Result hash (compute_result_hash, %zu B body):  %9.0f results/s\n",
-              realistic_body("x", 1).size(), m.hash_per_s);
+              realistic_body(1).size(), m.hash_per_s);
   double fixed_ms = 1e3 / m.synced_tiny_per_s;
   double one_ms = 1e3 / m.synced_writes_per_s;
   double group_ms = 1e3 / m.synced_group_writes_per_s;
-  std::printf("RocksDB synced write, one 400 B put:            %9.0f writes/s (%.2f ms each: the "
-              "fixed cost of a sync)\n", m.synced_tiny_per_s, fixed_ms);
-  std::printf("RocksDB synced WriteBatch of 1 batch (%zu results): %6.0f writes/s (%.2f ms, %.1f "
-              "MB/s)\n", o.batch, m.synced_writes_per_s, one_ms, m.write_mb_per_s);
+  std::printf(
+      "RocksDB synced write, one 400 B put:            %9.0f writes/s (%.2f ms each: the "
+      "fixed cost of a sync)\n",
+      m.synced_tiny_per_s, fixed_ms);
+  std::printf(
+      "RocksDB synced WriteBatch of 1 batch (%zu results): %6.0f writes/s (%.2f ms, %.1f "
+      "MB/s)\n",
+      o.batch, m.synced_writes_per_s, one_ms, m.write_mb_per_s);
   std::printf("  -> ceiling without group commit: %.0f results/s\n",
               m.synced_writes_per_s * o.batch);
+  std::printf(
+      "RocksDB WriteBatch of 1 batch, sync=false:        %6.0f writes/s (%.2f ms: the CPU "
+      "part of a write)\n",
+      m.unsynced_writes_per_s, 1e3 / m.unsynced_writes_per_s);
   std::printf("RocksDB synced WriteBatch of %zu batches:         %6.0f writes/s (%.2f ms)\n",
               o.group, m.synced_group_writes_per_s, group_ms);
   std::printf("  -> ceiling with group commit of %zu: %.0f results/s\n", o.group,
@@ -473,16 +588,18 @@ void print_micro(const Options& o, const MicroResults& m, std::FILE* sum) {
   // Group commit (collector/store.cpp) puts every batch that queued during one sync into the
   // next one, so it amortises the fixed cost; the per-byte cost it cannot amortise.
   double per_batch_ms = std::max(0.0, (group_ms - fixed_ms) / o.group);
-  std::printf("  Group commit amortises only the fixed %.2f ms per sync; each batch still costs "
-              "about %.2f ms\n  of WAL write, memtable insert and sync bandwidth, so the "
-              "storage ceiling is about %.0f results/s\n  however many connections wait.\n",
-              fixed_ms, per_batch_ms, per_batch_ms > 0 ? 1e3 / per_batch_ms * o.batch : 0.0);
+  std::printf(
+      "  Group commit amortises only the fixed %.2f ms per sync; each batch still costs "
+      "about %.2f ms\n  of WAL write, memtable insert and sync bandwidth, so the "
+      "storage ceiling is about %.0f results/s\n  however many connections wait.\n",
+      fixed_ms, per_batch_ms, per_batch_ms > 0 ? 1e3 / per_batch_ms * o.batch : 0.0);
   if (sum) {
-    std::fprintf(sum, "verify_per_s=%.0f\nhash_per_s=%.0f\nsynced_tiny_per_s=%.0f\n"
-                      "synced_writes_per_s=%.0f\nsynced_group_writes_per_s=%.0f\ngroup=%zu\n"
-                      "storage_ceiling_rps=%.0f\n",
+    std::fprintf(sum,
+                 "verify_per_s=%.0f\nhash_per_s=%.0f\nsynced_tiny_per_s=%.0f\n"
+                 "synced_writes_per_s=%.0f\nsynced_group_writes_per_s=%.0f\ngroup=%zu\n"
+                 "unsynced_writes_per_s=%.0f\nstorage_ceiling_rps=%.0f\n",
                  m.verify_per_s, m.hash_per_s, m.synced_tiny_per_s, m.synced_writes_per_s,
-                 m.synced_group_writes_per_s, o.group,
+                 m.synced_group_writes_per_s, o.group, m.unsynced_writes_per_s,
                  per_batch_ms > 0 ? 1e3 / per_batch_ms * o.batch : 0.0);
   }
 }
@@ -509,11 +626,38 @@ std::string durability_check(const Options& o, const std::vector<SimAgent>& agen
                            o.collector_dir / "ca.pem");
   auto list = api.get("/api/v1/agents").at("agents");
   std::map<std::string, std::uint64_t> stored;
-  for (auto& a : list) stored[a.at("agent_id").get<std::string>()] = a.at("results").get<std::uint64_t>();
+  for (auto& a : list)
+    stored[a.at("agent_id").get<std::string>()] = a.at("results").get<std::uint64_t>();
   std::size_t bad = 0;
   for (auto& a : agents)
     if (stored[a.agent_id] < a.acked_seq) ++bad;
   return bad == 0 ? "ok" : std::to_string(bad) + " agents have acked results the collector lacks";
+}
+
+// Other work on a small machine skews every figure: wait (bounded) until the machine has been
+// under 15% busy for 2 s. Our own connections are open but idle at this point.
+awaitable<void> wait_until_idle(double max_s) {
+  if (max_s <= 0) co_return;
+  asio::steady_timer t(co_await asio::this_coro::executor);
+  auto give_up = Clock::now() +
+                 std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(max_s));
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  for (;;) {
+    double b0 = machine_busy_seconds();
+    t.expires_after(std::chrono::seconds(2));
+    co_await t.async_wait(use_awaitable);
+    double busy = (machine_busy_seconds() - b0) / 2.0 / cores;
+    if (busy < 0.15) {
+      std::printf("machine %.0f%% busy; starting\n", busy * 100);
+      break;
+    }
+    if (Clock::now() >= give_up) {
+      std::printf("machine still %.0f%% busy after waiting %.0f s; measuring anyway\n", busy * 100,
+                  max_s);
+      break;
+    }
+  }
+  std::fflush(stdout);
 }
 
 int run(const Options& o) {
@@ -521,13 +665,13 @@ int run(const Options& o) {
   std::FILE* sum = o.summary_file.empty() ? nullptr : std::fopen(o.summary_file.c_str(), "w");
   if (!o.summary_file.empty() && !sum)
     throw std::runtime_error("cannot write " + o.summary_file.string());
-  std::printf("firedrill-bench-ingest: %zu agents x batch %zu, %s, %.0f s (+%.0f s warm-up "
-              "excluded), collector 127.0.0.1:%u\n",
-              o.agents, o.batch,
-              o.rate > 0 ? ("offered " + std::to_string(static_cast<long>(o.rate)) + " results/s")
-                               .c_str()
-                         : "closed loop (as fast as acks return)",
-              o.duration_s, o.warmup_s, o.agent_port);
+  std::printf(
+      "firedrill-bench-ingest: %zu agents x batch %zu, %s, %.0f s (+%.0f s warm-up "
+      "excluded), collector 127.0.0.1:%u\n",
+      o.agents, o.batch,
+      o.rate > 0 ? ("offered " + std::to_string(static_cast<long>(o.rate)) + " results/s").c_str()
+                 : "closed loop (as fast as acks return)",
+      o.duration_s, o.warmup_s, o.agent_port);
   if (!o.skip_micro) print_micro(o, run_micro(o), sum);
 
   std::printf("\n== Ingest over TLS ==\n");
@@ -541,7 +685,8 @@ int run(const Options& o) {
       io,
       [&]() -> awaitable<void> {
         boost::system::error_code ec;
-        co_await run.gate.async_wait(asio::redirect_error(use_awaitable, ec));
+        co_await run.connected.async_wait(asio::redirect_error(use_awaitable, ec));
+        co_await wait_until_idle(o.wait_idle_s);
         run.start = Clock::now();
         auto d = [](double s) {
           return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
@@ -550,6 +695,7 @@ int run(const Options& o) {
         run.end = run.measure_from + d(o.duration_s);
         std::printf("%zu connections up (%zu failed); measuring\n", run.ready, run.failed);
         std::fflush(stdout);
+        run.gate.expires_at(Clock::time_point::min());
         co_await run.sampler();
       },
       asio::detached);
@@ -568,22 +714,54 @@ int run(const Options& o) {
   std::printf("durably acked: %.0f results/s, %.1f batches/s (%" PRIu64 " results in %.0f s)\n",
               rps, run.window_batches / window, run.window_results, window);
   std::printf("ack latency%s: p50 %.2f ms, p99 %.2f ms, max %.2f ms (%zu batches)\n",
-              o.rate > 0 ? " from scheduled send" : " from send (closed loop)",
-              percentile(lat, 50), percentile(lat, 99), lat.empty() ? 0 : lat.back(), lat.size());
+              o.rate > 0 ? " from scheduled send" : " from send (closed loop)", percentile(lat, 50),
+              percentile(lat, 99), lat.empty() ? 0 : lat.back(), lat.size());
+  if (!run.slow_by_second.empty() && o.rate > 0) {
+    std::printf("acks over 50 ms by second of the window (which began %s):",
+                run.window_start_utc.c_str());
+    for (auto& [sec, n] : run.slow_by_second) std::printf(" t=%lds:%zu", sec, n);
+    std::printf("\n");
+  }
   if (o.rate > 0)
-    std::printf("send lag behind schedule: p50 %.2f ms, p99 %.2f ms (includes waiting for the "
-                "previous ack)\n", percentile(lag, 50), percentile(lag, 99));
+    std::printf(
+        "send lag behind schedule: p50 %.2f ms, p99 %.2f ms (includes waiting for the "
+        "previous ack)\n",
+        percentile(lag, 50), percentile(lag, 99));
   double self_cpu = run.self_cpu1 - run.self_cpu0;
   std::printf("CPU in the window: load generator %.2f cores", self_cpu / window);
   double coll_cpu = run.collector_cpu1 - run.collector_cpu0;
   if (run.collector_cpu_known)
     std::printf(", collector %.2f cores (%.1f us CPU per result)", coll_cpu / window,
                 rps > 0 ? coll_cpu / run.window_results * 1e6 : 0.0);
+  if (run.collector_cpu_known) {
+    // Which collector thread is the bottleneck: one near 1.00 core is saturated.
+    std::printf("\ncollector threads (cores):");
+    for (auto& [tid, t1] : run.threads1) {
+      auto it = run.threads0.find(tid);
+      double d = t1.second - (it == run.threads0.end() ? 0.0 : it->second.second);
+      if (d / window >= 0.01)
+        std::printf(" %s%s %.2f", t1.first.c_str(),
+                    tid == o.collector_pid ? "[main]" : ("[" + std::to_string(tid) + "]").c_str(),
+                    d / window);
+    }
+  }
   double machine = (run.machine1 - run.machine0) / window;
   double others = machine - self_cpu / window - (run.collector_cpu_known ? coll_cpu / window : 0);
   std::printf("\nmachine busy %.2f of %ld cores; other processes %.2f cores%s\n", machine,
               sysconf(_SC_NPROCESSORS_ONLN), std::max(0.0, others),
               others > 0.25 ? " (WARNING: other work on this machine skews these figures)" : "");
+  if (run.disk0 && run.disk1) {
+    double disk_mb = (*run.disk1 - *run.disk0) / 1e6;
+    double coll_mb = run.coll_io0 && run.coll_io1 ? (*run.coll_io1 - *run.coll_io0) / 1e6 : 0;
+    // Others' writes share the disk and, on ext4, the journal commits our fsyncs wait for.
+    std::printf(
+        "disk writes in the window: %.0f MB to the data disk, %.0f MB of them by the "
+        "collector%s\n",
+        disk_mb, coll_mb,
+        disk_mb - coll_mb > std::max(50.0, 0.2 * coll_mb)
+            ? " (WARNING: others wrote to the same disk; fsync latency suffers)"
+            : "");
+  }
   std::string durable = durability_check(o, agents);
   std::printf("durability check via API (stored head >= acked seq for every agent): %s\n",
               durable.c_str());
@@ -600,15 +778,18 @@ int run(const Options& o) {
                  durable == "ok" ? "ok" : "FAILED");
     std::fclose(sum);
   }
-  return run.failed == 0 && run.error_count == 0 && durable == "ok" ? 0 : 1;
+  if (run.window_batches == 0) std::printf("FAILED: no batch was acknowledged in the window\n");
+  return run.failed == 0 && run.error_count == 0 && run.window_batches > 0 && durable == "ok" ? 0
+                                                                                              : 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Load a running FireDrill collector with simulated agents over mutual TLS and "
-               "report durable results/s and ack latency, next to the Ed25519 verify and "
-               "synced RocksDB write rates of this machine."};
+  CLI::App app{
+      "Load a running FireDrill collector with simulated agents over mutual TLS and "
+      "report durable results/s and ack latency, next to the Ed25519 verify and "
+      "synced RocksDB write rates of this machine."};
   Options o;
   app.add_option("--collector-dir", o.collector_dir,
                  "Data directory of an initialised, running collector (ca.pem, admin.token)")
@@ -622,9 +803,11 @@ int main(int argc, char** argv) {
   app.add_option("--batch", o.batch, "Results per batch (one signature each)")
       ->capture_default_str()
       ->check(CLI::Range(1, 2000));
-  app.add_option("--duration", o.duration_s, "Measured seconds")->capture_default_str()
+  app.add_option("--duration", o.duration_s, "Measured seconds")
+      ->capture_default_str()
       ->check(CLI::Range(1.0, 600.0));
-  app.add_option("--warmup", o.warmup_s, "Seconds of load before measuring")->capture_default_str()
+  app.add_option("--warmup", o.warmup_s, "Seconds of load before measuring")
+      ->capture_default_str()
       ->check(CLI::Range(0.0, 60.0));
   app.add_option("--rate", o.rate, "Results/s offered in total, paced per agent; 0 = closed loop")
       ->capture_default_str()
@@ -639,6 +822,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   app.add_flag("--skip-micro", o.skip_micro, "Skip the Ed25519 and RocksDB micro-benchmarks");
+  app.add_option("--wait-idle", o.wait_idle_s,
+                 "Once connected, wait up to this many seconds for the machine to be idle "
+                 "(<15% busy) before measuring")
+      ->capture_default_str();
   app.add_option("--summary", o.summary_file, "Also write key=value figures to this file");
   CLI11_PARSE(app, argc, argv);
   try {
