@@ -22,9 +22,7 @@ ProbeSet make_probes(asio::any_io_executor ex, const AgentConfig& cfg, const Clo
 
 asio::awaitable<std::vector<common::ResultBody>> run_probe(const ProbeSet& probes,
                                                            const TestSpec& t) {
-  auto results = co_await probes.at(t.probe)->run(t, new_marker());
-  for (auto& r : results) r.technique = t.technique;
-  co_return results;
+  co_return co_await probes.at(t.probe)->run(t, new_marker());
 }
 
 Agent::Agent(asio::io_context& io, AgentConfig cfg)

@@ -22,6 +22,11 @@ struct ClockState {
 // A unique, detector-visible marker for one run: "fdr-" + 10 random [a-z0-9].
 std::string new_marker();
 
+// The fields every result of a run shares: test, kind, technique, marker, expectation, and
+// the start time. finish_result stamps the end time and the clock state.
+common::ResultBody start_result(const TestSpec& test, const std::string& marker);
+void finish_result(common::ResultBody& b, const ClockState& clock);
+
 class Probe {
  public:
   virtual ~Probe() = default;

@@ -88,12 +88,7 @@ std::string clean_up(const fs::path& p) {
 
 boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(const TestSpec& test,
                                                                            std::string marker) {
-  common::ResultBody b;
-  b.test_id = test.id;
-  b.probe = "eicar_drop";
-  b.marker = marker;
-  b.expect_prevent = test.expect_prevent;
-  b.started_ns = common::now_ns();
+  auto b = start_result(test, marker);
   auto dir = test.directory;
   b.target = dir.string();
   DropObservation o;
@@ -174,9 +169,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
     b.verdict = "error";
     b.reason = "cleanup_failed";
   }
-  b.finished_ns = common::now_ns();
-  b.clock_offset_ns = clock_.offset_ns;
-  b.clock_error_ns = clock_.error_ns;
+  finish_result(b, clock_);
   co_return std::vector<common::ResultBody>{b};
 }
 

@@ -60,13 +60,8 @@ CommandVerdict command_verdict(const ProcessOutcome& o, const std::string& marke
 
 boost::asio::awaitable<std::vector<common::ResultBody>> EncodedCommandProbe::run(
     const TestSpec& test, std::string marker) {
-  common::ResultBody b;
-  b.test_id = test.id;
-  b.probe = "encoded_command";
-  b.marker = marker;
-  b.expect_prevent = test.expect_prevent;
+  auto b = start_result(test, marker);
   b.target = test.interpreter;
-  b.started_ns = common::now_ns();
   auto path = find_executable(test.interpreter);
   if (!path) {
     b.verdict = "not_applicable";
@@ -87,9 +82,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EncodedCommandProbe::run
     if (o.signal) b.evidence["signal"] = strsignal(o.signal);
     if (o.spawn_errno) b.evidence["spawn_error"] = std::strerror(o.spawn_errno);
   }
-  b.finished_ns = common::now_ns();
-  b.clock_offset_ns = clock_.offset_ns;
-  b.clock_error_ns = clock_.error_ns;
+  finish_result(b, clock_);
   co_return std::vector<common::ResultBody>{b};
 }
 

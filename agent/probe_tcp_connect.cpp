@@ -15,8 +15,6 @@ namespace firedrill::agent {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
-std::string new_marker() { return "fdr-" + common::random_id(10); }
-
 std::string reason_code(ConnectOutcome o) {
   switch (o) {
     case ConnectOutcome::connected: return "connected";
@@ -143,13 +141,8 @@ asio::awaitable<std::vector<common::ResultBody>> TcpConnectProbe::run(const Test
   std::optional<Attempt> control;
   if (test.control) control = co_await attempt(*test.control, test.timeout);
   for (const auto& target : test.targets) {
-    common::ResultBody b;
-    b.test_id = test.id;
-    b.probe = "tcp_connect";
+    auto b = start_result(test, marker);
     b.target = target.to_string();
-    b.marker = marker;
-    b.expect_prevent = test.expect_prevent;
-    b.started_ns = common::now_ns();
     if (control && control->outcome != ConnectOutcome::connected) {
       b.verdict = "inconclusive";
       b.reason = "control_failed";
@@ -166,9 +159,7 @@ asio::awaitable<std::vector<common::ResultBody>> TcpConnectProbe::run(const Test
                     {"timeout_ms", std::to_string(test.timeout.count())}};
       if (control) b.evidence["control"] = test.control->to_string() + " connected";
     }
-    b.finished_ns = common::now_ns();
-    b.clock_offset_ns = clock_.offset_ns;
-    b.clock_error_ns = clock_.error_ns;
+    finish_result(b, clock_);
     out.push_back(std::move(b));
   }
   co_return out;
