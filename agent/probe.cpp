@@ -14,6 +14,9 @@ common::ResultBody start_result(const TestSpec& test, const std::string& marker)
   b.technique = test.technique;
   b.marker = marker;
   b.expect_prevent = test.expect_prevent;
+  if (test.alert_within)
+    b.alert_within_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(*test.alert_within).count();
+  b.detections = test.detections;
   b.started_ns = common::now_ns();
   return b;
 }

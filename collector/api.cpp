@@ -24,6 +24,8 @@
 #include <vector>
 
 #include "collector/chain.hpp"
+#include "collector/hooks.hpp"
+#include "collector/report.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
@@ -330,8 +332,9 @@ namespace {
 // Shared with every coroutine, so a connection finishing after ~ApiServer never touches
 // freed memory; the io_context drives all of it from one thread.
 struct State {
-  State(asio::io_context& io, asio::ssl::context& tls, Store& store, Registry& registry)
-      : io(io), tls(tls), acceptor(io), store(store), registry(registry) {}
+  State(asio::io_context& io, asio::ssl::context& tls, Store& store, Registry& registry,
+        ApiAlerting alerting)
+      : io(io), tls(tls), acceptor(io), store(store), registry(registry), alerting(alerting) {}
   struct Conn {
     tcp::socket* socket;
     bool busy = false;  // between a complete request and its answer
@@ -341,6 +344,7 @@ struct State {
   tcp::acceptor acceptor;
   Store& store;
   Registry& registry;
+  ApiAlerting alerting;
   std::set<Conn*> conns;
   bool stopping = false;
   std::uint16_t port = 0;
@@ -432,7 +436,8 @@ json get_results(State& st, const detail::Params& p) {
     // Seq order for one agent: pages never overlap or skip, whatever the arrival times.
     if (agent.empty()) throw HttpError(http::status::bad_request, "'from_seq' needs 'agent'");
     auto text = detail::param(p, "from_seq", "1");
-    if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
+    if (text.empty() || text.size() > 19 ||
+        text.find_first_not_of("0123456789") != std::string::npos)
       throw HttpError(http::status::bad_request, "'from_seq' must be a positive integer");
     rows = st.store.list_results_by_seq(agent, std::stoull(text), limit);
   } else {
@@ -453,6 +458,189 @@ json get_security_events(State& st, const detail::Params& p) {
                     {"remote", e.remote},
                     {"detail", e.detail}});
   return {{"events", std::move(list)}};
+}
+
+json ms_or_null(bool known, std::int64_t ns) {
+  return known ? json(detail::ns_to_ms(ns)) : json(nullptr);
+}
+
+json run_json(const Run& r) {
+  bool has_alert = !r.alert_key.empty();
+  json j = {{"marker", r.marker},
+            {"agent_id", r.agent_id},
+            {"seq", r.seq},
+            {"hostname", r.hostname},
+            {"test_id", r.test_id},
+            {"probe", r.probe},
+            {"technique", r.technique},
+            {"verdict", r.verdict},
+            {"reason", r.reason},
+            {"target", r.target},
+            {"state", state_name(r.state)},
+            {"overdue", r.overdue},
+            {"state_changed_at", detail::time_or_null(r.state_changed_ns)},
+            {"alert_within_ms", ms_or_null(r.alert_within_ns > 0, r.alert_within_ns)},
+            {"action_time", detail::time_or_null(r.action_ns)},
+            {"action_ns", r.action_ns},
+            {"agent_started_ns", r.agent_started_ns},
+            {"clock_offset_ms", detail::ns_to_ms(r.clock_offset_ns)},
+            {"clock_synced", r.clock_synced},
+            {"error_bound_ms", detail::ns_to_ms(r.action_error_ns)},
+            {"action_error_ns", r.action_error_ns},
+            {"received_at", detail::time_or_null(r.received_ns)},
+            {"alert_count", r.alert_count},
+            {"time_to_alert_ms", ms_or_null(has_alert, r.time_to_alert_ns)},
+            {"time_to_alert_ns", has_alert ? json(r.time_to_alert_ns) : json(nullptr)},
+            {"clock_anomaly", r.clock_anomaly}};
+  if (has_alert) {
+    auto before_rule = r.ingest_ns ? r.ingest_ns : r.event_ns;
+    j["alert"] = {{"source", r.alert_source},
+                  {"rule", r.alert_rule},
+                  {"key", r.alert_key},
+                  {"match_reason", r.match_reason},
+                  {"confidence", r.confidence},
+                  {"siem_event_time", detail::time_or_null(r.event_ns)},
+                  {"siem_ingest_time", detail::time_or_null(r.ingest_ns)},
+                  {"alert_created_time", detail::time_or_null(r.created_ns)},
+                  {"arrival_time", detail::time_or_null(r.arrival_ns)},
+                  {"arrival_ns", r.arrival_ns}};
+    j["pipeline_lag_ms"] = ms_or_null(r.ingest_ns != 0, r.ingest_ns - r.action_ns);
+    j["rule_latency_ms"] = ms_or_null(r.created_ns && before_rule, r.created_ns - before_rule);
+    j["delivery_lag_ms"] = ms_or_null(r.created_ns != 0, r.arrival_ns - r.created_ns);
+  } else {
+    j["alert"] = nullptr;
+  }
+  j["logged"] = r.logged_key.empty()
+                    ? json(nullptr)
+                    : json{{"source", r.logged_source},
+                           {"key", r.logged_key},
+                           {"siem_event_time", detail::time_or_null(r.logged_event_ns)},
+                           {"siem_ingest_time", detail::time_or_null(r.logged_ingest_ns)},
+                           {"arrival_time", detail::time_or_null(r.logged_arrival_ns)}};
+  return j;
+}
+
+constexpr std::size_t kMaxReportRuns = 2'000'000;
+
+json get_runs(State& st, const detail::Params& p) {
+  std::int64_t since = detail::since_param(p, "1h");
+  std::size_t limit = detail::limit_param(p);
+  auto state_text = detail::param(p, "state", "");
+  std::optional<DetectionState> state;
+  if (!state_text.empty()) {
+    state = parse_state(state_text);
+    if (!state)
+      throw HttpError(http::status::bad_request,
+                      "unknown state '" + state_text +
+                          "' (use pending, alerted, late, logged, missed, not_expected)");
+  }
+  auto agent = detail::param(p, "agent", "");
+  auto test = detail::param(p, "test", "");
+  json list = json::array();
+  // Filters apply while scanning so `limit` counts matching runs.
+  std::string from;
+  put_be64(from, time_key(since));
+  st.store.scan(Table::runs_by_time, from, [&](std::string_view k, std::string_view) {
+    if (list.size() >= limit) return false;
+    auto r = get_run(st.store, std::string(k.substr(8)));
+    if (!r || (state && r->state != *state) || (!agent.empty() && r->agent_id != agent) ||
+        (!test.empty() && r->test_id != test))
+      return true;
+    list.push_back(run_json(*r));
+    return true;
+  });
+  return {{"runs", std::move(list)}};
+}
+
+json percentiles_json(const Percentiles& p) {
+  if (p.count == 0) return nullptr;
+  return {{"count", p.count},
+          {"p50_ms", detail::ns_to_ms(p.p50)},
+          {"p95_ms", detail::ns_to_ms(p.p95)},
+          {"p99_ms", detail::ns_to_ms(p.p99)},
+          {"max_ms", detail::ns_to_ms(p.max)}};
+}
+
+json get_latency(State& st, const detail::Params& p) {
+  std::int64_t since = detail::since_param(p, "7d");
+  auto by_text = detail::param(p, "by", "test");
+  auto by = parse_group_by(by_text);
+  if (!by)
+    throw HttpError(http::status::bad_request,
+                    "unknown grouping '" + by_text + "' (use test, technique, host, source)");
+  auto runs = list_runs(st.store, since, INT64_MAX, kMaxReportRuns);
+  json rows = json::array();
+  for (const auto& r : latency_report(runs, *by))
+    rows.push_back({{"group", r.group},
+                    {"runs", r.runs},
+                    {"alerted", r.alerted},
+                    {"late", r.late},
+                    {"logged", r.logged},
+                    {"missed", r.missed},
+                    {"pending", r.pending},
+                    {"coverage_pct", r.coverage_pct},
+                    {"time_to_alert", percentiles_json(r.time_to_alert)},
+                    {"max_error_ms", detail::ns_to_ms(r.max_error_ns)},
+                    {"clock_anomalies", r.clock_anomalies},
+                    {"pipeline_lag", percentiles_json(r.pipeline_lag)},
+                    {"rule_latency", percentiles_json(r.rule_latency)},
+                    {"delivery_lag", percentiles_json(r.delivery_lag)}});
+  return {{"by", by_text},
+          {"since", common::format_time(since)},
+          {"truncated", runs.size() >= kMaxReportRuns},
+          {"groups", std::move(rows)}};
+}
+
+json get_detection_events(State& st, const detail::Params& p) {
+  std::uint64_t from = 1;
+  auto text = detail::param(p, "from_seq", "1");
+  if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw HttpError(http::status::bad_request, "'from_seq' must be a positive integer");
+  from = std::stoull(text);
+  json list = json::array();
+  for (const auto& e : list_detection_events(st.store, from, detail::limit_param(p)))
+    list.push_back({{"seq", e.seq},
+                    {"time", common::format_time(e.time_ns)},
+                    {"marker", e.marker},
+                    {"agent_id", e.agent_id},
+                    {"test_id", e.test_id},
+                    {"from", e.from},
+                    {"to", e.to},
+                    {"detail", e.detail}});
+  return {{"events", std::move(list)}};
+}
+
+json get_alert_sources(State& st, const detail::Params&) {
+  json list = json::array();
+  std::map<std::string, SourceCounters> counters;
+  if (st.alerting.correlator)
+    for (auto& c : st.alerting.correlator->counters()) counters[c.source] = c;
+  auto entry = [&](const std::string& name, const std::string& type) {
+    auto& c = counters[name];
+    json rejected = json::object();
+    for (const auto& [reason, n] : c.rejected) rejected[reason] = n;
+    return json{{"name", name},
+                {"type", type},
+                {"accepted", c.accepted},
+                {"duplicates", c.duplicates},
+                {"matched", c.matched},
+                {"waiting_for_run", c.orphaned},
+                {"rejected", rejected},
+                {"last_rejection", c.last_rejection},
+                {"last_alert", detail::time_or_null(c.last_alert_ns)}};
+  };
+  if (st.alerting.sources)
+    for (const auto& s : *st.alerting.sources) {
+      list.push_back(entry(s.name, source_type_name(s.type)));
+      counters.erase(s.name);
+    }
+  for (const auto& [name, c] : counters) list.push_back(entry(name, "(unconfigured)"));
+  json stored = nullptr;
+  if (st.alerting.correlator)
+    stored = percentiles_json(percentiles(st.alerting.correlator->store_latencies()));
+  return {{"sources", std::move(list)},
+          {"pending_runs", st.alerting.correlator ? st.alerting.correlator->pending_runs() : 0},
+          {"arrival_to_stored", stored}};
 }
 
 struct Route {
@@ -482,6 +670,20 @@ const std::vector<Route>& routes() {
        {"since", "limit"},
        get_security_events,
        nullptr},
+      {"/api/v1/runs",
+       http::verb::get,
+       Role::viewer,
+       {"since", "state", "agent", "test", "limit"},
+       get_runs,
+       nullptr},
+      {"/api/v1/latency", http::verb::get, Role::viewer, {"since", "by"}, get_latency, nullptr},
+      {"/api/v1/detection-events",
+       http::verb::get,
+       Role::viewer,
+       {"from_seq", "limit"},
+       get_detection_events,
+       nullptr},
+      {"/api/v1/alert-sources", http::verb::get, Role::viewer, {}, get_alert_sources, nullptr},
   };
   return kRoutes;
 }
@@ -544,6 +746,59 @@ Response parse_error_response(const boost::system::error_code& ec) {
 
 using TlsStream = asio::ssl::stream<tcp::socket>;
 
+// Alerts are answered only once the correlator has stored them, so a sender that gets 200
+// can forget the alert. The correlator completes on its own thread; a timer set to "never"
+// serves as the condition variable the answer is posted to.
+awaitable<Response> handle_hook(State& st, const Request& req, std::int64_t arrival_ns) {
+  std::string_view target(req.target().data(), req.target().size());
+  auto qpos = target.find('?');
+  HookRequest hr;
+  hr.path = target.substr(0, qpos);
+  hr.query = qpos == std::string_view::npos ? std::string_view{} : target.substr(qpos + 1);
+  auto auth = req[http::field::authorization];
+  hr.authorization = std::string_view(auth.data(), auth.size());
+  auto tok = req["X-FireDrill-Token"];
+  hr.token_header = std::string_view(tok.data(), tok.size());
+  hr.body = req.body();
+  hr.arrival_ns = arrival_ns;
+  auto reply_of = [&req](const HookReply& r) {
+    Response res{static_cast<http::status>(r.status), req.version()};
+    res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+    res.set(http::field::content_type, "application/json");
+    if (r.challenge) res.set(http::field::www_authenticate, "Bearer");
+    res.keep_alive(req.keep_alive());
+    res.body() = r.body;
+    res.prepare_payload();
+    return res;
+  };
+  if (req.method() != http::verb::post) {
+    auto res = detail::error_response(http::status::method_not_allowed,
+                                      "alert endpoints only accept POST", &req);
+    res.set(http::field::allow, "POST");
+    co_return res;
+  }
+  auto prepared = prepare_hook(*st.alerting.sources, hr, *st.alerting.correlator);
+  if (auto* refused = std::get_if<HookReply>(&prepared)) co_return reply_of(*refused);
+  auto& accepted = std::get<HookAccepted>(prepared);
+  auto ex = co_await asio::this_coro::executor;
+  auto wake =
+      std::make_shared<asio::steady_timer>(ex, std::chrono::steady_clock::time_point::max());
+  auto outcome = std::make_shared<SubmitOutcome>();
+  st.alerting.correlator->submit(std::move(accepted.alerts), [wake, outcome, ex](SubmitOutcome o) {
+    asio::post(ex, [wake, outcome, o = std::move(o)] {
+      *outcome = o;
+      wake->cancel();
+    });
+  });
+  boost::system::error_code ec;
+  co_await wake->async_wait(asio::redirect_error(use_awaitable, ec));
+  co_return reply_of(hook_reply(*accepted.source, *outcome));
+}
+
+bool alerting_enabled(const State& st) {
+  return st.alerting.sources && st.alerting.correlator;
+}
+
 awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
                                common::Watchdog& watchdog, const std::string& remote) {
   beast::flat_buffer buffer;
@@ -553,15 +808,40 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
     parser.header_limit(detail::kHeaderLimit);
     boost::system::error_code ec;
     watchdog.arm(detail::kRequestTimeout);
-    co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    co_await http::async_read_header(stream, buffer, parser,
+                                     asio::redirect_error(use_awaitable, ec));
+    auto arrival_ns = common::now_ns();
+    std::string hook_source;  // non-empty: an alert source's request
+    bool hook = false;
+    if (!ec) {
+      std::string_view target(parser.get().target().data(), parser.get().target().size());
+      auto path = target.substr(0, target.find('?'));
+      hook = alerting_enabled(st) && is_hook_path(path);
+      if (hook) {
+        hook_source = hook_source_name(*st.alerting.sources, path);
+        if (auto limit = hook_body_limit(*st.alerting.sources, path)) parser.body_limit(limit);
+      }
+      if (!parser.is_done())
+        co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    }
     if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
         ec == asio::ssl::error::stream_truncated || ec == asio::error::connection_reset ||
         ec == asio::error::eof || watchdog.fired() || !stream.lowest_layer().is_open())
       co_return;  // the peer left (or timed out): nobody to answer
     bool parsed = !ec;
     if (!parsed) spdlog::info("api: bad request from {}: {}", remote, ec.message());
+    if (!parsed && hook && !hook_source.empty())
+      st.alerting.correlator->rejected(hook_source,
+                                       ec == http::error::body_limit ? "oversized" : "malformed",
+                                       "from " + remote + ": " + ec.message());
     conn.busy = true;
-    Response res = parsed ? handle_request(st, parser.get(), remote) : parse_error_response(ec);
+    Response res;
+    if (!parsed)
+      res = parse_error_response(ec);
+    else if (hook)
+      res = co_await handle_hook(st, parser.get(), arrival_ns);
+    else
+      res = handle_request(st, parser.get(), remote);
     if (st.stopping) res.keep_alive(false);
     watchdog.arm(detail::kWriteTimeout);
     co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
@@ -665,9 +945,9 @@ struct ApiServer::Impl {
 };
 
 ApiServer::ApiServer(asio::io_context& io, asio::ssl::context& tls, const common::HostPort& listen,
-                     Store& store, Registry& registry)
+                     Store& store, Registry& registry, ApiAlerting alerting)
     : impl_(std::make_unique<Impl>()) {
-  auto st = std::make_shared<State>(io, tls, store, registry);
+  auto st = std::make_shared<State>(io, tls, store, registry, alerting);
   try {
     tcp::resolver resolver(io);
     auto endpoints = resolver.resolve(listen.host, std::to_string(listen.port),

@@ -8,17 +8,27 @@
 #include <cstdint>
 #include <memory>
 
+#include "collector/alert_sources.hpp"
+#include "collector/correlator.hpp"
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
 #include "common/net.hpp"
 
 namespace firedrill::collector {
 
+// Alert intake on the same HTTPS listener: /hooks/<source> and the Splunk HEC endpoint.
+// Both must be set for alert endpoints to exist; they must outlive the server.
+struct ApiAlerting {
+  const std::vector<AlertSourceConfig>* sources = nullptr;
+  Correlator* correlator = nullptr;
+};
+
 class ApiServer {
  public:
   // Binds immediately (port 0 picks a free port); throws std::system_error if it cannot.
   ApiServer(boost::asio::io_context& io, boost::asio::ssl::context& tls,
-            const common::HostPort& listen, Store& store, Registry& registry);
+            const common::HostPort& listen, Store& store, Registry& registry,
+            ApiAlerting alerting = {});
   ~ApiServer();
   std::uint16_t port() const;
   void start();  // spawns the accept loop on io

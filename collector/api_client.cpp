@@ -1,5 +1,7 @@
 #include "collector/api_client.hpp"
 
+#include "collector/curl.hpp"
+
 #include <curl/curl.h>
 
 #include <memory>
@@ -12,21 +14,15 @@ namespace {
 constexpr std::size_t kMaxResponseBytes = 64 << 20;
 constexpr std::size_t kMaxErrorTextChars = 500;
 
-struct CurlDeleter {
-  void operator()(CURL* c) const { curl_easy_cleanup(c); }
-};
-struct SlistDeleter {
-  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
-};
-using CurlPtr = std::unique_ptr<CURL, CurlDeleter>;
-using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
+using CurlPtr = curl::EasyPtr;
+using curl::SlistPtr;
 
 void global_init() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-      throw ApiError(0, "cannot initialise libcurl");
-  });
+  try {
+    curl::global_init();
+  } catch (const std::runtime_error& e) {
+    throw ApiError(0, e.what());
+  }
 }
 
 struct Sink {

@@ -4,12 +4,14 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "collector/api_client.hpp"
+#include "collector/curl.hpp"
 #include "common/crypto.hpp"
 
 namespace fs = std::filesystem;
@@ -58,18 +60,7 @@ ApiClient make_client(const GlobalOptions& g) {
 }
 
 std::string url_encode(const std::string& s) {
-  static const char* kHex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
+  return firedrill::collector::curl::percent_encode(s);
 }
 
 // Agents and SIEMs control some of these strings: never let them send escape sequences
@@ -232,6 +223,146 @@ int cmd_security_events(const ApiClient& api, const std::string& since, int limi
   return 0;
 }
 
+std::string ms_text(const json& v) {
+  if (!v.is_number()) return "-";
+  char buf[64];
+  double ms = v.get<double>();
+  if (std::abs(ms) >= 10000)
+    std::snprintf(buf, sizeof buf, "%.1f s", ms / 1000);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f ms", ms);
+  return buf;
+}
+
+std::string latency_text(const json& r) {
+  const json& tta = r.value("time_to_alert_ms", json());
+  if (!tta.is_number()) return "-";
+  std::string s = ms_text(tta) + " ± " + ms_text(r.value("error_bound_ms", json()));
+  if (r.value("clock_anomaly", false)) s += " CLOCK ANOMALY";
+  return s;
+}
+
+struct RunsQuery {
+  std::string since = "1h", state, agent, test;
+  int limit = 1000;
+  bool as_json = false;
+};
+
+int cmd_runs(const ApiClient& api, const RunsQuery& q) {
+  std::string path =
+      "/api/v1/runs?since=" + url_encode(q.since) + "&limit=" + std::to_string(q.limit);
+  if (!q.state.empty()) path += "&state=" + url_encode(q.state);
+  if (!q.agent.empty()) path += "&agent=" + url_encode(q.agent);
+  if (!q.test.empty()) path += "&test=" + url_encode(q.test);
+  const json answer = api.get(path);
+  const json& runs = list_field(answer, "runs");
+  if (q.as_json) return print_json(runs), 0;
+  if (runs.empty())
+    return std::cout << "No runs" << (q.state.empty() ? "" : " in state " + sanitize(q.state))
+                     << " since " << since_text(q.since) << ".\n",
+           0;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& r : runs) {
+    std::string state = text(r, "state");
+    if (r.value("overdue", false) && state == "pending") state += " (overdue)";
+    const json& alert = r.value("alert", json());
+    rows.push_back({text(r, "action_time"), text(r, "test_id"), text(r, "hostname"),
+                    text(r, "marker"), text(r, "verdict"), state, latency_text(r),
+                    alert.is_object() ? text(alert, "source") : "-",
+                    alert.is_object() ? text(alert, "match_reason") : "-"});
+  }
+  print_table({"ACTION (CORRECTED)", "TEST", "HOST", "MARKER", "PREVENTION", "DETECTION",
+               "TIME TO ALERT", "SOURCE", "MATCH"},
+              rows);
+  return 0;
+}
+
+std::string pct_text(const json& p, const char* key) {
+  return p.is_object() ? ms_text(p.value(key, json())) : "-";
+}
+
+int cmd_latency(const ApiClient& api, const std::string& since, const std::string& by,
+                const std::string& format) {
+  const json answer =
+      api.get("/api/v1/latency?since=" + url_encode(since) + "&by=" + url_encode(by));
+  const json& groups = list_field(answer, "groups");
+  if (format == "json") return print_json(answer), 0;
+  std::vector<std::string> headers = {by == "source"      ? "SOURCE"
+                                      : by == "host"      ? "HOST"
+                                      : by == "technique" ? "TECHNIQUE"
+                                                          : "TEST",
+                                      "RUNS",
+                                      "ALERTED",
+                                      "LATE",
+                                      "LOGGED",
+                                      "MISSED",
+                                      "PENDING",
+                                      "COVERAGE",
+                                      "TTA P50",
+                                      "TTA P95",
+                                      "TTA MAX",
+                                      "± MAX",
+                                      "PIPELINE P50",
+                                      "RULE P50",
+                                      "DELIVERY P50"};
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& g : groups) {
+    char cov[32];
+    std::snprintf(cov, sizeof cov, "%.1f%%", g.value("coverage_pct", 0.0));
+    const json tta = g.value("time_to_alert", json());
+    rows.push_back({text(g, "group"), text(g, "runs"), text(g, "alerted"), text(g, "late"),
+                    text(g, "logged"), text(g, "missed"), text(g, "pending"), cov,
+                    pct_text(tta, "p50_ms"), pct_text(tta, "p95_ms"), pct_text(tta, "max_ms"),
+                    ms_text(g.value("max_error_ms", json())),
+                    pct_text(g.value("pipeline_lag", json()), "p50_ms"),
+                    pct_text(g.value("rule_latency", json()), "p50_ms"),
+                    pct_text(g.value("delivery_lag", json()), "p50_ms")});
+  }
+  if (format == "csv") {
+    auto csv = [](const std::string& c) {
+      if (c.find_first_of(",\"\n") == std::string::npos) return c;
+      std::string out = "\"";
+      for (char ch : c) out += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+      return out + "\"";
+    };
+    for (std::size_t i = 0; i < headers.size(); ++i) std::cout << (i ? "," : "") << csv(headers[i]);
+    std::cout << "\n";
+    for (const auto& r : rows) {
+      for (std::size_t i = 0; i < r.size(); ++i) std::cout << (i ? "," : "") << csv(r[i]);
+      std::cout << "\n";
+    }
+    return 0;
+  }
+  if (groups.empty())
+    return std::cout << "No runs that expect an alert since " << since_text(since) << ".\n", 0;
+  print_table(headers, rows);
+  std::cout << "\nTime to alert = arrival at the collector - the action on the agent, corrected "
+               "by the agent's measured clock offset; ± is the largest error bound.\n";
+  return 0;
+}
+
+int cmd_alert_sources(const ApiClient& api, bool as_json) {
+  const json answer = api.get("/api/v1/alert-sources");
+  const json& sources = list_field(answer, "sources");
+  if (as_json) return print_json(answer), 0;
+  if (sources.empty()) return std::cout << "No alert sources configured.\n", 0;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& s : sources) {
+    std::string rejected;
+    if (s.contains("rejected") && s["rejected"].is_object())
+      for (const auto& [reason, n] : s["rejected"].items())
+        rejected += (rejected.empty() ? "" : " ") + sanitize(reason) + "=" + n.dump();
+    rows.push_back({text(s, "name"), text(s, "type"), text(s, "accepted"), text(s, "matched"),
+                    text(s, "duplicates"), text(s, "waiting_for_run"),
+                    rejected.empty() ? "-" : rejected, text(s, "last_alert")});
+  }
+  print_table(
+      {"SOURCE", "TYPE", "ACCEPTED", "MATCHED", "DUPLICATES", "WAITING", "REJECTED", "LAST ALERT"},
+      rows);
+  std::cout << "\nPending runs (waiting for an alert): " << text(answer, "pending_runs") << "\n";
+  return 0;
+}
+
 std::string check_https(const std::string& url) {
   return url.rfind("https://", 0) == 0
              ? std::string()
@@ -309,7 +440,41 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   events->add_flag("--json", ev_json, "Print the JSON array instead of a table");
 
-  for (auto* sub : {token_create, api_token_create, agents, results, events})
+  auto* runs = app.add_subcommand(
+      "runs",
+      "Probe runs with their prevention verdict, detection state and time to alert (viewer)");
+  RunsQuery runq;
+  runs->add_option("--since", runq.since,
+                   "Runs whose action is at most this old: a duration (1h, 7d) or an RFC 3339 time")
+      ->capture_default_str();
+  runs->add_option("--state", runq.state, "Only runs in this detection state")
+      ->check(CLI::IsMember({"pending", "alerted", "late", "logged", "missed", "not_expected"}));
+  runs->add_option("--agent", runq.agent, "Only runs of this agent id");
+  runs->add_option("--test", runq.test, "Only runs of this test id");
+  runs->add_option("--limit", runq.limit, "At most this many runs, oldest first")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  runs->add_flag("--json", runq.as_json, "Print the JSON array (all five timestamps) instead");
+
+  auto* latency = app.add_subcommand(
+      "latency", "Alert coverage and time-to-alert per test, technique, host or source (viewer)");
+  std::string lat_since = "7d", lat_by = "test", lat_format = "table";
+  latency->add_option("--since", lat_since, "How far back: a duration (1h, 7d) or an RFC 3339 time")
+      ->capture_default_str();
+  latency->add_option("--by", lat_by, "Group by test, technique, host or source")
+      ->check(CLI::IsMember({"test", "technique", "host", "source"}))
+      ->capture_default_str();
+  latency->add_option("--format", lat_format, "table, json or csv")
+      ->check(CLI::IsMember({"table", "json", "csv"}))
+      ->capture_default_str();
+
+  auto* sources = app.add_subcommand(
+      "alert-sources", "Alert sources with accepted, matched and rejected counts (viewer)");
+  bool sources_json = false;
+  sources->add_flag("--json", sources_json, "Print JSON instead of a table");
+
+  for (auto* sub :
+       {token_create, api_token_create, agents, results, events, runs, latency, sources})
     sub->footer(
         "Global options (--server, --token-file, --ca, --timeout) may follow the "
         "subcommand; see firedrill --help.");
@@ -327,6 +492,9 @@ int main(int argc, char** argv) {
     if (*agents) return cmd_agents(api, agents_json);
     if (*results) return cmd_results(api, rq);
     if (*events) return cmd_security_events(api, ev_since, ev_limit, ev_json);
+    if (*runs) return cmd_runs(api, runq);
+    if (*latency) return cmd_latency(api, lat_since, lat_by, lat_format);
+    if (*sources) return cmd_alert_sources(api, sources_json);
     return kExitUsage;  // require_subcommand makes this unreachable
   } catch (const UsageError& e) {
     std::cerr << "firedrill: " << e.what() << "\n";

@@ -9,7 +9,7 @@ namespace firedrill::collector {
 CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
   root.check_keys({"data_dir", "agent_listen", "api_listen", "tls", "log_level", "limits",
-                   "enrollment"});
+                   "enrollment", "correlation", "alert_sources"});
   CollectorConfig c;
   c.data_dir = root.str("data_dir", file.parent_path().string());
   if (c.data_dir.is_relative()) c.data_dir = std::filesystem::absolute(file.parent_path() / c.data_dir);
@@ -55,6 +55,8 @@ CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
       enrollment.duration("certificate_validity", c.agent_cert_validity));
   if (c.agent_cert_validity.count() <= 0)
     enrollment.fail("certificate_validity", "must be at least 1h");
+  c.correlation = CorrelationConfig::load(root["correlation"]);
+  c.alert_sources = load_alert_sources(root, file.parent_path());
   return c;
 }
 
@@ -82,7 +84,24 @@ std::string CollectorConfig::to_yaml() const {
     << "  certificate_validity: "
     << common::format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(
            agent_cert_validity))
-    << "\n";
+    << "\n"
+    << "correlation:\n"
+    << "  grace: " << common::format_duration(correlation.grace)
+    << "          # after a test's alert_within passes, keep searching this long before 'missed'\n"
+    << "  fuzzy_window: " << common::format_duration(correlation.fuzzy_window)
+    << "  # an alert without the marker may match same host + technique this long after the action\n"
+    << "# Where alerts come from (see docs/ALERT-SOURCES.md). Webhooks are served on api_listen:\n"
+    << "# POST https://<api_listen>/hooks/<name> with the header X-FireDrill-Token: <token>.\n"
+    << "# alert_sources:\n"
+    << "#   - name: siem\n"
+    << "#     type: generic          # generic, splunk_webhook, elastic, alertmanager, crowdsec, hec,\n"
+    << "#                            # syslog, elasticsearch, splunk_search, sentinel, crowdsec_lapi\n"
+    << "#     token_file: siem.token # at least 16 characters\n"
+    << "#     fields: {host: host.name, rule: rule.name, event_time: \"@timestamp\"}\n"
+    << "#   - name: syslog\n"
+    << "#     type: syslog\n"
+    << "#     udp: 0.0.0.0:5514\n"
+    << "#     tcp: 0.0.0.0:5514\n";
   return o.str();
 }
 

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "collector/alert_sources.hpp"
+#include "collector/correlator.hpp"
 #include "common/net.hpp"
 
 namespace firedrill::collector {
@@ -25,6 +27,8 @@ struct CollectorConfig {
   std::chrono::milliseconds max_token_ttl = 7 * 24h;
   std::chrono::hours agent_cert_validity = 2 * 365 * 24h;
   std::size_t max_connections = 50000;
+  CorrelationConfig correlation;
+  std::vector<AlertSourceConfig> alert_sources;
 
   std::filesystem::path db_dir() const { return data_dir / "db"; }
   static CollectorConfig load(const std::filesystem::path& file);

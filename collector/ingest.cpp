@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include <unordered_map>
+#include <unordered_set>
 
 #include "collector/chain.hpp"
 #include "common/clock.hpp"
@@ -70,11 +71,18 @@ struct Refusal : std::runtime_error {
 
 struct IngestServer::Impl {
   Impl(asio::io_context& io, asio::ssl::context& tls, const CollectorConfig& cfg, Store& store,
-       Registry& registry)
-      : io_(io), tls_(tls), cfg_(cfg), store_(store), registry_(registry), acceptor_(io) {
+       Registry& registry, Correlator* correlator)
+      : io_(io),
+        tls_(tls),
+        cfg_(cfg),
+        store_(store),
+        registry_(registry),
+        correlator_(correlator),
+        acceptor_(io) {
     tcp::resolver resolver(io);
-    auto ep = *resolver.resolve(cfg.agent_listen.host, std::to_string(cfg.agent_listen.port),
-                                tcp::resolver::numeric_service)
+    auto ep = *resolver
+                   .resolve(cfg.agent_listen.host, std::to_string(cfg.agent_listen.port),
+                            tcp::resolver::numeric_service)
                    .begin();
     acceptor_.open(ep.endpoint().protocol());
     acceptor_.set_option(tcp::acceptor::reuse_address(true));
@@ -87,6 +95,7 @@ struct IngestServer::Impl {
   const CollectorConfig& cfg_;
   Store& store_;
   Registry& registry_;
+  Correlator* correlator_;
   tcp::acceptor acceptor_;
   std::unordered_map<std::string, AgentLive> agents_;
   std::unordered_map<std::uint64_t, std::function<void()>> sessions_;  // id -> close socket
@@ -140,7 +149,8 @@ struct IngestServer::Impl {
   awaitable<void> session(tcp::socket sock) {
     boost::system::error_code ec;
     auto rep = sock.remote_endpoint(ec);
-    std::string remote = ec ? "unknown" : rep.address().to_string() + ":" + std::to_string(rep.port());
+    std::string remote =
+        ec ? "unknown" : rep.address().to_string() + ":" + std::to_string(rep.port());
     sock.set_option(tcp::no_delay(true), ec);
     Stream stream(std::move(sock), tls_);
     auto id = next_session_++;
@@ -216,9 +226,9 @@ struct IngestServer::Impl {
     }
     long vr = SSL_get_verify_result(stream.native_handle());
     if (vr != X509_V_OK) {
-      security_event("bad_certificate", "", remote,
-                     std::string("client certificate rejected: ") +
-                         X509_verify_cert_error_string(vr));
+      security_event(
+          "bad_certificate", "", remote,
+          std::string("client certificate rejected: ") + X509_verify_cert_error_string(vr));
     } else {
       spdlog::info("TLS handshake from {} failed: {}", remote, ec.message());
     }
@@ -319,11 +329,13 @@ struct IngestServer::Impl {
     agent_id = common::cert_common_name(peer);
     auto rec = store_.get_agent(agent_id);
     if (!rec || rec->revoked || rec->cert_fingerprint != common::cert_fingerprint_hex(peer))
-      throw Refusal("unknown_agent", "certificate for '" + agent_id + "' is not a current enrollment" +
+      throw Refusal("unknown_agent", "certificate for '" + agent_id +
+                                         "' is not a current enrollment" +
                                          (rec && rec->revoked ? " (revoked)" : ""));
     AgentLive& live = live_agent(*rec);
     if (live.close_current) {
-      spdlog::info("agent {} reconnected from {}; closing its previous connection", agent_id, remote);
+      spdlog::info("agent {} reconnected from {}; closing its previous connection", agent_id,
+                   remote);
       live.close_current();
     }
     auto gen = ++live.generation;
@@ -375,6 +387,35 @@ struct IngestServer::Impl {
     }
   }
 
+  // The runs these results describe go into the same write, so a run exists iff its result
+  // does. A marker that already names another run is refused as a run (the result is still
+  // stored: its chain and signature are valid) and recorded: it could steal that run's alerts.
+  std::vector<Run> stage_runs(WriteSet& ws, const std::vector<common::ResultRecord>& rs,
+                              std::size_t first, const AgentRecord& rec, std::int64_t now) {
+    std::vector<Run> runs;
+    std::unordered_set<std::string> seen;
+    for (std::size_t i = first; i < rs.size(); ++i) {
+      std::optional<Run> run;
+      try {
+        run = run_from_result(rs[i], common::decode_body(rs[i].body), rec, now, cfg_.correlation);
+      } catch (const common::ProtocolError&) {
+        continue;  // logged above for the head; such a result simply has no run
+      }
+      if (!run) continue;
+      if (!seen.insert(run->marker).second || get_run(store_, run->marker)) {
+        auto detail = "seq " + std::to_string(rs[i].seq) + " reuses marker " + run->marker +
+                      "; stored, but not correlated";
+        spdlog::warn("security event marker_reuse: agent={} {}", rec.agent_id, detail);
+        ws.put_security_event({now, "marker_reuse", rec.agent_id, "", detail});
+        ++stats_.security_events;
+        continue;
+      }
+      put_run(ws, *run);
+      runs.push_back(std::move(*run));
+    }
+    return runs;
+  }
+
   awaitable<std::uint64_t> ingest_batch(const common::Batch& b, AgentLive& live,
                                         const std::string& agent_id) {
     auto check = check_batch(live.head, agent_id, b, *live.key, [&](std::uint64_t seq) {
@@ -389,8 +430,8 @@ struct IngestServer::Impl {
     WriteSet ws;
     for (std::size_t i = check.first_fresh; i < rs.size(); ++i)
       ws.put_result({rs[i], rs.back().seq, now});
-    StoredBatch sb{agent_id, rs[check.first_fresh].seq, rs.back().seq, rs.back().hash,
-                   b.signature, now};
+    StoredBatch sb{agent_id, rs[check.first_fresh].seq, rs.back().seq, rs.back().hash, b.signature,
+                   now};
     ws.put_batch(sb);
     auto rec = store_.get_agent(agent_id).value_or(AgentRecord{});
     rec.next_seq = rs.back().seq + 1;
@@ -405,6 +446,7 @@ struct IngestServer::Impl {
       // agent summary misses its clock figures.
       spdlog::warn("agent {} seq {}: undecodable body: {}", agent_id, rs.back().seq, e.what());
     }
+    auto runs = stage_runs(ws, rs, check.first_fresh, rec, now);
     ws.put_agent(rec);
     live.head = {rec.next_seq, rec.head_hash};
     ++live.pending;
@@ -415,6 +457,7 @@ struct IngestServer::Impl {
       spdlog::critical("{}; exiting so a restart recovers from the database", err);
       std::_Exit(70);
     }
+    if (correlator_ && !runs.empty()) correlator_->runs_stored(std::move(runs));
     stats_.results_stored += rs.size() - check.first_fresh;
     ++stats_.batches_stored;
     co_return check.ack_seq;
@@ -422,12 +465,15 @@ struct IngestServer::Impl {
 };
 
 IngestServer::IngestServer(asio::io_context& io, asio::ssl::context& tls,
-                           const CollectorConfig& config, Store& store, Registry& registry)
-    : impl_(std::make_unique<Impl>(io, tls, config, store, registry)) {}
+                           const CollectorConfig& config, Store& store, Registry& registry,
+                           Correlator* correlator)
+    : impl_(std::make_unique<Impl>(io, tls, config, store, registry, correlator)) {}
 
 IngestServer::~IngestServer() = default;
 
-std::uint16_t IngestServer::port() const { return impl_->acceptor_.local_endpoint().port(); }
+std::uint16_t IngestServer::port() const {
+  return impl_->acceptor_.local_endpoint().port();
+}
 
 void IngestServer::start() {
   asio::co_spawn(impl_->io_, impl_->accept_loop(), common::log_if_failed("agent listener stopped"));
@@ -441,6 +487,8 @@ void IngestServer::stop() {
   for (auto& [id, close] : sessions) close();
 }
 
-IngestStats IngestServer::stats() const { return impl_->stats_; }
+IngestStats IngestServer::stats() const {
+  return impl_->stats_;
+}
 
 }  // namespace firedrill::collector

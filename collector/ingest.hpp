@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "collector/config.hpp"
+#include "collector/correlator.hpp"
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
 
@@ -24,7 +25,8 @@ class IngestServer {
  public:
   // Binds immediately (port 0 picks a free port); throws std::system_error if it cannot.
   IngestServer(boost::asio::io_context& io, boost::asio::ssl::context& tls,
-               const CollectorConfig& config, Store& store, Registry& registry);
+               const CollectorConfig& config, Store& store, Registry& registry,
+               Correlator* correlator = nullptr);  // told about every stored run
   ~IngestServer();
   std::uint16_t port() const;
   void start();

@@ -1,4 +1,5 @@
-// firedrill-collector: `init` creates a collector's data directory; `run` serves agents and the API.
+// firedrill-collector: `init` creates a collector's data directory; `run` serves agents and the
+// API.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -11,9 +12,13 @@
 #include "collector/api.hpp"
 #include "collector/ca.hpp"
 #include "collector/config.hpp"
+#include "collector/correlator.hpp"
+#include "collector/hooks.hpp"
 #include "collector/ingest.hpp"
+#include "collector/pollers.hpp"
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
+#include "collector/syslog_listener.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
 #include "common/log.hpp"
@@ -83,14 +88,31 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   auto store = collector::Store::open(cfg.db_dir());
   auto ca = collector::CertificateAuthority::load(cfg.ca_cert, cfg.ca_key);
   collector::Registry registry(*store, ca, cfg.max_token_ttl, cfg.agent_cert_validity);
-  auto agent_tls = common::make_server_context({cfg.server_cert, cfg.server_key, cfg.ca_cert}, false);
+  auto agent_tls =
+      common::make_server_context({cfg.server_cert, cfg.server_key, cfg.ca_cert}, false);
   auto api_tls = common::make_server_context({cfg.server_cert, cfg.server_key, {}}, false);
 
+  collector::Correlator correlator(*store, cfg.correlation);
+  correlator.start();
+  // Syslog listeners and pollers run on their own threads and hand alerts to the correlator.
+  std::vector<std::unique_ptr<collector::SyslogListener>> syslog;
+  std::vector<std::unique_ptr<collector::Poller>> pollers;
+  for (const auto& src : cfg.alert_sources) {
+    if (src.type == collector::SourceType::syslog)
+      syslog.push_back(std::make_unique<collector::SyslogListener>(src, correlator, cfg.server_cert,
+                                                                   cfg.server_key));
+    else if (collector::is_poller(src.type))
+      pollers.push_back(std::make_unique<collector::Poller>(src, correlator));
+  }
+
   boost::asio::io_context io(1);
-  collector::IngestServer ingest(io, agent_tls, cfg, *store, registry);
-  collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry);
+  collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator);
+  collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry,
+                           {&cfg.alert_sources, &correlator});
   ingest.start();
   api.start();
+  for (auto& l : syslog) l->start();
+  for (auto& p : pollers) p->start();
 
   common::ServiceNotifier notifier(io);
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -98,18 +120,39 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
     if (ec) return;
     spdlog::info("received {}; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     notifier.stopping();
+    for (auto& l : syslog) l->stop();
+    for (auto& p : pollers) p->stop();
     ingest.stop();
     api.stop();
   });
   spdlog::info("FireDrill collector {} ready: agents on {}:{}, API on https://{}:{}, data in {}",
                FIREDRILL_VERSION, cfg.agent_listen.host, ingest.port(), cfg.api_listen.host,
                api.port(), cfg.data_dir.string());
+  nlohmann::json syslog_ports = nlohmann::json::object();
+  for (std::size_t i = 0, k = 0; i < cfg.alert_sources.size(); ++i) {
+    const auto& src = cfg.alert_sources[i];
+    if (src.type != collector::SourceType::syslog) continue;
+    auto& l = *syslog[k++];
+    syslog_ports[src.name] = {{"udp", l.udp_port()}, {"tcp", l.tcp_port()}, {"tls", l.tls_port()}};
+    spdlog::info("alert source {}: syslog on udp {} tcp {} tls {}", src.name, l.udp_port(),
+                 l.tcp_port(), l.tls_port());
+  }
+  for (const auto& src : cfg.alert_sources)
+    if (collector::is_webhook(src.type))
+      spdlog::info("alert source {} ({}): POST https://{}:{}{}", src.name,
+                   collector::source_type_name(src.type), cfg.api_listen.host, api.port(),
+                   src.type == collector::SourceType::hec ? std::string(collector::kHecPath)
+                                                          : "/hooks/" + src.name);
   if (!ready_file.empty()) {
-    nlohmann::json j = {{"agent_port", ingest.port()}, {"api_port", api.port()}, {"pid", getpid()}};
+    nlohmann::json j = {{"agent_port", ingest.port()},
+                        {"api_port", api.port()},
+                        {"pid", getpid()},
+                        {"syslog", syslog_ports}};
     common::write_file_atomic(ready_file, j.dump() + "\n");
   }
   notifier.ready("serving agents on port " + std::to_string(ingest.port()));
   io.run();
+  correlator.stop();
   auto st = ingest.stats();
   spdlog::info("stopped; {} results in {} batches stored since start", st.results_stored,
                st.batches_stored);
@@ -119,13 +162,15 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"FireDrill collector: receives signed probe results from agents over mutual TLS "
-               "and serves the admin API."};
+  CLI::App app{
+      "FireDrill collector: receives signed probe results from agents over mutual TLS "
+      "and serves the admin API."};
   app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
   app.require_subcommand(1);
 
-  auto* init = app.add_subcommand("init", "Create a data directory: CA, server certificate, "
-                                          "collector.yaml and an admin API token");
+  auto* init = app.add_subcommand("init",
+                                  "Create a data directory: CA, server certificate, "
+                                  "collector.yaml and an admin API token");
   fs::path data_dir;
   std::string agent_listen = "0.0.0.0:7443", api_listen = "127.0.0.1:7444";
   std::vector<std::string> names;
@@ -139,7 +184,8 @@ int main(int argc, char** argv) {
                    "DNS name or IP agents use to reach the collector; repeatable "
                    "(default: this host's name, localhost, 127.0.0.1, ::1)");
 
-  auto* run = app.add_subcommand("run", "Run the collector in the foreground (systemd: Type=notify)");
+  auto* run =
+      app.add_subcommand("run", "Run the collector in the foreground (systemd: Type=notify)");
   fs::path config;
   std::string ready_file;
   run->add_option("--config", config, "collector.yaml written by init")->required();

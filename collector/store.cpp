@@ -1,6 +1,9 @@
 #include "collector/store.hpp"
 
+#include <rocksdb/cache.h>
+#include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
+#include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
 #include <nlohmann/json.hpp>
@@ -22,22 +25,22 @@ enum Cf : int {
   kSecurityEvents,
   kEnrollTokens,
   kApiTokens,
+  kRuns,
+  kRunsByTime,
+  kRunsOpen,
+  kAlerts,
+  kOrphanAlerts,
+  kDetectionEvents,
   kCfCount
 };
-const char* const kCfNames[kCfCount] = {"default",  "agents",          "results",
-                                        "results_by_time", "batches", "security_events",
-                                        "enroll_tokens", "api_tokens"};
-
-void put_be64(std::string& s, std::uint64_t v) {
-  for (int i = 7; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+const char* const kCfNames[kCfCount] = {"default",         "agents",          "results",
+                                        "results_by_time", "batches",         "security_events",
+                                        "enroll_tokens",   "api_tokens",      "runs",
+                                        "runs_by_time",    "runs_open",       "alerts",
+                                        "orphan_alerts",   "detection_events"};
+int table_cf(Table t) {
+  return kRuns + static_cast<int>(t);
 }
-std::uint64_t get_be64(const char* p) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-// Signed times sort correctly as unsigned after flipping the sign bit.
-std::uint64_t time_key(std::int64_t t) { return static_cast<std::uint64_t>(t) ^ (1ULL << 63); }
 
 std::string result_key(const std::string& agent, std::uint64_t seq) {
   std::string k = agent;
@@ -46,7 +49,9 @@ std::string result_key(const std::string& agent, std::uint64_t seq) {
   return k;
 }
 
-std::string hex(const common::Digest& d) { return common::to_hex(d); }
+std::string hex(const common::Digest& d) {
+  return common::to_hex(d);
+}
 common::Digest unhex32(const std::string& s) {
   common::Digest d{};
   if (!common::from_hex(s, d)) throw StoreError("corrupt digest in store: " + s);
@@ -54,12 +59,18 @@ common::Digest unhex32(const std::string& s) {
 }
 
 json to_json(const AgentRecord& a) {
-  return {{"agent_id", a.agent_id},       {"hostname", a.hostname},
-          {"os", a.os},                   {"version", a.version},
-          {"cert_fingerprint", a.cert_fingerprint}, {"public_key", a.public_key_hex},
-          {"enrolled_ns", a.enrolled_ns}, {"last_seen_ns", a.last_seen_ns},
-          {"next_seq", a.next_seq},       {"head_hash", hex(a.head_hash)},
-          {"clock_offset_ns", a.clock_offset_ns}, {"clock_error_ns", a.clock_error_ns},
+  return {{"agent_id", a.agent_id},
+          {"hostname", a.hostname},
+          {"os", a.os},
+          {"version", a.version},
+          {"cert_fingerprint", a.cert_fingerprint},
+          {"public_key", a.public_key_hex},
+          {"enrolled_ns", a.enrolled_ns},
+          {"last_seen_ns", a.last_seen_ns},
+          {"next_seq", a.next_seq},
+          {"head_hash", hex(a.head_hash)},
+          {"clock_offset_ns", a.clock_offset_ns},
+          {"clock_error_ns", a.clock_error_ns},
           {"revoked", a.revoked}};
 }
 AgentRecord agent_from_json(const json& j) {
@@ -105,7 +116,9 @@ StoredResult decode_result(const std::string& agent, std::uint64_t seq, const st
 
 // Peer-supplied text (hostnames, refusal details) may hold invalid UTF-8: never let that throw
 // while recording it; the bytes are replaced, the record is kept.
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 void check(const rocksdb::Status& s, const std::string& what) {
   if (!s.ok()) throw StoreError(what + ": " + s.ToString());
@@ -113,12 +126,35 @@ void check(const rocksdb::Status& s, const std::string& what) {
 
 }  // namespace
 
+void put_be64(std::string& s, std::uint64_t v) {
+  for (int i = 7; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+std::uint64_t get_be64(const char* p) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+std::uint64_t time_key(std::int64_t t) {
+  return static_cast<std::uint64_t>(t) ^ (1ULL << 63);
+}
+
+void WriteSet::put(Table t, std::string key, std::string value) {
+  ops_.push_back({table_cf(t), std::move(key), std::move(value)});
+}
+void WriteSet::erase(Table t, std::string key) {
+  ops_.push_back({table_cf(t), std::move(key), {}, true});
+}
+
 std::string role_name(Role r) {
   switch (r) {
-    case Role::viewer: return "viewer";
-    case Role::approver: return "approver";
-    case Role::operator_: return "operator";
-    case Role::admin: return "admin";
+    case Role::viewer:
+      return "viewer";
+    case Role::approver:
+      return "approver";
+    case Role::operator_:
+      return "operator";
+    case Role::admin:
+      return "admin";
   }
   return "viewer";
 }
@@ -155,14 +191,20 @@ void WriteSet::put_security_event(const SecurityEvent& e) {
   std::string k;
   put_be64(k, time_key(e.time_ns));
   k += common::random_id(8);  // several events in one nanosecond stay distinct
-  json j = {{"time_ns", e.time_ns}, {"kind", e.kind},     {"agent_id", e.agent_id},
-            {"remote", e.remote},   {"detail", e.detail}};
+  json j = {{"time_ns", e.time_ns},
+            {"kind", e.kind},
+            {"agent_id", e.agent_id},
+            {"remote", e.remote},
+            {"detail", e.detail}};
   ops_.push_back({kSecurityEvents, std::move(k), dump(j)});
 }
 
 void WriteSet::put_enroll_token(const EnrollToken& t) {
-  json j = {{"created_ns", t.created_ns}, {"expires_ns", t.expires_ns}, {"used_ns", t.used_ns},
-            {"used_by", t.used_by},       {"created_by", t.created_by}};
+  json j = {{"created_ns", t.created_ns},
+            {"expires_ns", t.expires_ns},
+            {"used_ns", t.used_ns},
+            {"used_by", t.used_by},
+            {"created_by", t.created_by}};
   ops_.push_back({kEnrollTokens, t.token_hash, dump(j)});
 }
 
@@ -179,10 +221,22 @@ std::unique_ptr<Store> Store::open(const std::filesystem::path& dir) {
   opts.max_background_jobs = 2;
   opts.paranoid_checks = true;
   std::vector<rocksdb::ColumnFamilyDescriptor> descs;
-  for (const char* name : kCfNames) {
+  // Results, runs and alerts take thousands of writes a second: default-sized memtables keep
+  // flushes and compactions rare, and bloom filters make the many point lookups of keys that
+  // do not exist (a new alert's dedup check) cheap. The small tables stay small.
+  auto cache = rocksdb::NewLRUCache(64 << 20);
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = cache;
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  for (int cf = 0; cf < kCfCount; ++cf) {
     rocksdb::ColumnFamilyOptions cfo;
-    cfo.OptimizeForSmallDb();
-    descs.emplace_back(name, cfo);
+    bool busy = cf == kResults || cf == kResultsByTime || cf == kBatches || cf == kRuns ||
+                cf == kRunsByTime || cf == kRunsOpen || cf == kAlerts || cf == kDetectionEvents;
+    if (busy)
+      cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+    else
+      cfo.OptimizeForSmallDb(&cache);
+    descs.emplace_back(kCfNames[cf], cfo);
   }
   rocksdb::DB* raw = nullptr;
   check(rocksdb::DB::Open(opts, dir.string(), descs, &s->cfs_, &raw),
@@ -206,7 +260,7 @@ Store::~Store() {
 
 void Store::commit(WriteSet ws) {
   rocksdb::WriteBatch wb;
-  for (auto& op : ws.ops_) wb.Put(cfs_[op.cf], op.key, op.value);
+  apply(wb, ws);
   rocksdb::WriteOptions wo;
   wo.sync = true;
   check(db_->Write(wo, &wb), "synced write");
@@ -230,14 +284,46 @@ void Store::committer_loop() {
       group.swap(queue_);
     }
     rocksdb::WriteBatch wb;
-    for (auto& p : group)
-      for (auto& op : p.ws.ops_) wb.Put(cfs_[op.cf], op.key, op.value);
+    for (auto& p : group) apply(wb, p.ws);
     rocksdb::WriteOptions wo;
     wo.sync = true;
     auto st = db_->Write(wo, &wb);
     std::string err = st.ok() ? std::string() : "synced write failed: " + st.ToString();
     for (auto& p : group) p.done(err);
   }
+}
+
+void Store::apply(rocksdb::WriteBatch& wb, const WriteSet& ws) {
+  for (auto& op : ws.ops_) {
+    if (op.erase)
+      wb.Delete(cfs_[op.cf], op.key);
+    else
+      wb.Put(cfs_[op.cf], op.key, op.value);
+  }
+}
+
+std::optional<std::string> Store::get(Table t, const std::string& key) const {
+  return get(table_cf(t), key);
+}
+
+void Store::scan(Table t, const std::string& from,
+                 const std::function<bool(std::string_view, std::string_view)>& fn) const {
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), cfs_[table_cf(t)]));
+  for (it->Seek(from); it->Valid(); it->Next()) {
+    auto k = it->key();
+    auto v = it->value();
+    if (!fn(std::string_view(k.data(), k.size()), std::string_view(v.data(), v.size()))) break;
+  }
+  check(it->status(), "scan");
+}
+
+std::optional<std::string> Store::last_key(Table t) const {
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), cfs_[table_cf(t)]));
+  it->SeekToLast();
+  if (!it->Valid()) return std::nullopt;
+  return it->key().ToString();
 }
 
 std::optional<std::string> Store::get(int cf, const std::string& key) const {
@@ -297,7 +383,8 @@ std::vector<StoredResult> Store::list_results_by_seq(const std::string& agent_id
   for (it->Seek(result_key(agent_id, from_seq));
        it->Valid() && it->key().starts_with(prefix) && out.size() < limit; it->Next()) {
     auto k = it->key();
-    out.push_back(decode_result(agent_id, get_be64(k.data() + k.size() - 8), it->value().ToString()));
+    out.push_back(
+        decode_result(agent_id, get_be64(k.data() + k.size() - 8), it->value().ToString()));
   }
   return out;
 }
@@ -346,9 +433,12 @@ std::optional<EnrollToken> Store::get_enroll_token(const std::string& token_hash
   auto v = get(kEnrollTokens, token_hash);
   if (!v) return std::nullopt;
   auto j = json::parse(*v);
-  return EnrollToken{token_hash, j.value("created_ns", std::int64_t{0}),
-                     j.value("expires_ns", std::int64_t{0}), j.value("used_ns", std::int64_t{0}),
-                     j.value("used_by", ""), j.value("created_by", "")};
+  return EnrollToken{token_hash,
+                     j.value("created_ns", std::int64_t{0}),
+                     j.value("expires_ns", std::int64_t{0}),
+                     j.value("used_ns", std::int64_t{0}),
+                     j.value("used_by", ""),
+                     j.value("created_by", "")};
 }
 
 std::optional<ApiToken> Store::get_api_token(const std::string& token_hash) const {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 
 #include <condition_variable>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -89,9 +91,20 @@ struct ApiToken {
   std::int64_t created_ns = 0;
 };
 
+// Column families whose record formats belong to other modules (the correlator); the store
+// only keeps their bytes. Keys sort bytewise.
+enum class Table { runs, runs_by_time, runs_open, alerts, orphan_alerts, detection_events };
+
+// Big-endian keys sort in numeric order; signed times after flipping the sign bit.
+void put_be64(std::string& s, std::uint64_t v);
+std::uint64_t get_be64(const char* p);
+std::uint64_t time_key(std::int64_t t);
+
 // One atomic, synced unit of work. Build it, then Store::commit it.
 class WriteSet {
  public:
+  void put(Table t, std::string key, std::string value);
+  void erase(Table t, std::string key);
   void put_result(const StoredResult& r);
   void put_batch(const StoredBatch& b);
   void put_agent(const AgentRecord& a);
@@ -106,6 +119,7 @@ class WriteSet {
     int cf;
     std::string key;
     std::string value;
+    bool erase = false;
   };
   std::vector<Op> ops_;
 };
@@ -138,9 +152,17 @@ class Store {
   std::optional<EnrollToken> get_enroll_token(const std::string& token_hash) const;
   std::optional<ApiToken> get_api_token(const std::string& token_hash) const;
 
+  std::optional<std::string> get(Table t, const std::string& key) const;
+  // Visits keys >= from in order while `fn` returns true.
+  void scan(Table t, const std::string& from,
+            const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+  // The greatest key of a table, if any.
+  std::optional<std::string> last_key(Table t) const;
+
  private:
   Store() = default;
   void committer_loop();
+  void apply(rocksdb::WriteBatch& wb, const WriteSet& ws);
   std::optional<std::string> get(int cf, const std::string& key) const;
 
   std::unique_ptr<rocksdb::DB> db_;

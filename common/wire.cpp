@@ -91,6 +91,18 @@ class Fields {
     }
     return out;
   }
+  std::vector<std::string> str_list(std::string_view k) const {
+    std::vector<std::string> out;
+    auto* v = find(k);
+    if (!v || v->type == msgpack::type::NIL) return out;
+    if (v->type != msgpack::type::ARRAY) throw bad(k, "a list of strings");
+    for (std::uint32_t i = 0; i < v->via.array.size; ++i) {
+      const auto& e = v->via.array.ptr[i];
+      if (e.type != msgpack::type::STR) throw bad(k, "a list of strings");
+      out.emplace_back(e.via.str.ptr, e.via.str.size);
+    }
+    return out;
+  }
   const msgpack::object_array* array(std::string_view k) const {
     auto* v = find(k);
     if (!v || v->type == msgpack::type::NIL) return nullptr;
@@ -210,7 +222,7 @@ struct Encoder {
 std::string encode_body(const ResultBody& b) {
   msgpack::sbuffer buf;
   Packer p(buf);
-  p.pack_map(14);
+  p.pack_map(16);
   key(p, "kind"), p.pack(b.kind);
   key(p, "test_id"), p.pack(b.test_id);
   key(p, "probe"), p.pack(b.probe);
@@ -221,6 +233,8 @@ std::string encode_body(const ResultBody& b) {
   key(p, "reason"), p.pack(b.reason);
   key(p, "evidence"), p.pack(b.evidence);  // std::map: sorted keys, deterministic bytes
   key(p, "expect_prevent"), p.pack(b.expect_prevent);
+  key(p, "alert_within_ns"), p.pack(b.alert_within_ns);
+  key(p, "detections"), p.pack(b.detections);
   key(p, "started_ns"), p.pack(b.started_ns);
   key(p, "finished_ns"), p.pack(b.finished_ns);
   key(p, "clock_offset_ns"), p.pack(b.clock_offset_ns);
@@ -242,6 +256,8 @@ ResultBody decode_body(std::string_view bytes) {
   b.reason = f.str("reason");
   b.evidence = f.str_map("evidence");
   b.expect_prevent = f.boolean("expect_prevent");
+  b.alert_within_ns = f.i64("alert_within_ns");
+  b.detections = f.str_list("detections");
   b.started_ns = f.i64("started_ns");
   b.finished_ns = f.i64("finished_ns");
   b.clock_offset_ns = f.i64("clock_offset_ns");

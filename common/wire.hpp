@@ -33,6 +33,8 @@ struct ResultBody {
   std::string reason;   // reason code, e.g. connected, refused, timeout, dns_failure
   std::map<std::string, std::string> evidence;
   bool expect_prevent = false;
+  std::int64_t alert_within_ns = 0;     // the test's alert SLA; 0 = no alert expected
+  std::vector<std::string> detections;  // rule names the test expects to fire
   std::int64_t started_ns = 0;   // agent wall clock, raw (not corrected)
   std::int64_t finished_ns = 0;  // agent wall clock, raw
   std::int64_t clock_offset_ns = 0;  // collector_time - agent_time at the last exchange

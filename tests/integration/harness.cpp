@@ -172,6 +172,7 @@ Collector::Collector(CollectorOptions opts) {
   replace_line(cfg, "frame_timeout", opts.frame_timeout);
   replace_line(cfg, "idle_timeout", opts.idle_timeout);
   replace_line(cfg, "handshake_timeout", opts.handshake_timeout);
+  if (!opts.extra_yaml.empty()) std::ofstream(cfg, std::ios::app) << opts.extra_yaml << "\n";
   start();
 }
 
@@ -250,13 +251,23 @@ Agent::Agent(Collector& c, std::string outbox_max) : c_(c), outbox_max_(std::mov
   write_config({});
 }
 
-void Agent::write_config(const std::vector<AgentTest>& tests, const std::string& server) {
+std::string Agent::config_header(const std::string& server) const {
   std::ostringstream o;
   o << "state_dir: " << state_dir().string() << "\n";
   if (!server.empty()) o << "server: \"" << server << "\"\n";
   o << "outbox:\n  max_bytes: " << outbox_max_ << "\n"
     << "uplink:\n  backoff_initial: 50ms\n  backoff_max: 500ms\n  connect_timeout: 5s\n"
-    << "  io_timeout: 20s\n  batch_max_results: " << batch_max_results_ << "\n"
+    << "  io_timeout: 20s\n  batch_max_results: " << batch_max_results_ << "\n";
+  return o.str();
+}
+
+void Agent::write_config_yaml(const std::string& allowlist_and_tests) {
+  std::ofstream(config(), std::ios::trunc) << config_header({}) << allowlist_and_tests << "\n";
+}
+
+void Agent::write_config(const std::vector<AgentTest>& tests, const std::string& server) {
+  std::ostringstream o;
+  o << config_header(server)
     << "allowlist:\n  tcp_connect: [\"127.0.0.1\"]\n"
     << "tests:" << (tests.empty() ? " []\n" : "\n");
   for (const auto& t : tests) {
@@ -269,9 +280,11 @@ void Agent::write_config(const std::vector<AgentTest>& tests, const std::string&
   std::ofstream(config(), std::ios::trunc) << o.str();
 }
 
-void Agent::start(const std::vector<std::string>& extra) {
-  std::vector<std::string> argv = {bin("firedrill-agent").string(), "run", "--config",
-                                   config().string()};
+void Agent::start(const std::vector<std::string>& extra, const std::vector<std::string>& prefix) {
+  std::vector<std::string> argv = prefix;
+  for (auto a : {bin("firedrill-agent").string(), std::string("run"), std::string("--config"),
+                 config().string()})
+    argv.push_back(a);
   argv.insert(argv.end(), extra.begin(), extra.end());
   proc_ = Process(argv, tmp_.path() / ("agent-" + std::to_string(++starts_) + ".log"));
 }

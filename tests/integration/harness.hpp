@@ -61,6 +61,7 @@ struct CollectorOptions {
   std::string frame_timeout = "10s";
   std::string idle_timeout = "5m";
   std::string handshake_timeout = "10s";
+  std::string extra_yaml;  // appended to collector.yaml (alert_sources:, correlation:)
 };
 
 class Collector {
@@ -78,6 +79,8 @@ class Collector {
   fs::path ca_pem() const { return dir() / "ca.pem"; }
   fs::path admin_token() const { return dir() / "admin.token"; }
   std::string log() const { return proc_.log(); }
+  // The --ready-file JSON of the running collector (ports, pid, "syslog": {source: ports}).
+  fs::path ready_file() const { return tmp_.path() / "ready.json"; }
 
   // The `firedrill` CLI against this collector with the admin token.
   CommandResult cli(std::vector<std::string> args);
@@ -105,9 +108,13 @@ class Agent {
   // Enrolls with a fresh token from `c` into its own state directory.
   explicit Agent(Collector& c, std::string outbox_max = "64MiB");
   void write_config(const std::vector<AgentTest>& tests, const std::string& server = {});
+  // The same header (state, outbox, fast uplink) with a hand-written `allowlist:` and `tests:`.
+  void write_config_yaml(const std::string& allowlist_and_tests);
   // Smaller batches make delivery take many round trips (to kill something mid-flight).
   void set_batch_max_results(int n) { batch_max_results_ = n; }
-  void start(const std::vector<std::string>& extra = {});
+  // `prefix` runs the agent under another program, e.g. {"faketime", "-f", "+30s"}.
+  void start(const std::vector<std::string>& extra = {},
+             const std::vector<std::string>& prefix = {});
   void kill9() { proc_.kill9(); }
   void stop();
   bool running() { return proc_.running(); }
@@ -119,6 +126,7 @@ class Agent {
   std::string log() const { return proc_.log(); }
 
  private:
+  std::string config_header(const std::string& server) const;
   Collector& c_;
   TempDir tmp_;
   Process proc_;

@@ -1,0 +1,355 @@
+// The correlator against a real RocksDB store: exact and fuzzy matches, alerts before their
+// run, duplicates, SLA and grace deadlines, late reclassification, restart, the report.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "collector/correlator.hpp"
+#include "collector/report.hpp"
+#include "common/clock.hpp"
+#include "tests/unit/temp_dir.hpp"
+
+using namespace firedrill::collector;
+using namespace std::chrono_literals;
+using firedrill::common::now_ns;
+using firedrill::test::TempDir;
+
+namespace {
+
+constexpr std::int64_t kSec = 1'000'000'000;
+
+Run make_run(const std::string& marker, std::int64_t action_ns, std::int64_t within_ns) {
+  Run r;
+  r.marker = marker;
+  r.agent_id = "agent-1";
+  r.seq = 1;
+  r.hostname = "web01";
+  r.test_id = "eicar-drop-tmp";
+  r.probe = "eicar_drop";
+  r.technique = "T1105";
+  r.verdict = "prevented";
+  r.alert_within_ns = within_ns;
+  r.action_ns = action_ns;
+  r.agent_started_ns = action_ns;
+  r.action_error_ns = 2'000'000;
+  r.received_ns = action_ns;
+  r.state = within_ns > 0 ? DetectionState::pending : DetectionState::not_expected;
+  return r;
+}
+
+Alert make_alert(const std::string& text, std::int64_t arrival_ns, const std::string& id = "") {
+  Alert a;
+  a.source = "siem";
+  a.source_type = "generic";
+  a.id = id;
+  a.text = text;
+  a.arrival_ns = arrival_ns;
+  return a;
+}
+
+// A correlator over a fresh store that records the detection events it emits.
+struct Fixture {
+  explicit Fixture(CorrelationConfig cfg = {}) : cfg(cfg) { open(); }
+  ~Fixture() { close(); }
+
+  void open() {
+    store = Store::open(dir / "db");
+    correlator = std::make_unique<Correlator>(*store, cfg);
+    correlator->on_event([this](const DetectionEvent& e) {
+      std::lock_guard lk(mu);
+      events.push_back(e);
+      cv.notify_all();
+    });
+    correlator->start();
+  }
+  void close() {
+    correlator.reset();
+    store.reset();
+  }
+
+  void add_run(const Run& r) {  // as the ingest does: stored first, then announced
+    WriteSet ws;
+    put_run(ws, r);
+    store->commit(std::move(ws));
+    correlator->runs_stored({r});
+  }
+  SubmitOutcome submit(std::vector<Alert> alerts) {
+    std::promise<SubmitOutcome> p;
+    auto f = p.get_future();
+    correlator->submit(std::move(alerts), [&p](SubmitOutcome o) { p.set_value(o); });
+    REQUIRE(f.wait_for(10s) == std::future_status::ready);
+    return f.get();
+  }
+  Run run(const std::string& marker) {
+    correlator->drain();
+    auto r = get_run(*store, marker);
+    REQUIRE(r.has_value());
+    return *r;
+  }
+  // Waits (bounded) for an event that moves `marker` to `to`.
+  bool wait_event(const std::string& marker, const std::string& to) {
+    std::unique_lock lk(mu);
+    return cv.wait_for(lk, 10s, [&] {
+      for (const auto& e : events)
+        if (e.marker == marker && e.to == to) return true;
+      return false;
+    });
+  }
+
+  TempDir dir{"correlator"};
+  CorrelationConfig cfg;
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Correlator> correlator;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<DetectionEvent> events;
+};
+
+}  // namespace
+
+TEST_CASE("a run is built from a result with its action time corrected by the agent's offset") {
+  firedrill::common::ResultRecord rec;
+  rec.agent_id = "agent-1";
+  rec.seq = 7;
+  firedrill::common::ResultBody body;
+  body.marker = "fdr-abcdefghij";
+  body.test_id = "t";
+  body.verdict = "not_prevented";
+  body.alert_within_ns = 60 * kSec;
+  body.started_ns = 1000 * kSec;
+  body.clock_offset_ns = -30 * kSec;
+  body.clock_error_ns = 400'000;
+  AgentRecord agent;
+  agent.hostname = "web01";
+  CorrelationConfig cfg;
+
+  SUBCASE("synchronised agent") {
+    auto r = run_from_result(rec, body, agent, 5, cfg);
+    REQUIRE(r);
+    CHECK(r->action_ns == 970 * kSec);
+    CHECK(r->action_error_ns == 400'000);
+    CHECK(r->clock_synced);
+    CHECK(r->state == DetectionState::pending);
+    CHECK(r->hostname == "web01");
+  }
+  SUBCASE("a run before the first clock exchange uses the agent's latest offset, flagged") {
+    body.clock_error_ns = -1;
+    agent.clock_offset_ns = 5 * kSec;
+    agent.clock_error_ns = 1000;
+    auto r = run_from_result(rec, body, agent, 5, cfg);
+    REQUIRE(r);
+    CHECK_FALSE(r->clock_synced);
+    CHECK(r->action_ns == 1005 * kSec);
+    CHECK(r->action_error_ns == 5 * kSec);
+  }
+  SUBCASE("an action that did not happen expects no alert") {
+    for (const char* v : {"inconclusive", "error", "not_applicable"}) {
+      body.verdict = v;
+      CHECK(run_from_result(rec, body, agent, 5, cfg)->state == DetectionState::not_expected);
+    }
+  }
+  SUBCASE("no alert_within: no alert expected") {
+    body.alert_within_ns = 0;
+    CHECK(run_from_result(rec, body, agent, 5, cfg)->state == DetectionState::not_expected);
+  }
+  SUBCASE("results without a marker are not runs") {
+    body.marker.clear();
+    CHECK_FALSE(run_from_result(rec, body, agent, 5, cfg));
+    body.marker = "fdr-abcdefghij";
+    body.kind = "outbox_overflow";
+    CHECK_FALSE(run_from_result(rec, body, agent, 5, cfg));
+  }
+}
+
+TEST_CASE("an alert carrying the exact marker makes the run alerted, with its latency") {
+  Fixture fx;
+  auto t0 = now_ns();
+  fx.add_run(make_run("fdr-aaaaaaaaaa", t0, 3600 * kSec));
+  auto out = fx.submit({make_alert("url=/x/fdr-aaaaaaaaaa/eicar.com", t0 + 3 * kSec)});
+  CHECK(out.accepted == 1);
+  CHECK(out.matched == 1);
+  auto r = fx.run("fdr-aaaaaaaaaa");
+  CHECK(r.state == DetectionState::alerted);
+  CHECK(r.time_to_alert_ns == 3 * kSec);
+  CHECK(r.confidence == 1.0);
+  CHECK(r.match_reason.find("exact marker") != std::string::npos);
+  CHECK_FALSE(r.clock_anomaly);
+  CHECK(fx.wait_event("fdr-aaaaaaaaaa", "alerted"));
+  CHECK(fx.correlator->pending_runs() == 0);
+
+  SUBCASE("the same alert again is a duplicate and changes nothing") {
+    auto again = fx.submit({make_alert("url=/x/fdr-aaaaaaaaaa/eicar.com", t0 + 3 * kSec)});
+    CHECK(again.duplicates == 1);
+    CHECK(again.accepted == 0);
+    CHECK(fx.run("fdr-aaaaaaaaaa").alert_count == 1);
+  }
+  SUBCASE("a second, different alert is counted but does not change the verdict") {
+    fx.submit({make_alert("fdr-aaaaaaaaaa second rule", t0 + 9 * kSec)});
+    auto r2 = fx.run("fdr-aaaaaaaaaa");
+    CHECK(r2.alert_count == 2);
+    CHECK(r2.time_to_alert_ns == 3 * kSec);
+  }
+}
+
+TEST_CASE("an alert after the SLA makes the run late; a negative latency is a clock anomaly") {
+  Fixture fx;
+  auto t0 = now_ns();
+  fx.add_run(make_run("fdr-bbbbbbbbbb", t0, 3600 * kSec));
+  fx.add_run(make_run("fdr-cccccccccc", t0 + 10 * kSec, 3600 * kSec));
+  fx.submit({make_alert("fdr-bbbbbbbbbb", t0 + 3700 * kSec)});
+  fx.submit({make_alert("fdr-cccccccccc", t0 + 9 * kSec)});
+  auto late = fx.run("fdr-bbbbbbbbbb");
+  CHECK(late.state == DetectionState::late);
+  auto anomaly = fx.run("fdr-cccccccccc");
+  CHECK(anomaly.state == DetectionState::alerted);
+  CHECK(anomaly.clock_anomaly);
+  CHECK(anomaly.time_to_alert_ns == -kSec);  // flagged, not clamped
+}
+
+TEST_CASE("an alert that arrives before its run waits for it and then matches") {
+  Fixture fx;
+  auto t0 = now_ns();
+  auto out = fx.submit({make_alert("cmd=powershell -enc fdr-dddddddddd", t0 + 2 * kSec)});
+  CHECK(out.accepted == 1);
+  CHECK(out.matched == 0);
+  fx.add_run(make_run("fdr-dddddddddd", t0, 3600 * kSec));
+  CHECK(fx.wait_event("fdr-dddddddddd", "alerted"));
+  auto r = fx.run("fdr-dddddddddd");
+  CHECK(r.time_to_alert_ns == 2 * kSec);
+  CHECK(r.match_reason.find("before the run") != std::string::npos);
+
+  SUBCASE("a waiting alert survives a restart") {
+    fx.submit({make_alert("fdr-eeeeeeeeee", t0 + kSec)});
+    fx.close();
+    fx.open();
+    fx.add_run(make_run("fdr-eeeeeeeeee", t0, 3600 * kSec));
+    CHECK(fx.wait_event("fdr-eeeeeeeeee", "alerted"));
+  }
+}
+
+TEST_CASE(
+    "without a marker, same host and technique inside the window match with less confidence") {
+  Fixture fx;
+  auto t0 = now_ns();
+  fx.add_run(make_run("fdr-ffffffffff", t0, 3600 * kSec));
+  auto a = make_alert("AV quarantine on web01", t0 + 4 * kSec);
+  a.host = "WEB01.corp.example";
+  a.technique = "T1105";
+  a.event_ns = t0 + kSec;
+
+  SUBCASE("matching host and technique") {
+    CHECK(fx.submit({a}).matched == 1);
+    auto r = fx.run("fdr-ffffffffff");
+    CHECK(r.state == DetectionState::alerted);
+    CHECK(r.confidence == doctest::Approx(0.6));
+    CHECK(r.match_reason.find("same host") != std::string::npos);
+  }
+  SUBCASE("another host does not match") {
+    a.host = "db01";
+    CHECK(fx.submit({a}).matched == 0);
+    CHECK(fx.run("fdr-ffffffffff").state == DetectionState::pending);
+  }
+  SUBCASE("an alert long before the action does not match") {
+    a.event_ns = t0 - 60 * kSec;
+    CHECK(fx.submit({a}).matched == 0);
+  }
+  SUBCASE("an alert far outside the window does not match") {
+    a.event_ns = t0 + 3 * 3600 * kSec;
+    CHECK(fx.submit({a}).matched == 0);
+  }
+}
+
+TEST_CASE(
+    "no alert by the SLA: overdue, then missed at the grace deadline; a late alert reclassifies") {
+  CorrelationConfig cfg;
+  cfg.grace = 1s;
+  Fixture fx(cfg);
+  auto t0 = now_ns();
+  fx.add_run(make_run("fdr-gggggggggg", t0 - 2 * kSec, kSec / 2));  // SLA already passed
+  CHECK(fx.wait_event("fdr-gggggggggg", "overdue"));
+  CHECK(fx.wait_event("fdr-gggggggggg", "missed"));
+  CHECK(fx.run("fdr-gggggggggg").state == DetectionState::missed);
+
+  fx.submit({make_alert("fdr-gggggggggg", now_ns())});
+  CHECK(fx.wait_event("fdr-gggggggggg", "late"));
+  CHECK(fx.run("fdr-gggggggggg").state == DetectionState::late);
+
+  auto events = list_detection_events(*fx.store, 1, 100);
+  REQUIRE(events.size() == 3);
+  CHECK(events[0].to == "overdue");
+  CHECK(events[1].to == "missed");
+  CHECK(events[2].from == "missed");
+  CHECK(events[2].to == "late");
+  CHECK(events[0].seq + 1 == events[1].seq);
+}
+
+TEST_CASE("an event without an alert by the grace deadline makes the run logged") {
+  CorrelationConfig cfg;
+  cfg.grace = 0s;
+  Fixture fx(cfg);
+  auto t0 = now_ns();
+  auto ev = make_alert("GET /fdr-hhhhhhhhhh HTTP/1.1", t0);
+  ev.is_event = true;
+  fx.submit({ev});
+  fx.add_run(make_run("fdr-hhhhhhhhhh", t0 - 5 * kSec, kSec));
+  CHECK(fx.wait_event("fdr-hhhhhhhhhh", "logged"));
+  auto r = fx.run("fdr-hhhhhhhhhh");
+  CHECK(r.state == DetectionState::logged);
+  CHECK_FALSE(r.logged_key.empty());
+}
+
+TEST_CASE("pending runs and their deadlines survive a restart") {
+  CorrelationConfig cfg;
+  cfg.grace = 0s;
+  Fixture fx(cfg);
+  auto t0 = now_ns();
+  fx.add_run(make_run("fdr-iiiiiiiiii", t0, 2 * kSec));
+  fx.correlator->drain();
+  CHECK(fx.correlator->pending_runs() == 1);
+  fx.close();
+  fx.open();
+  CHECK(fx.correlator->pending_runs() == 1);
+  CHECK(fx.wait_event("fdr-iiiiiiiiii", "missed"));
+}
+
+TEST_CASE("the latency report counts states, coverage and percentiles per group") {
+  std::vector<Run> runs;
+  for (int i = 0; i < 10; ++i) {
+    auto r = make_run("fdr-" + std::to_string(1000000000 + i), 0, 60 * kSec);
+    r.state = i < 7   ? DetectionState::alerted
+              : i < 8 ? DetectionState::late
+              : i < 9 ? DetectionState::missed
+                      : DetectionState::pending;
+    if (i < 8) {
+      r.alert_key = "k" + std::to_string(i);
+      r.time_to_alert_ns = (i + 1) * kSec;
+      r.ingest_ns = kSec / 2;
+      r.created_ns = kSec / 2 + kSec / 4;
+      r.arrival_ns = r.time_to_alert_ns;
+    }
+    runs.push_back(r);
+  }
+  auto other = make_run("fdr-9999999999", 0, 0);  // expects no alert: left out
+  runs.push_back(other);
+  auto rows = latency_report(runs, GroupBy::test);
+  REQUIRE(rows.size() == 1);
+  const auto& row = rows[0];
+  CHECK(row.runs == 10);
+  CHECK(row.alerted == 7);
+  CHECK(row.late == 1);
+  CHECK(row.missed == 1);
+  CHECK(row.pending == 1);
+  CHECK(row.coverage_pct == doctest::Approx(100.0 * 8 / 9));
+  CHECK(row.time_to_alert.count == 8);
+  CHECK(row.time_to_alert.p50 == 4 * kSec);
+  CHECK(row.time_to_alert.max == 8 * kSec);
+  CHECK(row.pipeline_lag.p50 == kSec / 2);
+  CHECK(row.rule_latency.p50 == kSec / 4);
+  CHECK(percentiles({5, 1, 3}).p50 == 3);
+  CHECK(percentiles({}).count == 0);
+}
