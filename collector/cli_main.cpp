@@ -229,6 +229,8 @@ std::string ms_text(const json& v) {
   double ms = v.get<double>();
   if (std::abs(ms) >= 10000)
     std::snprintf(buf, sizeof buf, "%.1f s", ms / 1000);
+  else if (std::abs(ms) < 1)
+    std::snprintf(buf, sizeof buf, "%.3f ms", ms);  // loopback clock bounds are microseconds
   else
     std::snprintf(buf, sizeof buf, "%.1f ms", ms);
   return buf;
