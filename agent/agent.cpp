@@ -41,9 +41,9 @@ Agent::Agent(asio::io_context& io, AgentConfig cfg)
                                            [this](const TestSpec& t) { return run_test(t); });
 }
 
-Agent::~Agent() { stop(); }
-
-
+Agent::~Agent() {
+  stop();
+}
 
 asio::awaitable<void> Agent::run_test(const TestSpec& t) {
   std::error_code ec;
@@ -68,7 +68,8 @@ asio::awaitable<void> Agent::run_test(const TestSpec& t) {
   }
   auto appended = outbox_->append(bodies);
   std::string summary;
-  for (auto& [v, n] : verdicts) summary += (summary.empty() ? "" : ", ") + std::to_string(n) + " " + v;
+  for (auto& [v, n] : verdicts)
+    summary += (summary.empty() ? "" : ", ") + std::to_string(n) + " " + v;
   spdlog::info("test {} run {}: {}{}", t.id, marker, summary,
                appended < bodies.size()
                    ? " (" + std::to_string(bodies.size() - appended) + " dropped: outbox full)"
@@ -86,25 +87,25 @@ void Agent::start(bool once, std::function<void()> on_done) {
       if (tests_done_ && outbox_->stats().pending == 0 && on_done) on_done();
     };
     uplink_->on_drained(check);
-    // Run after the first clock exchange so results carry a measured offset; if the
-    // collector is unreachable, run anyway after the connect timeout (results wait).
-    auto started = std::make_shared<bool>(false);
-    auto go = [this, started] {
-      if (*started) return;
-      *started = true;
-      scheduler_->start(true, [this] {
-        tests_done_ = true;
-        uplink_->notify();  // the drained callback fires from the sender once all is acked
-      });
-    };
-    uplink_->on_connected(go);
-    start_timer_ = std::make_unique<asio::steady_timer>(io_, cfg_.uplink.connect_timeout);
-    start_timer_->async_wait([go](boost::system::error_code ec) {
-      if (!ec) go();
-    });
-  } else {
-    scheduler_->start(false);
   }
+  // Run after the first clock exchange so results carry a measured offset (the collector
+  // corrects their action times with it); if the collector is unreachable, run anyway after
+  // the connect timeout: the results wait in the outbox.
+  auto started = std::make_shared<bool>(false);
+  auto go = [this, started, once] {
+    if (*started) return;
+    *started = true;
+    if (!once) return scheduler_->start(false);
+    scheduler_->start(true, [this] {
+      tests_done_ = true;
+      uplink_->notify();  // the drained callback fires from the sender once all is acked
+    });
+  };
+  uplink_->on_connected(go);
+  start_timer_ = std::make_unique<asio::steady_timer>(io_, cfg_.uplink.connect_timeout);
+  start_timer_->async_wait([go](boost::system::error_code ec) {
+    if (!ec) go();
+  });
   uplink_->start();
 }
 

@@ -141,7 +141,9 @@ asio::awaitable<std::vector<common::ResultBody>> TcpConnectProbe::run(const Test
   std::optional<Attempt> control;
   if (test.control) control = co_await attempt(*test.control, test.timeout);
   for (const auto& target : test.targets) {
-    auto b = start_result(test, marker);
+    // One run per target, each with its own marker: a SIEM alert names one connection, and
+    // the collector keys runs by marker.
+    auto b = start_result(test, out.empty() ? marker : new_marker());
     b.target = target.to_string();
     if (control && control->outcome != ConnectOutcome::connected) {
       b.verdict = "inconclusive";

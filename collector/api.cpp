@@ -334,7 +334,10 @@ namespace {
 struct State {
   State(asio::io_context& io, asio::ssl::context& tls, Store& store, Registry& registry,
         ApiAlerting alerting)
-      : io(io), tls(tls), acceptor(io), store(store), registry(registry), alerting(alerting) {}
+      : io(io), tls(tls), acceptor(io), store(store), registry(registry), alerting(alerting) {
+    if (alerting.sources)
+      for (const auto& src : *alerting.sources) max_body = std::max(max_body, src.max_body);
+  }
   struct Conn {
     tcp::socket* socket;
     bool busy = false;  // between a complete request and its answer
@@ -345,6 +348,7 @@ struct State {
   Store& store;
   Registry& registry;
   ApiAlerting alerting;
+  std::size_t max_body = detail::kBodyLimit;  // the largest body any endpoint accepts
   std::set<Conn*> conns;
   bool stopping = false;
   std::uint16_t port = 0;
@@ -485,7 +489,7 @@ json run_json(const Run& r) {
             {"agent_started_ns", r.agent_started_ns},
             {"clock_offset_ms", detail::ns_to_ms(r.clock_offset_ns)},
             {"clock_synced", r.clock_synced},
-            {"error_bound_ms", detail::ns_to_ms(r.action_error_ns)},
+            {"error_bound_ms", ms_or_null(r.action_error_ns >= 0, r.action_error_ns)},
             {"action_error_ns", r.action_error_ns},
             {"received_at", detail::time_or_null(r.received_ns)},
             {"alert_count", r.alert_count},
@@ -731,11 +735,12 @@ Response handle_request(State& st, const Request& req, const std::string& remote
 }
 
 // Answer for a request that could not even be parsed; the connection is closed after it.
-Response parse_error_response(const boost::system::error_code& ec) {
+Response parse_error_response(const boost::system::error_code& ec,
+                              std::size_t body_limit = detail::kBodyLimit) {
   if (ec == http::error::body_limit)
-    return detail::error_response(
-        http::status::payload_too_large,
-        "request body exceeds " + std::to_string(detail::kBodyLimit) + " bytes", nullptr);
+    return detail::error_response(http::status::payload_too_large,
+                                  "request body exceeds " + std::to_string(body_limit) + " bytes",
+                                  nullptr);
   if (ec == http::error::header_limit)
     return detail::error_response(
         http::status::request_header_fields_too_large,
@@ -804,7 +809,9 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
   beast::flat_buffer buffer;
   while (!st.stopping) {
     http::request_parser<http::string_body> parser;
-    parser.body_limit(detail::kBodyLimit);
+    // Beast checks a Content-Length against the limit while it reads the header, so the header
+    // is read with the largest limit any endpoint has; the endpoint's own is enforced below.
+    parser.body_limit(st.max_body);
     parser.header_limit(detail::kHeaderLimit);
     boost::system::error_code ec;
     watchdog.arm(detail::kRequestTimeout);
@@ -813,15 +820,19 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
     auto arrival_ns = common::now_ns();
     std::string hook_source;  // non-empty: an alert source's request
     bool hook = false;
+    std::size_t limit = detail::kBodyLimit;
     if (!ec) {
       std::string_view target(parser.get().target().data(), parser.get().target().size());
       auto path = target.substr(0, target.find('?'));
       hook = alerting_enabled(st) && is_hook_path(path);
       if (hook) {
         hook_source = hook_source_name(*st.alerting.sources, path);
-        if (auto limit = hook_body_limit(*st.alerting.sources, path)) parser.body_limit(limit);
+        if (auto l = hook_body_limit(*st.alerting.sources, path)) limit = l;
       }
-      if (!parser.is_done())
+      parser.body_limit(limit);  // chunked bodies are checked as they arrive
+      if (parser.content_length() && *parser.content_length() > limit)
+        ec = http::error::body_limit;  // refused before reading a byte of it
+      else if (!parser.is_done())
         co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
     }
     if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
@@ -831,13 +842,16 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
     bool parsed = !ec;
     if (!parsed) spdlog::info("api: bad request from {}: {}", remote, ec.message());
     if (!parsed && hook && !hook_source.empty())
-      st.alerting.correlator->rejected(hook_source,
-                                       ec == http::error::body_limit ? "oversized" : "malformed",
-                                       "from " + remote + ": " + ec.message());
+      st.alerting.correlator->rejected(
+          hook_source, ec == http::error::body_limit ? "oversized" : "malformed",
+          "from " + remote + ": " +
+              (ec == http::error::body_limit
+                   ? "body larger than max_body (" + std::to_string(limit) + " bytes)"
+                   : ec.message()));
     conn.busy = true;
     Response res;
     if (!parsed)
-      res = parse_error_response(ec);
+      res = parse_error_response(ec, limit);
     else if (hook)
       res = co_await handle_hook(st, parser.get(), arrival_ns);
     else

@@ -144,13 +144,14 @@ std::optional<DetectionState> parse_state(const std::string& s) {
 CorrelationConfig CorrelationConfig::load(const common::ConfigNode& node) {
   CorrelationConfig c;
   if (!node.defined()) return c;
-  node.check_keys({"grace", "fuzzy_window", "unsynced_error"});
+  node.check_keys({"grace", "fuzzy_window", "clock_drift_ppm"});
   c.grace = node.duration("grace", c.grace);
   c.fuzzy_window = node.duration("fuzzy_window", c.fuzzy_window);
-  c.unsynced_error = node.duration("unsynced_error", c.unsynced_error);
+  c.clock_drift_ppm = node.integer("clock_drift_ppm", c.clock_drift_ppm);
   if (c.grace.count() < 0) node.fail("grace", "must not be negative");
   if (c.fuzzy_window.count() <= 0) node.fail("fuzzy_window", "must be positive");
-  if (c.unsynced_error.count() < 0) node.fail("unsynced_error", "must not be negative");
+  if (c.clock_drift_ppm < 0 || c.clock_drift_ppm > 100000)
+    node.fail("clock_drift_ppm", "must be between 0 and 100000");
   return c;
 }
 
@@ -243,6 +244,23 @@ Run decode_run(const std::string& s) {
   return r;
 }
 
+namespace {
+
+void borrow_offset(Run& r, const AgentRecord& agent, std::int64_t at_ns,
+                   const CorrelationConfig& cfg) {
+  if (agent.clock_error_ns < 0) {
+    r.clock_offset_ns = 0;
+    r.action_error_ns = -1;
+    return;
+  }
+  auto gap = at_ns - r.agent_started_ns;
+  if (gap < 0) gap = -gap;
+  r.clock_offset_ns = agent.clock_offset_ns;
+  r.action_error_ns = agent.clock_error_ns + gap / 1'000'000 * cfg.clock_drift_ppm;
+}
+
+}  // namespace
+
 std::optional<Run> run_from_result(const common::ResultRecord& rec, const common::ResultBody& body,
                                    const AgentRecord& agent, std::int64_t received_ns,
                                    const CorrelationConfig& cfg) {
@@ -261,16 +279,14 @@ std::optional<Run> run_from_result(const common::ResultRecord& rec, const common
   r.detections = body.detections;
   r.alert_within_ns = std::max<std::int64_t>(0, body.alert_within_ns);
   r.agent_started_ns = body.started_ns;
-  auto unsynced = std::chrono::duration_cast<std::chrono::nanoseconds>(cfg.unsynced_error).count();
   if (body.clock_error_ns >= 0) {
     r.clock_offset_ns = body.clock_offset_ns;
     r.action_error_ns = body.clock_error_ns;
   } else {
-    // Run before the agent's first clock exchange: its latest known offset is the best guess,
-    // and the bound says how little we know.
+    // Run before the agent's first clock exchange: borrow its latest offset, with the drift
+    // the time in between allows; with none known, say so instead of guessing.
     r.clock_synced = false;
-    r.clock_offset_ns = agent.clock_error_ns >= 0 ? agent.clock_offset_ns : 0;
-    r.action_error_ns = unsynced;
+    borrow_offset(r, agent, received_ns, cfg);
   }
   r.action_ns = r.agent_started_ns + r.clock_offset_ns;
   r.received_ns = received_ns;
@@ -542,6 +558,7 @@ struct Correlator::Impl {
     }
     ++r.alert_count;
     if (!r.alert_key.empty()) return stage(r, ws, f);  // an extra alert changes nothing
+    if (!r.clock_synced) recorrect(r, a.arrival_ns);
     r.alert_key = key;
     r.alert_source = a.source;
     r.alert_rule = a.rule;
@@ -563,6 +580,15 @@ struct Correlator::Impl {
     stage(r, ws, f);
   }
 
+  // A run made before its agent's first clock exchange: the agent has probably synchronised
+  // since, and an offset from then (plus drift) beats the one guessed when the run arrived.
+  void recorrect(Run& r, std::int64_t now) {
+    auto agent = store_.get_agent(r.agent_id);
+    if (!agent || agent->clock_error_ns < 0) return;
+    borrow_offset(r, *agent, now, cfg_);
+    r.action_ns = r.agent_started_ns + r.clock_offset_ns;
+  }
+
   struct Candidate {
     std::string marker;
     std::string reason;
@@ -579,11 +605,10 @@ struct Correlator::Impl {
       bool by_rule = key.find(std::string(1, '\0') + "r:") != std::string::npos;
       for (const auto& [action, marker] : it->second) {
         auto& p = pending_.at(marker);
+        auto err = std::max<std::int64_t>(0, p.action_error_ns);
         // The alert cannot precede the action by more than the clock error, and must come
         // within the window after it.
-        if (t < action - p.action_error_ns ||
-            t > action + ns(cfg_.fuzzy_window) + p.action_error_ns)
-          continue;
+        if (t < action - err || t > action + ns(cfg_.fuzzy_window) + err) continue;
         auto gap = std::llabs(t - action);
         if (best && gap >= best_gap) continue;
         best_gap = gap;

@@ -38,7 +38,9 @@ struct CorrelationConfig {
   std::chrono::milliseconds grace = 1h;            // keep searching this long after the SLA
   std::chrono::milliseconds fuzzy_window = 10min;  // host+technique match: alert within this
                                                    // after the action (plus the clock error)
-  std::chrono::milliseconds unsynced_error = 5s;   // assumed error of a never-synchronised agent
+  // How fast an agent's clock may drift from the collector's: bounds the error of an offset
+  // borrowed from another moment (a run made before the agent's first clock exchange).
+  std::int64_t clock_drift_ppm = 100;
   static CorrelationConfig load(const common::ConfigNode& node);  // `correlation:` section
 };
 
@@ -52,7 +54,7 @@ struct Run {
   std::int64_t agent_started_ns = 0;    // raw agent clock
   std::int64_t clock_offset_ns = 0;     // applied correction (collector - agent)
   std::int64_t action_ns = 0;           // started, on the collector's clock
-  std::int64_t action_error_ns = 0;     // bound of that correction
+  std::int64_t action_error_ns = 0;     // bound of that correction; -1: unknown
   bool clock_synced = true;             // false: the agent had no clock sample yet
   std::int64_t received_ns = 0;         // result stored at the collector
 
@@ -79,7 +81,8 @@ Run decode_run(const std::string& s);  // throws StoreError
 
 // The run a stored result describes, or nullopt when it is not a probe run with a marker.
 // `agent` supplies the hostname and, for a result made before the first clock exchange, the
-// agent's latest offset (with `unsynced_error` as its bound).
+// agent's latest offset, its bound widened by the drift allowance; with no offset known at all,
+// the bound is -1 (unknown) until one is (the correlator re-corrects when an alert matches).
 std::optional<Run> run_from_result(const common::ResultRecord& rec, const common::ResultBody& body,
                                    const AgentRecord& agent, std::int64_t received_ns,
                                    const CorrelationConfig& cfg);

@@ -439,8 +439,10 @@ struct IngestServer::Impl {
     rec.last_seen_ns = now;
     try {
       auto body = common::decode_body(rs.back().body);
-      rec.clock_offset_ns = body.clock_offset_ns;
-      rec.clock_error_ns = body.clock_error_ns;
+      if (body.clock_error_ns >= 0) {  // a result made before any exchange knows nothing new
+        rec.clock_offset_ns = body.clock_offset_ns;
+        rec.clock_error_ns = body.clock_error_ns;
+      }
     } catch (const common::ProtocolError& e) {
       // The chain and signature are valid, so the result is stored as sent; only the
       // agent summary misses its clock figures.

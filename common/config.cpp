@@ -1,5 +1,7 @@
 #include "common/config.hpp"
 
+#include <set>
+
 #include <algorithm>
 #include <cctype>
 
@@ -61,11 +63,32 @@ ConfigNode ConfigNode::load_file(const std::filesystem::path& file) {
   return load_string(text, file.string());
 }
 
+namespace {
+
+// yaml-cpp keeps both entries of a repeated key and lookups see only the first, so a second
+// `correlation:` appended to a file would be silently ignored: refuse it instead.
+void check_duplicate_keys(const YAML::Node& n, const std::string& source, int depth = 0) {
+  if (depth > 64) return;
+  if (n.IsSequence())
+    for (const auto& item : n) check_duplicate_keys(item, source, depth + 1);
+  if (!n.IsMap()) return;
+  std::set<std::string> seen;
+  for (const auto& kv : n) {
+    if (kv.first.IsScalar() && !seen.insert(kv.first.Scalar()).second)
+      throw ConfigError(source + ":" + std::to_string(kv.first.Mark().line + 1) + ": key '" +
+                        kv.first.Scalar() + "' appears twice in the same map");
+    check_duplicate_keys(kv.second, source, depth + 1);
+  }
+}
+
+}  // namespace
+
 ConfigNode ConfigNode::load_string(const std::string& text, const std::string& source_name) {
   try {
     YAML::Node root = YAML::Load(text);
     if (root.IsNull() || !root.IsDefined()) root = YAML::Node(YAML::NodeType::Map);
     if (!root.IsMap()) throw ConfigError(source_name + ": the top level must be a map of keys");
+    check_duplicate_keys(root, source_name);
     return ConfigNode(root, source_name, "");
   } catch (const YAML::Exception& e) {
     throw ConfigError(source_name + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " +

@@ -5,54 +5,13 @@
 #include <fstream>
 
 #include "common/crypto.hpp"
+#include "tests/integration/clamav.hpp"
 #include "tests/integration/harness.hpp"
 
 using namespace firedrill;
 using namespace firedrill::test;
 
 namespace {
-
-std::string hex_of(const std::string& s) {
-  return common::to_hex(std::span(reinterpret_cast<const std::uint8_t*>(s.data()), s.size()));
-}
-
-// clamd on a private socket with one body signature for the EICAR string.
-struct ClamAv {
-  explicit ClamAv(const fs::path& root) : dir(root / "clam") {
-    fs::create_directories(dir / "db");
-    fs::create_directories(dir / "quarantine");
-    std::ofstream(dir / "db" / "firedrill.ndb")
-        << "FireDrillTest.EICAR.Body:0:*:" << hex_of("EICAR-STANDARD-ANTIVIRUS-TEST-FILE") << "\n";
-    std::ofstream(conf()) << "Foreground yes\nLocalSocket " << (dir / "clamd.sock").string()
-                          << "\nDatabaseDirectory " << (dir / "db").string() << "\nLogFile "
-                          << (dir / "clamd.log").string() << "\nPidFile "
-                          << (dir / "clamd.pid").string() << "\n";
-    clamd = Process({"/usr/sbin/clamd", "-c", conf().string()}, dir / "clamd.out");
-    REQUIRE_MESSAGE(wait_until([&] {
-                      return run_command({"/usr/bin/clamdscan", "--config-file=" + conf().string(),
-                                          "--ping", "1"}, 10s).rc == 0;
-                    }, 60s),
-                    "clamd did not become ready: " << clamd.log());
-  }
-  fs::path conf() const { return dir / "clamd.conf"; }
-
-  // On-access scanning as a SOC would wire it: every file closed in `watched` is scanned and
-  // moved to quarantine when it matches.
-  Process watch(const fs::path& watched) {
-    std::string script = "inotifywait -m -e close_write -e moved_to --format '%w%f' '" +
-                         watched.string() + "' | while read -r f; do /usr/bin/clamdscan " +
-                         "--config-file='" + conf().string() + "' --move='" +
-                         (dir / "quarantine").string() + "' \"$f\"; done";
-    auto log = dir / "watch.log";
-    Process p({"/bin/bash", "-c", script}, log);
-    REQUIRE_MESSAGE(wait_until([&] { return p.log().find("Watches established") != std::string::npos; }, 30s),
-                    "inotifywait did not start: " << p.log());
-    return p;
-  }
-
-  fs::path dir;
-  Process clamd;
-};
 
 nlohmann::json run_once(const fs::path& config, const std::string& test) {
   auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config", config.string(),

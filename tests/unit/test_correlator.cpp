@@ -137,15 +137,22 @@ TEST_CASE("a run is built from a result with its action time corrected by the ag
     CHECK(r->state == DetectionState::pending);
     CHECK(r->hostname == "web01");
   }
-  SUBCASE("a run before the first clock exchange uses the agent's latest offset, flagged") {
+  SUBCASE("a run before the first clock exchange borrows the agent's latest offset, widened") {
     body.clock_error_ns = -1;
     agent.clock_offset_ns = 5 * kSec;
     agent.clock_error_ns = 1000;
-    auto r = run_from_result(rec, body, agent, 5, cfg);
+    auto r = run_from_result(rec, body, agent, 1100 * kSec, cfg);
     REQUIRE(r);
     CHECK_FALSE(r->clock_synced);
     CHECK(r->action_ns == 1005 * kSec);
-    CHECK(r->action_error_ns == 5 * kSec);
+    CHECK(r->action_error_ns == 1000 + 100 * kSec / 1'000'000 * 100);  // 100 s at 100 ppm
+  }
+  SUBCASE("with no offset known at all, the bound is unknown rather than invented") {
+    body.clock_error_ns = -1;
+    auto r = run_from_result(rec, body, agent, 5, cfg);
+    REQUIRE(r);
+    CHECK_FALSE(r->clock_synced);
+    CHECK(r->action_error_ns == -1);
   }
   SUBCASE("an action that did not happen expects no alert") {
     for (const char* v : {"inconclusive", "error", "not_applicable"}) {
