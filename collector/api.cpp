@@ -6,6 +6,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
@@ -16,6 +17,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -751,6 +753,12 @@ Response parse_error_response(const boost::system::error_code& ec,
 
 using TlsStream = asio::ssl::stream<tcp::socket>;
 
+std::string serialize(const Response& res) {
+  std::ostringstream out;
+  out << res;
+  return std::move(out).str();
+}
+
 // Alerts are answered only once the correlator has stored them, so a sender that gets 200
 // can forget the alert. The correlator completes on its own thread; a timer set to "never"
 // serves as the condition variable the answer is posted to.
@@ -858,7 +866,10 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
       res = handle_request(st, parser.get(), remote);
     if (st.stopping) res.keep_alive(false);
     watchdog.arm(detail::kWriteTimeout);
-    co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
+    // One buffer, so TLS sends one record and the kernel one segment: Beast's serializer hands
+    // the SSL stream header and body separately, which costs a record and a syscall each.
+    std::string wire = serialize(res);
+    co_await asio::async_write(stream, asio::buffer(wire), asio::redirect_error(use_awaitable, ec));
     conn.busy = false;
     if (ec || !parsed || !res.keep_alive()) co_return;
   }

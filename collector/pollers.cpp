@@ -1,5 +1,7 @@
 #include "collector/pollers.hpp"
 
+#include <pthread.h>
+
 #include "collector/curl.hpp"
 
 #include <curl/curl.h>
@@ -1177,7 +1179,10 @@ Poller::~Poller() {
 void Poller::start() {
   if (impl_->thread.joinable() || impl_->stopping.load())
     throw std::logic_error("poller '" + impl_->cfg.name + "' was already started or stopped");
-  impl_->thread = std::thread([impl = impl_.get()] { impl->run(); });
+  impl_->thread = std::thread([impl = impl_.get()] {
+    pthread_setname_np(pthread_self(), "poller");
+    impl->run();
+  });
 }
 
 void Poller::stop() {

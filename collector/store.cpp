@@ -1,5 +1,7 @@
 #include "collector/store.hpp"
 
+#include <pthread.h>
+
 #include <rocksdb/cache.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
@@ -242,7 +244,10 @@ std::unique_ptr<Store> Store::open(const std::filesystem::path& dir) {
   check(rocksdb::DB::Open(opts, dir.string(), descs, &s->cfs_, &raw),
         "cannot open database " + dir.string());
   s->db_.reset(raw);
-  s->committer_ = std::thread([p = s.get()] { p->committer_loop(); });
+  s->committer_ = std::thread([p = s.get()] {
+    pthread_setname_np(pthread_self(), "store-commit");
+    p->committer_loop();
+  });
   return s;
 }
 

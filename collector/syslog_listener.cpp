@@ -1,5 +1,7 @@
 #include "collector/syslog_listener.hpp"
 
+#include <pthread.h>
+
 #include <utility>  // before Asio's awaitable.hpp (Boost 1.74 trap)
 
 #include <boost/asio/co_spawn.hpp>
@@ -398,6 +400,7 @@ void SyslogListener::start() {
                i.tcp_ ? " tcp:" + std::to_string(i.tcp_port_) : "",
                i.tls_ ? " tls:" + std::to_string(i.tls_port_) : "");
   i.thread_ = std::thread([&io = i.io_, label = i.label_] {
+    pthread_setname_np(pthread_self(), "syslog");
     try {
       io.run();
     } catch (const std::exception& e) {
