@@ -762,7 +762,7 @@ std::string serialize(const Response& res) {
 // Alerts are answered only once the correlator has stored them, so a sender that gets 200
 // can forget the alert. The correlator completes on its own thread; a timer set to "never"
 // serves as the condition variable the answer is posted to.
-awaitable<Response> handle_hook(State& st, const Request& req, std::int64_t arrival_ns) {
+HookRequest hook_request(const Request& req, std::int64_t arrival_ns) {
   std::string_view target(req.target().data(), req.target().size());
   auto qpos = target.find('?');
   HookRequest hr;
@@ -774,16 +774,23 @@ awaitable<Response> handle_hook(State& st, const Request& req, std::int64_t arri
   hr.token_header = std::string_view(tok.data(), tok.size());
   hr.body = req.body();
   hr.arrival_ns = arrival_ns;
-  auto reply_of = [&req](const HookReply& r) {
-    Response res{static_cast<http::status>(r.status), req.version()};
-    res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
-    res.set(http::field::content_type, "application/json");
-    if (r.challenge) res.set(http::field::www_authenticate, "Bearer");
-    res.keep_alive(req.keep_alive());
-    res.body() = r.body;
-    res.prepare_payload();
-    return res;
-  };
+  return hr;
+}
+
+Response hook_response(const Request& req, const HookReply& r) {
+  Response res{static_cast<http::status>(r.status), req.version()};
+  res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+  res.set(http::field::content_type, "application/json");
+  if (r.challenge) res.set(http::field::www_authenticate, "Bearer");
+  res.keep_alive(req.keep_alive());
+  res.body() = r.body;
+  res.prepare_payload();
+  return res;
+}
+
+awaitable<Response> handle_hook(State& st, const Request& req, std::int64_t arrival_ns) {
+  HookRequest hr = hook_request(req, arrival_ns);
+  auto reply_of = [&req](const HookReply& r) { return hook_response(req, r); };
   if (req.method() != http::verb::post) {
     auto res = detail::error_response(http::status::method_not_allowed,
                                       "alert endpoints only accept POST", &req);
@@ -838,10 +845,33 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
         if (auto l = hook_body_limit(*st.alerting.sources, path)) limit = l;
       }
       parser.body_limit(limit);  // chunked bodies are checked as they arrive
+      std::optional<HookReply> refused;
+      if (hook) {  // no body buffer for a sender without the token
+        auto auth = authenticate_hook(*st.alerting.sources, hook_request(parser.get(), arrival_ns),
+                                      *st.alerting.correlator);
+        if (auto* r = std::get_if<HookReply>(&auth)) refused = *r;
+      }
+      if (refused) {
+        auto res = hook_response(parser.get(), *refused);
+        res.keep_alive(false);  // the unread body makes the connection unusable
+        watchdog.arm(detail::kWriteTimeout);
+        std::string wire = serialize(res);
+        co_await asio::async_write(stream, asio::buffer(wire),
+                                   asio::redirect_error(use_awaitable, ec));
+        co_return;
+      }
       if (parser.content_length() && *parser.content_length() > limit)
         ec = http::error::body_limit;  // refused before reading a byte of it
       else if (!parser.is_done())
         co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    } else if (ec == http::error::body_limit && alerting_enabled(st)) {
+      // Over even the largest limit, found while reading the header: still say whose it was.
+      std::string_view target(parser.get().target().data(), parser.get().target().size());
+      auto path = target.substr(0, target.find('?'));
+      if ((hook = is_hook_path(path))) {
+        hook_source = hook_source_name(*st.alerting.sources, path);
+        if (auto l = hook_body_limit(*st.alerting.sources, path)) limit = l;
+      }
     }
     if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
         ec == asio::ssl::error::stream_truncated || ec == asio::error::connection_reset ||

@@ -32,6 +32,8 @@ namespace {
 
 constexpr std::size_t kMaxMarkersPerAlert = 8;
 constexpr std::size_t kMaxOrphans = 200000;  // alerts waiting for a run that may never come
+constexpr auto kOrphanTtl = std::chrono::hours(24);
+constexpr std::int64_t kMaxAlertWithinNs = 30LL * 24 * 3600 * 1'000'000'000;
 constexpr std::size_t kStoredTextBytes = 2048;
 constexpr auto kTick = std::chrono::milliseconds(100);
 constexpr std::size_t kLatencySamples = 100000;
@@ -74,8 +76,8 @@ std::string orphan_key(const std::string& marker, const std::string& alert_key) 
   return marker + '\0' + alert_key;
 }
 
-json alert_json(const Alert& a, const std::string& marker, const std::string& reason,
-                double confidence) {
+json alert_json(const Alert& a, const std::vector<std::string>& markers, const std::string& marker,
+                const std::string& reason, double confidence) {
   return {{"source", a.source},
           {"source_type", a.source_type},
           {"id", a.id},
@@ -89,6 +91,7 @@ json alert_json(const Alert& a, const std::string& marker, const std::string& re
           {"ingest_ns", a.ingest_ns},
           {"created_ns", a.created_ns},
           {"arrival_ns", a.arrival_ns},
+          {"markers", markers},
           {"marker", marker},
           {"reason", reason},
           {"confidence", confidence}};
@@ -150,8 +153,10 @@ CorrelationConfig CorrelationConfig::load(const common::ConfigNode& node) {
   c.grace = node.duration("grace", c.grace);
   c.fuzzy_window = node.duration("fuzzy_window", c.fuzzy_window);
   c.clock_drift_ppm = node.integer("clock_drift_ppm", c.clock_drift_ppm);
-  if (c.grace.count() < 0) node.fail("grace", "must not be negative");
-  if (c.fuzzy_window.count() <= 0) node.fail("fuzzy_window", "must be positive");
+  if (c.grace.count() < 0 || c.grace > std::chrono::hours(24 * 30))
+    node.fail("grace", "must be between 0s and 30d");
+  if (c.fuzzy_window.count() <= 0 || c.fuzzy_window > std::chrono::hours(24 * 30))
+    node.fail("fuzzy_window", "must be between 1ms and 30d");
   if (c.clock_drift_ppm < 0 || c.clock_drift_ppm > 100000)
     node.fail("clock_drift_ppm", "must be between 0 and 100000");
   return c;
@@ -279,7 +284,8 @@ std::optional<Run> run_from_result(const common::ResultRecord& rec, const common
   r.reason = body.reason;
   r.target = body.target;
   r.detections = body.detections;
-  r.alert_within_ns = std::max<std::int64_t>(0, body.alert_within_ns);
+  // Agent-supplied: capped so deadlines can neither overflow nor keep a run pending forever.
+  r.alert_within_ns = std::clamp<std::int64_t>(body.alert_within_ns, 0, kMaxAlertWithinNs);
   r.agent_started_ns = body.started_ns;
   if (body.clock_error_ns >= 0) {
     r.clock_offset_ns = body.clock_offset_ns;
@@ -401,6 +407,7 @@ struct Correlator::Impl {
   asio::steady_timer tick_{io_};
   std::thread thread_;
   bool started_ = false;
+  bool stopping_ = false;  // correlator thread only
 
   std::unordered_map<std::string, PendingRun> pending_;
   std::multimap<std::int64_t, std::string> deadlines_;  // stale entries are skipped on pop
@@ -409,8 +416,17 @@ struct Correlator::Impl {
                                              // told us about them
   std::unordered_map<std::string, std::pair<Run, int>> inflight_;  // marker -> (run, writes)
   std::unordered_map<std::string, int> inflight_alerts_;
-  std::unordered_map<std::string, std::vector<Alert>> orphans_;  // marker -> alerts
+  // Alerts that named a marker whose run is not here yet, by their key; and the keys waiting
+  // for each marker (an alert may name several). The key is kept as computed on arrival: the
+  // stored copy of the text is truncated, so it could not be recomputed after a restart.
+  struct Orphan {
+    std::vector<std::string> markers;
+    Alert alert;
+  };
+  std::unordered_map<std::string, Orphan> orphan_alerts_;
+  std::unordered_map<std::string, std::vector<std::string>> orphans_by_marker_;
   std::size_t orphan_count_ = 0;
+  std::int64_t next_orphan_sweep_ns_ = 0;
   std::uint64_t next_event_seq_ = 1;
   std::atomic<std::size_t> pending_count_{0};
   std::vector<std::function<void(const DetectionEvent&)>> listeners_;
@@ -439,10 +455,15 @@ struct Correlator::Impl {
     store_.scan(Table::orphan_alerts, "", [&](std::string_view k, std::string_view) {
       auto nul = k.find('\0');
       if (nul == std::string_view::npos) return true;
-      std::string marker(k.substr(0, nul)), key(k.substr(nul + 1));
+      std::string key(k.substr(nul + 1));
+      if (orphan_alerts_.count(key)) return true;  // already loaded under another marker
       if (auto v = store_.get(Table::alerts, key)) {
         json j = json::parse(*v, nullptr, false);
-        if (j.is_object()) add_orphan(marker, alert_from_json(j));
+        if (!j.is_object()) return true;
+        auto a = alert_from_json(j);
+        auto markers = j.value("markers", std::vector<std::string>{});
+        if (markers.empty()) markers = find_markers(a.text);
+        add_orphan(key, std::move(markers), std::move(a));
       }
       return true;
     });
@@ -479,16 +500,67 @@ struct Correlator::Impl {
     pending_count_ = pending_.size();
   }
 
-  void add_orphan(const std::string& marker, Alert a) {
+  bool add_orphan(const std::string& key, std::vector<std::string> markers, Alert a) {
     if (orphan_count_ >= kMaxOrphans) {
-      // Oldest first would be fairer, but the cap only bites under a flood of alerts whose
-      // runs never come; the alert itself is stored either way.
+      // The cap only bites under a flood of alerts whose runs never come (UDP syslog needs no
+      // token); the alert itself is stored either way.
       spdlog::warn("correlator: {} alerts already wait for their run; not waiting for {}",
-                   orphan_count_, marker);
-      return;
+                   orphan_count_, markers.empty() ? std::string("-") : markers[0]);
+      return false;
     }
-    orphans_[marker].push_back(std::move(a));
+    for (const auto& m : markers) orphans_by_marker_[m].push_back(key);
+    orphan_alerts_[key] = Orphan{std::move(markers), std::move(a)};
     ++orphan_count_;
+    return true;
+  }
+
+  void forget_orphan(const std::string& key, WriteSet& ws) {
+    auto it = orphan_alerts_.find(key);
+    if (it == orphan_alerts_.end()) return;
+    for (const auto& m : it->second.markers) {
+      ws.erase(Table::orphan_alerts, orphan_key(m, key));
+      auto bm = orphans_by_marker_.find(m);
+      if (bm == orphans_by_marker_.end()) continue;
+      std::erase(bm->second, key);
+      if (bm->second.empty()) orphans_by_marker_.erase(bm);
+    }
+    orphan_alerts_.erase(it);
+    --orphan_count_;
+  }
+
+  // Alerts that waited for `marker` now match its run, oldest first (the first alert decides).
+  void drain_orphans(const std::string& marker, WriteSet& ws, Flight& f) {
+    auto bm = orphans_by_marker_.find(marker);
+    if (bm == orphans_by_marker_.end()) return;
+    std::vector<std::pair<std::string, Alert>> waiting;
+    for (const auto& key : bm->second)
+      if (auto it = orphan_alerts_.find(key); it != orphan_alerts_.end())
+        waiting.emplace_back(key, it->second.alert);
+    std::sort(waiting.begin(), waiting.end(), [](const auto& x, const auto& y) {
+      return x.second.arrival_ns < y.second.arrival_ns;
+    });
+    for (auto& [key, a] : waiting) {
+      forget_orphan(key, ws);  // one alert, one run, even if it named several markers
+      auto run = lookup(marker);
+      if (!run) continue;
+      auto reason = "exact marker " + marker + " (alert arrived before the run)";
+      apply(*run, a, key, reason, kExactConfidence, ws, f);
+      ws.put(Table::alerts, key, dump(alert_json(a, {marker}, marker, reason, kExactConfidence)));
+      count(a.source, [](SourceCounters& c) { ++c.matched; });
+    }
+  }
+
+  // Alerts whose run never came stop waiting after a day (they stay stored, unmatched).
+  void sweep_orphans(std::int64_t now, WriteSet& ws) {
+    if (now < next_orphan_sweep_ns_) return;
+    next_orphan_sweep_ns_ = now + ns(std::chrono::minutes(1));
+    std::vector<std::string> expired;
+    for (const auto& [key, o] : orphan_alerts_)
+      if (o.alert.arrival_ns < now - ns(kOrphanTtl)) expired.push_back(key);
+    for (const auto& key : expired) forget_orphan(key, ws);
+    if (!expired.empty())
+      spdlog::info("correlator: {} alerts stopped waiting for runs that never came",
+                   expired.size());
   }
 
   // The current record of a run: ours in flight, else the store's.
@@ -646,33 +718,34 @@ struct Correlator::Impl {
     auto markers = find_markers(a.text);
     if (markers.size() > kMaxMarkersPerAlert) markers.resize(kMaxMarkersPerAlert);
     for (const auto& m : markers) {
+      if (!lookup(m)) continue;
+      drain_orphans(m, ws, f);  // alerts that arrived earlier for this run decide first
       auto run = lookup(m);
-      if (!run) continue;
       auto reason = "exact marker " + m;
       apply(*run, a, key, reason, kExactConfidence, ws, f);
-      ws.put(Table::alerts, key, dump(alert_json(a, m, reason, kExactConfidence)));
+      ws.put(Table::alerts, key, dump(alert_json(a, markers, m, reason, kExactConfidence)));
       matched(a, f);
       return;
     }
     if (!markers.empty()) {
       // The run's result is not here yet (a buffering agent): wait for it.
-      for (const auto& m : markers) {
-        ws.put(Table::orphan_alerts, orphan_key(m, key), "");
-        add_orphan(m, a);
-      }
-      ws.put(Table::alerts, key, dump(alert_json(a, "", "waiting for run " + markers[0], 0)));
+      if (add_orphan(key, markers, a))
+        for (const auto& m : markers) ws.put(Table::orphan_alerts, orphan_key(m, key), "");
+      ws.put(Table::alerts, key,
+             dump(alert_json(a, markers, "", "waiting for run " + markers[0], 0)));
       count(a.source, [](SourceCounters& c) { ++c.orphaned; });
       return;
     }
     if (auto c = fuzzy_match(a)) {
       if (auto run = lookup(c->marker)) {
         apply(*run, a, key, c->reason, c->confidence, ws, f);
-        ws.put(Table::alerts, key, dump(alert_json(a, c->marker, c->reason, c->confidence)));
+        ws.put(Table::alerts, key,
+               dump(alert_json(a, markers, c->marker, c->reason, c->confidence)));
         matched(a, f);
         return;
       }
     }
-    ws.put(Table::alerts, key, dump(alert_json(a, "", "no matching run", 0)));
+    ws.put(Table::alerts, key, dump(alert_json(a, markers, "", "no matching run", 0)));
   }
 
   void matched(const Alert& a, Flight& f) {
@@ -702,36 +775,11 @@ struct Correlator::Impl {
     WriteSet ws;
     Flight f;
     for (auto& r : runs) {
-      if (adopted_.erase(r.marker)) continue;  // already tracked (and maybe decided)
-      if (r.state == DetectionState::pending && !pending_.count(r.marker)) track(r);
-      auto o = orphans_.find(r.marker);
-      if (o == orphans_.end()) continue;
-      auto waiting = std::move(o->second);
-      orphans_.erase(o);
-      orphan_count_ -= waiting.size();
-      for (auto& a : waiting) {
-        auto key = alert_key(a);
-        // One alert, one run: it may have waited under several markers.
-        for (const auto& m : find_markers(a.text)) {
-          ws.erase(Table::orphan_alerts, orphan_key(m, key));
-          if (m == r.marker) continue;
-          if (auto other = orphans_.find(m); other != orphans_.end()) {
-            auto& v = other->second;
-            auto before = v.size();
-            v.erase(std::remove_if(v.begin(), v.end(),
-                                   [&](const Alert& x) { return alert_key(x) == key; }),
-                    v.end());
-            orphan_count_ -= before - v.size();
-            if (v.empty()) orphans_.erase(other);
-          }
-        }
-        auto run = lookup(r.marker);
-        if (!run) continue;
-        auto reason = "exact marker " + r.marker + " (alert arrived before the run)";
-        apply(*run, a, key, reason, kExactConfidence, ws, f);
-        ws.put(Table::alerts, key, dump(alert_json(a, r.marker, reason, kExactConfidence)));
-        count(a.source, [](SourceCounters& c) { ++c.matched; });
-      }
+      // An adopted run is tracked already (and may be decided); its waiting alerts were
+      // drained when it was adopted, but draining again is harmless.
+      bool adopted = adopted_.erase(r.marker) > 0;
+      if (!adopted && r.state == DetectionState::pending && !pending_.count(r.marker)) track(r);
+      drain_orphans(r.marker, ws, f);
     }
     if (!ws.empty()) commit(std::move(ws), std::move(f));
   }
@@ -740,6 +788,7 @@ struct Correlator::Impl {
     auto now = common::now_ns();
     WriteSet ws;
     Flight f;
+    sweep_orphans(now, ws);
     while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
       auto [when, marker] = *deadlines_.begin();
       deadlines_.erase(deadlines_.begin());
@@ -776,6 +825,7 @@ struct Correlator::Impl {
   }
 
   void schedule_tick() {
+    if (stopping_) return;
     tick_.expires_after(kTick);
     tick_.async_wait([this](boost::system::error_code ec) {
       if (!ec) on_tick();
@@ -838,9 +888,26 @@ void Correlator::start() {
   impl_->load();
   impl_->started_ = true;
   impl_->schedule_tick();
+  // A crash between the ingest's commit and its notification leaves alerts waiting for runs
+  // that exist: match them now.
+  asio::post(impl_->io_, [this] {
+    std::vector<std::string> ready;
+    for (const auto& [marker, keys] : impl_->orphans_by_marker_)
+      if (impl_->store_.get(Table::runs, marker)) ready.push_back(marker);
+    WriteSet ws;
+    Impl::Flight f;
+    for (const auto& m : ready) impl_->drain_orphans(m, ws, f);
+    if (!ws.empty()) impl_->commit(std::move(ws), std::move(f));
+  });
   impl_->thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "correlator");
-    impl_->io_.run();
+    try {
+      impl_->io_.run();
+    } catch (const std::exception& e) {
+      // Memory may now disagree with the store; a restart reloads the truth from it.
+      spdlog::critical("correlator failed: {}; exiting so a restart recovers", e.what());
+      std::_Exit(70);
+    }
   });
 }
 
@@ -848,6 +915,7 @@ void Correlator::stop() {
   if (!impl_->started_ || !impl_->thread_.joinable()) return;
   drain();
   asio::post(impl_->io_, [this] {
+    impl_->stopping_ = true;
     impl_->tick_.cancel();
     impl_->work_.reset();
   });

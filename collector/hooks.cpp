@@ -90,8 +90,8 @@ std::variant<HookAccepted, HookReply> parse(const AlertSourceConfig& src, const 
   }
 }
 
-std::variant<HookAccepted, HookReply> prepare_hec(const std::vector<AlertSourceConfig>& sources,
-                                                  const HookRequest& req, AlertSink& sink) {
+std::variant<const AlertSourceConfig*, HookReply> authenticate_hec(
+    const std::vector<AlertSourceConfig>& sources, const HookRequest& req, AlertSink& sink) {
   std::vector<const AlertSourceConfig*> hec;
   for (const auto& s : sources)
     if (s.type == SourceType::hec) hec.push_back(&s);
@@ -107,7 +107,7 @@ std::variant<HookAccepted, HookReply> prepare_hec(const std::vector<AlertSourceC
     return hec_reply(401, 2, "Token is required");
   }
   for (auto* s : hec)
-    if (same_secret(*token, s->token)) return parse(*s, req, sink);
+    if (same_secret(*token, s->token)) return s;
   sink.rejected(counted_as, "bad_token", "unknown HEC token");
   return hec_reply(403, 4, "Invalid token");
 }
@@ -142,9 +142,9 @@ std::string hook_source_name(const std::vector<AlertSourceConfig>& sources, std:
   return {};
 }
 
-std::variant<HookAccepted, HookReply> prepare_hook(const std::vector<AlertSourceConfig>& sources,
-                                                   const HookRequest& req, AlertSink& sink) {
-  if (is_hec_path(req.path)) return prepare_hec(sources, req, sink);
+std::variant<const AlertSourceConfig*, HookReply> authenticate_hook(
+    const std::vector<AlertSourceConfig>& sources, const HookRequest& req, AlertSink& sink) {
+  if (is_hec_path(req.path)) return authenticate_hec(sources, req, sink);
   auto name = hook_name(req.path);
   const AlertSourceConfig* src = nullptr;
   for (const auto& s : sources)
@@ -169,7 +169,14 @@ std::variant<HookAccepted, HookReply> prepare_hook(const std::vector<AlertSource
     sink.rejected(src->name, "bad_token", "wrong token");
     return error_reply(401, "invalid token for source '" + src->name + "'", true);
   }
-  return parse(*src, req, sink);
+  return src;
+}
+
+std::variant<HookAccepted, HookReply> prepare_hook(const std::vector<AlertSourceConfig>& sources,
+                                                   const HookRequest& req, AlertSink& sink) {
+  auto auth = authenticate_hook(sources, req, sink);
+  if (auto* refused = std::get_if<HookReply>(&auth)) return *refused;
+  return parse(*std::get<const AlertSourceConfig*>(auth), req, sink);
 }
 
 HookReply hook_reply(const AlertSourceConfig& source, const SubmitOutcome& outcome) {

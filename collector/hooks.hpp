@@ -40,6 +40,11 @@ std::size_t hook_body_limit(const std::vector<AlertSourceConfig>& sources, std::
 // The source name a path names, for counting a refused (e.g. oversized) request; "" if none.
 std::string hook_source_name(const std::vector<AlertSourceConfig>& sources, std::string_view path);
 
+// Authenticates from the request line and headers alone (the body may not be read yet), so
+// an unauthenticated sender never gets a body buffer: the source, or the refusal to send.
+std::variant<const AlertSourceConfig*, HookReply> authenticate_hook(
+    const std::vector<AlertSourceConfig>& sources, const HookRequest& req, AlertSink& sink);
+
 // Authenticates and parses. Returns the alerts to submit, or the reply for a refused request
 // (the refusal is reported to `sink.rejected`). A token is compared in constant time.
 struct HookAccepted {

@@ -99,6 +99,8 @@ struct IngestServer::Impl {
   tcp::acceptor acceptor_;
   std::unordered_map<std::string, AgentLive> agents_;
   std::unordered_map<std::uint64_t, std::function<void()>> sessions_;  // id -> close socket
+  // Markers of runs in writes not yet durable: a second batch must not claim them meanwhile.
+  std::unordered_set<std::string> staged_markers_;
   std::uint64_t next_session_ = 0;
   IngestStats stats_;
   bool stopping_ = false;
@@ -402,7 +404,8 @@ struct IngestServer::Impl {
         continue;  // logged above for the head; such a result simply has no run
       }
       if (!run) continue;
-      if (!seen.insert(run->marker).second || get_run(store_, run->marker)) {
+      if (!seen.insert(run->marker).second || staged_markers_.count(run->marker) ||
+          get_run(store_, run->marker)) {
         auto detail = "seq " + std::to_string(rs[i].seq) + " reuses marker " + run->marker +
                       "; stored, but not correlated";
         spdlog::warn("security event marker_reuse: agent={} {}", rec.agent_id, detail);
@@ -413,6 +416,7 @@ struct IngestServer::Impl {
       put_run(ws, *run);
       runs.push_back(std::move(*run));
     }
+    for (const auto& r : runs) staged_markers_.insert(r.marker);  // until their write lands
     return runs;
   }
 
@@ -459,6 +463,7 @@ struct IngestServer::Impl {
       spdlog::critical("{}; exiting so a restart recovers from the database", err);
       std::_Exit(70);
     }
+    for (const auto& r : runs) staged_markers_.erase(r.marker);
     if (correlator_ && !runs.empty()) correlator_->runs_stored(std::move(runs));
     stats_.results_stored += rs.size() - check.first_fresh;
     ++stats_.batches_stored;

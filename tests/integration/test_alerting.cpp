@@ -699,9 +699,26 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
   auto missing = post_hook(c, "/hooks/gen", {}, alert);
   CHECK(missing.status == 401);
   CHECK(missing.has_header("WWW-Authenticate"));
+  // A sender without the token gets its 401 before any body is read: a declared 900 kB body
+  // that never comes is answered at once, not waited for (and never allocated).
+  auto script =
+      "import socket, ssl, sys\n"
+      "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+      "s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[2]))),"
+      " server_hostname='127.0.0.1')\n"
+      "s.settimeout(10)\n"
+      "s.sendall(b'POST /hooks/gen HTTP/1.1\\r\\nHost: x\\r\\nX-FireDrill-Token: wrong-token-0123456789\\r\\n'"
+      " b'Content-Length: 900000\\r\\n\\r\\n')\n"
+      "print(s.recv(200).split(b'\\r\\n')[0].decode())\n";
+  auto early = run_command({"/usr/bin/python3", "-c", script, c.ca_pem().string(),
+                            std::to_string(c.api_port())},
+                           30s);
+  INFO(early.err);
+  CHECK(early.out.find("401") != std::string::npos);
+
   auto gen = source_counters(c, "gen");
   CHECK(gen["accepted"] == 0);
-  CHECK(rejected(gen, "bad_token") == 3);
+  CHECK(rejected(gen, "bad_token") == 4);
   auto still = run_of(c, m_gen);
   REQUIRE(still);
   CHECK((*still)["state"] == "pending");
@@ -793,5 +810,5 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
   CHECK(c.running());
   auto cli = c.cli({"alert-sources"});
   CHECK(cli.rc == 0);
-  CHECK(contains(cli.out, "bad_token=3"));
+  CHECK(contains(cli.out, "bad_token=4"));
 }

@@ -93,6 +93,8 @@ TEST_CASE("an agent pinned to one collector CA refuses a collector presenting an
   a.start();
   CHECK(wait_until([&] { return a.log().find("pinned CA") != std::string::npos; }, 20s));
   CHECK(other.api_get("/api/v1/agents")["agents"].empty());
+  // Unconnected, the agent starts its tests after the connect timeout; the results wait.
+  CHECK(wait_until([&] { return a.status()["pending"].get<int>() > 0; }, 30s));
   a.stop();
   CHECK(a.status()["pending"].get<int>() > 0);  // results kept for the right collector
 }

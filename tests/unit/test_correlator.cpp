@@ -360,3 +360,42 @@ TEST_CASE("the latency report counts states, coverage and percentiles per group"
   CHECK(percentiles({5, 1, 3}).p50 == 3);
   CHECK(percentiles({}).count == 0);
 }
+
+TEST_CASE("an alert for a run stored but not yet announced first matches the alerts that waited") {
+  Fixture fx;
+  auto t0 = now_ns();
+  fx.submit({make_alert("early fdr-jjjjjjjjjj", t0 + kSec)});
+  auto r = make_run("fdr-jjjjjjjjjj", t0, 3600 * kSec);
+  WriteSet ws;  // stored by the ingest, its notification still on the way
+  put_run(ws, r);
+  fx.store->commit(std::move(ws));
+  fx.submit({make_alert("later fdr-jjjjjjjjjj", t0 + 5 * kSec)});
+  fx.correlator->runs_stored({r});  // arrives late: must not re-track or re-match
+  auto got = fx.run("fdr-jjjjjjjjjj");
+  CHECK(got.state == DetectionState::alerted);
+  CHECK(got.time_to_alert_ns == kSec);  // the earlier alert decided
+  CHECK(got.alert_count == 2);
+  CHECK(fx.correlator->pending_runs() == 0);
+}
+
+TEST_CASE("a long alert that waited for its run across a restart still matches it once") {
+  Fixture fx;
+  auto t0 = now_ns();
+  std::string text(5000, 'x');
+  text += " fdr-kkkkkkkkkk";  // beyond the stored copy of the text
+  fx.submit({make_alert(text, t0 + 2 * kSec)});
+  fx.close();
+  fx.open();
+  fx.add_run(make_run("fdr-kkkkkkkkkk", t0, 3600 * kSec));
+  CHECK(fx.wait_event("fdr-kkkkkkkkkk", "alerted"));
+  auto r = fx.run("fdr-kkkkkkkkkk");
+  CHECK(r.time_to_alert_ns == 2 * kSec);
+  CHECK(r.alert_count == 1);
+  CHECK(fx.store->get(Table::alerts, r.alert_key).has_value());
+  std::size_t waiting = 0;
+  fx.store->scan(Table::orphan_alerts, "", [&](std::string_view, std::string_view) {
+    ++waiting;
+    return true;
+  });
+  CHECK(waiting == 0);
+}
