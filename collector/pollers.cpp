@@ -2,8 +2,6 @@
 
 #include <pthread.h>
 
-#include "collector/curl.hpp"
-
 #include <curl/curl.h>
 #include <spdlog/spdlog.h>
 
@@ -13,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <functional>
 #include <initializer_list>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -21,10 +20,12 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "collector/alert.hpp"
+#include "collector/curl.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 
@@ -375,6 +376,37 @@ struct Window {
   std::int64_t end_ns = 0;
 };
 
+// A bearer token fetched on demand, cached until shortly before it expires, and fetched again
+// once when a request is answered 401 (revoked or expired early). `fetch` returns the token
+// and the wall-clock time (ns) until which to reuse it.
+class BearerToken {
+ public:
+  using Fetch = std::function<std::pair<std::string, std::int64_t>(HttpClient&)>;
+  explicit BearerToken(Fetch fetch) : fetch_(std::move(fetch)) {}
+
+  HttpResponse send(HttpClient& http, const HttpRequest& req) {
+    HttpResponse resp = http.send(with_token(req, get(http)));
+    if (resp.status != 401) return resp;
+    token_.clear();
+    return http.send(with_token(req, get(http)));
+  }
+
+ private:
+  static HttpRequest with_token(HttpRequest r, const std::string& token) {
+    r.headers.push_back("Authorization: Bearer " + token);
+    return r;
+  }
+  const std::string& get(HttpClient& http) {
+    if (token_.empty() || common::now_ns() >= valid_until_ns_)
+      std::tie(token_, valid_until_ns_) = fetch_(http);
+    return token_;
+  }
+
+  Fetch fetch_;
+  std::string token_;
+  std::int64_t valid_until_ns_ = 0;
+};
+
 class Vendor {
  public:
   explicit Vendor(const AlertSourceConfig& cfg) : cfg_(cfg) {}
@@ -640,21 +672,11 @@ class Sentinel : public Vendor {
   }
 
  private:
-  // A 401 means the cached token was revoked or expired early: fetch a new one, retry once.
-  HttpResponse send_authorized(HttpClient& http, HttpRequest req) {
-    auto with_token = [&](const std::string& token) {
-      HttpRequest r = req;
-      r.headers.push_back("Authorization: Bearer " + token);
-      return r;
-    };
-    HttpResponse resp = http.send(with_token(token(http)));
-    if (resp.status != 401) return resp;
-    token_.clear();
-    return http.send(with_token(token(http)));
+  HttpResponse send_authorized(HttpClient& http, const HttpRequest& req) {
+    return bearer_.send(http, req);
   }
 
-  std::string token(HttpClient& http) {
-    if (!token_.empty() && std::chrono::steady_clock::now() < token_valid_until_) return token_;
+  std::pair<std::string, std::int64_t> fetch_token(HttpClient& http) {
     std::string url = token_url();
     HttpRequest req;
     req.post = true;
@@ -671,9 +693,8 @@ class Sentinel : public Vendor {
     if (!tok || !tok->is_string() || tok->get_ref<const std::string&>().empty() ||
         has_control_chars(tok->get_ref<const std::string&>()))
       malformed(url, "no usable access_token");
-    token_ = tok->get<std::string>();
-    token_valid_until_ = std::chrono::steady_clock::now() + lifetime(j);
-    return token_;
+    return {tok->get<std::string>(),
+            common::now_ns() + std::chrono::nanoseconds(lifetime(j)).count()};
   }
 
   // Azure AD v2 sends expires_in as a number, v1 as a string. Renew a minute early (or at half
@@ -769,8 +790,7 @@ class Sentinel : public Vendor {
     page.more = true;
   }
 
-  std::string token_;
-  std::chrono::steady_clock::time_point token_valid_until_;
+  BearerToken bearer_{[this](HttpClient& http) { return fetch_token(http); }};
   std::string next_link_;
 };
 
@@ -807,19 +827,10 @@ class CrowdsecLapi : public Vendor {
       r.headers.push_back("X-Api-Key: " + cfg_.api_key);
       return http.send(r);
     }
-    auto with_token = [&](const std::string& token) {
-      HttpRequest r = req;
-      r.headers.push_back("Authorization: Bearer " + token);
-      return r;
-    };
-    HttpResponse resp = http.send(with_token(token(http)));
-    if (resp.status != 401) return resp;
-    token_.clear();
-    return http.send(with_token(token(http)));
+    return bearer_.send(http, req);
   }
 
-  std::string token(HttpClient& http) {
-    if (!token_.empty() && common::now_ns() < token_valid_until_ns_) return token_;
+  std::pair<std::string, std::int64_t> fetch_token(HttpClient& http) {
     std::string url = cfg_.url + "/v1/watchers/login";
     HttpRequest req;
     req.post = true;
@@ -833,9 +844,7 @@ class CrowdsecLapi : public Vendor {
     if (!tok || !tok->is_string() || tok->get_ref<const std::string&>().empty() ||
         has_control_chars(tok->get_ref<const std::string&>()))
       malformed(url, "no usable token");
-    token_ = tok->get<std::string>();
-    token_valid_until_ns_ = expiry_ns(j);
-    return token_;
+    return {tok->get<std::string>(), expiry_ns(j)};
   }
 
   // Renew a minute before `expire`; an unreadable expiry is trusted for five minutes.
@@ -880,8 +889,7 @@ class CrowdsecLapi : public Vendor {
     page.alerts.push_back(std::move(a));
   }
 
-  std::string token_;
-  std::int64_t token_valid_until_ns_ = 0;
+  BearerToken bearer_{[this](HttpClient& http) { return fetch_token(http); }};
 };
 
 // ---------------------------------------------------------------------------------------------
