@@ -196,11 +196,23 @@ std::string realistic_body(std::size_t i) {
   return common::encode_body(b);
 }
 
+// Every result names its own run, as a real agent's do (the collector refuses to correlate a
+// reused marker and records it): overwrite the 10 marker characters of a pre-encoded body with
+// the agent index and seq in base 36, which is unique per (agent, seq).
+void set_marker(std::string& body, std::size_t agent_index, std::uint64_t seq) {
+  auto pos = body.find("fdr-");
+  if (pos == std::string::npos || pos + 14 > body.size()) return;
+  static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+  std::uint64_t v = seq + (static_cast<std::uint64_t>(agent_index) << 40);
+  for (int i = 13; i >= 4; --i, v /= 36) body[pos + i] = kDigits[v % 36];
+}
+
 struct SimAgent {
   std::string agent_id;
   std::optional<common::Ed25519Key> key;
   std::unique_ptr<asio::ssl::context> tls;
-  std::vector<std::string> bodies;  // pre-encoded; reused round-robin
+  std::vector<std::string> bodies;  // pre-encoded; reused round-robin with a fresh marker
+  std::size_t index = 0;            // which simulated agent (part of every marker)
   std::uint64_t next_seq = 1;       // next seq to send
   common::Digest head{};            // hash of next_seq - 1
   std::uint64_t acked_seq = 0;
@@ -231,6 +243,7 @@ SimAgent make_agent(const Options& o, const collector::ApiClient& api, std::size
   a.tls = std::make_unique<asio::ssl::context>(
       common::make_client_context({id->ca_file(), id->cert_file(), id->key_file()}));
   for (std::size_t i = 0; i < 32; ++i) a.bodies.push_back(realistic_body(index * 32 + i));
+  a.index = index;
   return a;
 }
 
@@ -246,6 +259,7 @@ std::string next_batch_frame(SimAgent& a, std::size_t n, std::uint64_t& last_seq
     r.seq = a.next_seq + i;
     r.prev_hash = prev;
     r.body = a.bodies[r.seq % a.bodies.size()];
+    set_marker(r.body, a.index, r.seq);
     r.hash = common::compute_result_hash(r.agent_id, r.seq, r.prev_hash, r.body);
     prev = r.hash;
     b.results.push_back(std::move(r));
