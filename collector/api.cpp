@@ -542,19 +542,12 @@ json get_runs(State& st, const detail::Params& p) {
   }
   auto agent = detail::param(p, "agent", "");
   auto test = detail::param(p, "test", "");
-  json list = json::array();
-  // Filters apply while scanning so `limit` counts matching runs.
-  std::string from;
-  put_be64(from, time_key(since));
-  st.store.scan(Table::runs_by_time, from, [&](std::string_view k, std::string_view) {
-    if (list.size() >= limit) return false;
-    auto r = get_run(st.store, std::string(k.substr(8)));
-    if (!r || (state && r->state != *state) || (!agent.empty() && r->agent_id != agent) ||
-        (!test.empty() && r->test_id != test))
-      return true;
-    list.push_back(run_json(*r));
-    return true;
+  auto runs = list_runs(st.store, since, INT64_MAX, limit, [&](const Run& r) {
+    return (!state || r.state == *state) && (agent.empty() || r.agent_id == agent) &&
+           (test.empty() || r.test_id == test);
   });
+  json list = json::array();
+  for (const auto& r : runs) list.push_back(run_json(r));
   return {{"runs", std::move(list)}};
 }
 

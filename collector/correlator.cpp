@@ -350,14 +350,15 @@ std::optional<Run> get_run(const Store& store, const std::string& marker) {
 }
 
 std::vector<Run> list_runs(const Store& store, std::int64_t since_ns, std::int64_t until_ns,
-                           std::size_t limit) {
+                           std::size_t limit, const std::function<bool(const Run&)>& keep) {
   std::vector<Run> out;
   std::string from;
   put_be64(from, time_key(since_ns));
   auto until = time_key(until_ns);
   store.scan(Table::runs_by_time, from, [&](std::string_view k, std::string_view) {
     if (k.size() <= 8 || get_be64(k.data()) >= until || out.size() >= limit) return false;
-    if (auto r = get_run(store, std::string(k.substr(8)))) out.push_back(std::move(*r));
+    auto r = get_run(store, std::string(k.substr(8)));
+    if (r && (!keep || keep(*r))) out.push_back(std::move(*r));
     return true;
   });
   return out;

@@ -90,9 +90,10 @@ std::optional<Run> run_from_result(const common::ResultRecord& rec, const common
 // Staged into the same WriteSet as the result so a run exists iff its result does.
 void put_run(WriteSet& ws, const Run& r);
 std::optional<Run> get_run(const Store& store, const std::string& marker);
-// Runs whose action lies in [since_ns, until_ns), oldest first, at most limit.
+// Runs whose action lies in [since_ns, until_ns), oldest first, at most limit of those that
+// `keep` accepts (all when empty): filtering while scanning makes `limit` count matches.
 std::vector<Run> list_runs(const Store& store, std::int64_t since_ns, std::int64_t until_ns,
-                           std::size_t limit);
+                           std::size_t limit, const std::function<bool(const Run&)>& keep = {});
 
 struct DetectionEvent {
   std::uint64_t seq = 0;  // gap-free order of the event log
