@@ -1,6 +1,6 @@
 #include "collector/api_client.hpp"
 
-#include "collector/curl.hpp"
+#include "common/curl.hpp"
 
 #include <curl/curl.h>
 
@@ -8,6 +8,7 @@
 #include <mutex>
 
 namespace firedrill::collector {
+namespace curl = common::curl;
 namespace {
 
 // A hostile or broken server must not be able to make the CLI allocate without bound.

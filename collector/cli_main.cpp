@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "collector/api_client.hpp"
-#include "collector/curl.hpp"
+#include "common/curl.hpp"
 #include "common/crypto.hpp"
 
 namespace fs = std::filesystem;
@@ -60,7 +60,7 @@ ApiClient make_client(const GlobalOptions& g) {
 }
 
 std::string url_encode(const std::string& s) {
-  return firedrill::collector::curl::percent_encode(s);
+  return firedrill::common::curl::percent_encode(s);
 }
 
 // Agents and SIEMs control some of these strings: never let them send escape sequences

@@ -7,6 +7,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -162,49 +163,14 @@ CorrelationConfig CorrelationConfig::load(const common::ConfigNode& node) {
   return c;
 }
 
-std::string encode_run(const Run& r) {
-  json j = {{"marker", r.marker},
-            {"agent_id", r.agent_id},
-            {"seq", r.seq},
-            {"hostname", r.hostname},
-            {"test_id", r.test_id},
-            {"probe", r.probe},
-            {"technique", r.technique},
-            {"verdict", r.verdict},
-            {"reason", r.reason},
-            {"target", r.target},
-            {"detections", r.detections},
-            {"alert_within_ns", r.alert_within_ns},
-            {"agent_started_ns", r.agent_started_ns},
-            {"clock_offset_ns", r.clock_offset_ns},
-            {"action_ns", r.action_ns},
-            {"action_error_ns", r.action_error_ns},
-            {"clock_synced", r.clock_synced},
-            {"received_ns", r.received_ns},
-            {"state", state_name(r.state)},
-            {"overdue", r.overdue},
-            {"state_changed_ns", r.state_changed_ns},
-            {"alert_key", r.alert_key},
-            {"alert_source", r.alert_source},
-            {"alert_rule", r.alert_rule},
-            {"match_reason", r.match_reason},
-            {"confidence", r.confidence},
-            {"event_ns", r.event_ns},
-            {"ingest_ns", r.ingest_ns},
-            {"created_ns", r.created_ns},
-            {"arrival_ns", r.arrival_ns},
-            {"time_to_alert_ns", r.time_to_alert_ns},
-            {"clock_anomaly", r.clock_anomaly},
-            {"alert_count", r.alert_count},
-            {"logged_key", r.logged_key},
-            {"logged_source", r.logged_source},
-            {"logged_event_ns", r.logged_event_ns},
-            {"logged_ingest_ns", r.logged_ingest_ns},
-            {"logged_arrival_ns", r.logged_arrival_ns}};
-  return dump(j);
-}
+namespace {
 
-Run decode_run(const std::string& s) {
+// Run records: a msgpack array in this fixed order, led by its format number. Positional,
+// because ingest writes one per result and keys would double its size and encode time.
+constexpr std::uint64_t kRunFormat = 1;
+constexpr std::uint32_t kRunFields = 39;
+
+Run decode_run_json(const std::string& s) {  // databases written before format 1
   json j = json::parse(s, nullptr, false);
   if (!j.is_object()) throw StoreError("corrupt run record");
   Run r;
@@ -249,6 +215,115 @@ Run decode_run(const std::string& s) {
   r.logged_ingest_ns = i64("logged_ingest_ns");
   r.logged_arrival_ns = i64("logged_arrival_ns");
   return r;
+}
+
+}  // namespace
+
+std::string encode_run(const Run& r) {
+  msgpack::sbuffer buf(256 + r.marker.size() + r.agent_id.size() + r.test_id.size() +
+                       r.target.size());
+  msgpack::packer<msgpack::sbuffer> p(buf);
+  p.pack_array(kRunFields);
+  p.pack(kRunFormat);
+  p.pack(r.marker);
+  p.pack(r.agent_id);
+  p.pack(r.seq);
+  p.pack(r.hostname);
+  p.pack(r.test_id);
+  p.pack(r.probe);
+  p.pack(r.technique);
+  p.pack(r.verdict);
+  p.pack(r.reason);
+  p.pack(r.target);
+  p.pack(r.detections);
+  p.pack(r.alert_within_ns);
+  p.pack(r.agent_started_ns);
+  p.pack(r.clock_offset_ns);
+  p.pack(r.action_ns);
+  p.pack(r.action_error_ns);
+  p.pack(r.clock_synced);
+  p.pack(r.received_ns);
+  p.pack(static_cast<std::uint32_t>(r.state));
+  p.pack(r.overdue);
+  p.pack(r.state_changed_ns);
+  p.pack(r.alert_key);
+  p.pack(r.alert_source);
+  p.pack(r.alert_rule);
+  p.pack(r.match_reason);
+  p.pack(r.confidence);
+  p.pack(r.event_ns);
+  p.pack(r.ingest_ns);
+  p.pack(r.created_ns);
+  p.pack(r.arrival_ns);
+  p.pack(r.time_to_alert_ns);
+  p.pack(r.clock_anomaly);
+  p.pack(r.alert_count);
+  p.pack(r.logged_key);
+  p.pack(r.logged_source);
+  p.pack(r.logged_event_ns);
+  p.pack(r.logged_ingest_ns);
+  p.pack(r.logged_arrival_ns);
+  return std::string(buf.data(), buf.size());
+}
+
+Run decode_run(const std::string& s) {
+  if (!s.empty() && s[0] == '{') return decode_run_json(s);
+  try {
+    auto oh = msgpack::unpack(s.data(), s.size(), nullptr, nullptr,
+                              msgpack::unpack_limit(64, 0, 1 << 20, 0, 1024, 4));
+    const auto& o = oh.get();
+    if (o.type != msgpack::type::ARRAY || o.via.array.size < kRunFields ||
+        o.via.array.ptr[0].as<std::uint64_t>() != kRunFormat)
+      throw StoreError("corrupt run record");
+    const msgpack::object* f = o.via.array.ptr + 1;
+    Run r;
+    f++->convert(r.marker);
+    f++->convert(r.agent_id);
+    f++->convert(r.seq);
+    f++->convert(r.hostname);
+    f++->convert(r.test_id);
+    f++->convert(r.probe);
+    f++->convert(r.technique);
+    f++->convert(r.verdict);
+    f++->convert(r.reason);
+    f++->convert(r.target);
+    f++->convert(r.detections);
+    f++->convert(r.alert_within_ns);
+    f++->convert(r.agent_started_ns);
+    f++->convert(r.clock_offset_ns);
+    f++->convert(r.action_ns);
+    f++->convert(r.action_error_ns);
+    f++->convert(r.clock_synced);
+    f++->convert(r.received_ns);
+    auto state = f++->as<std::uint32_t>();
+    if (state > static_cast<std::uint32_t>(DetectionState::not_expected))
+      throw StoreError("corrupt run record: state " + std::to_string(state));
+    r.state = static_cast<DetectionState>(state);
+    f++->convert(r.overdue);
+    f++->convert(r.state_changed_ns);
+    f++->convert(r.alert_key);
+    f++->convert(r.alert_source);
+    f++->convert(r.alert_rule);
+    f++->convert(r.match_reason);
+    f++->convert(r.confidence);
+    f++->convert(r.event_ns);
+    f++->convert(r.ingest_ns);
+    f++->convert(r.created_ns);
+    f++->convert(r.arrival_ns);
+    f++->convert(r.time_to_alert_ns);
+    f++->convert(r.clock_anomaly);
+    f++->convert(r.alert_count);
+    f++->convert(r.logged_key);
+    f++->convert(r.logged_source);
+    f++->convert(r.logged_event_ns);
+    f++->convert(r.logged_ingest_ns);
+    f++->convert(r.logged_arrival_ns);
+    return r;
+  } catch (const msgpack::type_error&) {
+    throw StoreError("corrupt run record");
+  } catch (const msgpack::unpack_error& e) {
+    throw StoreError(std::string("corrupt run record: ") + e.what());
+  }
 }
 
 namespace {

@@ -76,7 +76,7 @@ struct Run {
   std::int64_t sla_deadline_ns() const { return action_ns + alert_within_ns; }
 };
 
-std::string encode_run(const Run& r);  // JSON
+std::string encode_run(const Run& r);  // msgpack, versioned; JSON records still decode
 Run decode_run(const std::string& s);  // throws StoreError
 
 // The run a stored result describes, or nullopt when it is not a probe run with a marker.

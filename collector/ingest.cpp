@@ -393,19 +393,18 @@ struct IngestServer::Impl {
   // does. A marker that already names another run is refused as a run (the result is still
   // stored: its chain and signature are valid) and recorded: it could steal that run's alerts.
   std::vector<Run> stage_runs(WriteSet& ws, const std::vector<common::ResultRecord>& rs,
-                              std::size_t first, const AgentRecord& rec, std::int64_t now) {
+                              std::size_t first,
+                              const std::vector<std::optional<common::ResultBody>>& bodies,
+                              const AgentRecord& rec, std::int64_t now) {
     std::vector<Run> runs;
     std::unordered_set<std::string> seen;
     for (std::size_t i = first; i < rs.size(); ++i) {
-      std::optional<Run> run;
-      try {
-        run = run_from_result(rs[i], common::decode_body(rs[i].body), rec, now, cfg_.correlation);
-      } catch (const common::ProtocolError&) {
-        continue;  // logged above for the head; such a result simply has no run
-      }
+      const auto& body = bodies[i - first];
+      if (!body) continue;  // undecodable (logged): such a result simply has no run
+      auto run = run_from_result(rs[i], *body, rec, now, cfg_.correlation);
       if (!run) continue;
       if (!seen.insert(run->marker).second || staged_markers_.count(run->marker) ||
-          get_run(store_, run->marker)) {
+          store_.get(Table::runs, run->marker)) {
         auto detail = "seq " + std::to_string(rs[i].seq) + " reuses marker " + run->marker +
                       "; stored, but not correlated";
         spdlog::warn("security event marker_reuse: agent={} {}", rec.agent_id, detail);
@@ -441,18 +440,23 @@ struct IngestServer::Impl {
     rec.next_seq = rs.back().seq + 1;
     rec.head_hash = rs.back().hash;
     rec.last_seen_ns = now;
-    try {
-      auto body = common::decode_body(rs.back().body);
-      if (body.clock_error_ns >= 0) {  // a result made before any exchange knows nothing new
-        rec.clock_offset_ns = body.clock_offset_ns;
-        rec.clock_error_ns = body.clock_error_ns;
+    // Each body decoded once: for its run, and the last one for the agent's clock figures.
+    std::vector<std::optional<common::ResultBody>> bodies(rs.size() - check.first_fresh);
+    for (std::size_t i = check.first_fresh; i < rs.size(); ++i) {
+      try {
+        bodies[i - check.first_fresh] = common::decode_body(rs[i].body);
+      } catch (const common::ProtocolError& e) {
+        // The chain and signature are valid, so the result is stored as sent; it only has
+        // no run (and, if it is the last, the agent summary misses its clock figures).
+        spdlog::warn("agent {} seq {}: undecodable body: {}", agent_id, rs[i].seq, e.what());
       }
-    } catch (const common::ProtocolError& e) {
-      // The chain and signature are valid, so the result is stored as sent; only the
-      // agent summary misses its clock figures.
-      spdlog::warn("agent {} seq {}: undecodable body: {}", agent_id, rs.back().seq, e.what());
     }
-    auto runs = stage_runs(ws, rs, check.first_fresh, rec, now);
+    if (const auto& last = bodies.back(); last && last->clock_error_ns >= 0) {
+      // A result made before any exchange knows nothing new.
+      rec.clock_offset_ns = last->clock_offset_ns;
+      rec.clock_error_ns = last->clock_error_ns;
+    }
+    auto runs = stage_runs(ws, rs, check.first_fresh, bodies, rec, now);
     ws.put_agent(rec);
     live.head = {rec.next_seq, rec.head_hash};
     ++live.pending;

@@ -25,11 +25,12 @@
 #include <vector>
 
 #include "collector/alert.hpp"
-#include "collector/curl.hpp"
+#include "common/curl.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 
 namespace firedrill::collector {
+namespace curl = common::curl;
 namespace {
 
 using json = nlohmann::json;

@@ -399,3 +399,111 @@ TEST_CASE("a long alert that waited for its run across a restart still matches i
   });
   CHECK(waiting == 0);
 }
+
+TEST_CASE("run records round-trip every field; JSON records of older databases still decode") {
+  Run r;
+  r.marker = "fdr-abcdefghij";
+  r.agent_id = "agent-1";
+  r.seq = 42;
+  r.hostname = "web01";
+  r.test_id = "eicar";
+  r.probe = "eicar_drop";
+  r.technique = "T1105";
+  r.verdict = "prevented";
+  r.reason = "removed";
+  r.target = "/var/tmp";
+  r.detections = {"AV quarantine", "EDR"};
+  r.alert_within_ns = 900'000'000'000;
+  r.agent_started_ns = 1'700'000'000'000'000'000;
+  r.clock_offset_ns = -1234;
+  r.action_ns = r.agent_started_ns - 1234;
+  r.action_error_ns = 5678;
+  r.clock_synced = false;
+  r.received_ns = r.action_ns + 10;
+  r.state = DetectionState::late;
+  r.overdue = true;
+  r.state_changed_ns = 99;
+  r.alert_key = "hec:1";
+  r.alert_source = "hec";
+  r.alert_rule = "rule";
+  r.match_reason = "marker";
+  r.confidence = 0.7;
+  r.event_ns = 1;
+  r.ingest_ns = 2;
+  r.created_ns = 3;
+  r.arrival_ns = 4;
+  r.time_to_alert_ns = -5;
+  r.clock_anomaly = true;
+  r.alert_count = 3;
+  r.logged_key = "lk";
+  r.logged_source = "ls";
+  r.logged_event_ns = 6;
+  r.logged_ingest_ns = 7;
+  r.logged_arrival_ns = 8;
+  auto check_same = [&](const Run& d) {
+    CHECK(d.marker == r.marker);
+    CHECK(d.agent_id == r.agent_id);
+    CHECK(d.seq == r.seq);
+    CHECK(d.hostname == r.hostname);
+    CHECK(d.test_id == r.test_id);
+    CHECK(d.probe == r.probe);
+    CHECK(d.technique == r.technique);
+    CHECK(d.verdict == r.verdict);
+    CHECK(d.reason == r.reason);
+    CHECK(d.target == r.target);
+    CHECK(d.detections == r.detections);
+    CHECK(d.alert_within_ns == r.alert_within_ns);
+    CHECK(d.agent_started_ns == r.agent_started_ns);
+    CHECK(d.clock_offset_ns == r.clock_offset_ns);
+    CHECK(d.action_ns == r.action_ns);
+    CHECK(d.action_error_ns == r.action_error_ns);
+    CHECK(d.clock_synced == r.clock_synced);
+    CHECK(d.received_ns == r.received_ns);
+    CHECK(d.state == r.state);
+    CHECK(d.overdue == r.overdue);
+    CHECK(d.state_changed_ns == r.state_changed_ns);
+    CHECK(d.alert_key == r.alert_key);
+    CHECK(d.alert_source == r.alert_source);
+    CHECK(d.alert_rule == r.alert_rule);
+    CHECK(d.match_reason == r.match_reason);
+    CHECK(d.confidence == doctest::Approx(r.confidence));
+    CHECK(d.event_ns == r.event_ns);
+    CHECK(d.ingest_ns == r.ingest_ns);
+    CHECK(d.created_ns == r.created_ns);
+    CHECK(d.arrival_ns == r.arrival_ns);
+    CHECK(d.time_to_alert_ns == r.time_to_alert_ns);
+    CHECK(d.clock_anomaly == r.clock_anomaly);
+    CHECK(d.alert_count == r.alert_count);
+    CHECK(d.logged_key == r.logged_key);
+    CHECK(d.logged_source == r.logged_source);
+    CHECK(d.logged_event_ns == r.logged_event_ns);
+    CHECK(d.logged_ingest_ns == r.logged_ingest_ns);
+    CHECK(d.logged_arrival_ns == r.logged_arrival_ns);
+  };
+  auto bytes = encode_run(r);
+  CHECK(bytes.size() < 300);
+  check_same(decode_run(bytes));
+
+  // The format before msgpack: a JSON object with named fields.
+  auto old = R"({"marker":"fdr-abcdefghij","agent_id":"agent-1","seq":42,"hostname":"web01",
+    "test_id":"eicar","probe":"eicar_drop","technique":"T1105","verdict":"prevented",
+    "reason":"removed","target":"/var/tmp","detections":["AV quarantine","EDR"],
+    "alert_within_ns":900000000000,"agent_started_ns":1700000000000000000,
+    "clock_offset_ns":-1234,"action_ns":1699999999999998766,"action_error_ns":5678,
+    "clock_synced":false,"received_ns":1699999999999998776,"state":"late","overdue":true,
+    "state_changed_ns":99,"alert_key":"hec:1","alert_source":"hec","alert_rule":"rule",
+    "match_reason":"marker","confidence":0.7,"event_ns":1,"ingest_ns":2,"created_ns":3,
+    "arrival_ns":4,"time_to_alert_ns":-5,"clock_anomaly":true,"alert_count":3,
+    "logged_key":"lk","logged_source":"ls","logged_event_ns":6,"logged_ingest_ns":7,
+    "logged_arrival_ns":8})";
+  check_same(decode_run(old));
+
+  // Damage is an error that says so, never a half-filled run.
+  CHECK_THROWS_AS(decode_run(bytes.substr(0, bytes.size() / 2)), StoreError);
+  CHECK_THROWS_AS(decode_run("\x93\x01\x02\x03"), StoreError);
+  CHECK_THROWS_AS(decode_run("{not json"), StoreError);
+  auto wrong_type = bytes;
+  REQUIRE(static_cast<unsigned char>(wrong_type[4]) == 0xa0 + r.marker.size());  // fixstr
+  wrong_type[4] = '\xc3';  // the marker's header replaced by `true`
+  CHECK_THROWS_AS(decode_run(wrong_type), StoreError);
+}

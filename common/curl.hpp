@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace firedrill::collector::curl {
+namespace firedrill::common::curl {
 
 struct EasyDeleter {
   void operator()(CURL* c) const { curl_easy_cleanup(c); }
@@ -25,4 +25,4 @@ void global_init();
 // that are meaningful and safe where the result goes (an index pattern's '*' and ',').
 std::string percent_encode(std::string_view s, std::string_view keep = "");
 
-}  // namespace firedrill::collector::curl
+}  // namespace firedrill::common::curl

@@ -1,10 +1,10 @@
-#include "collector/curl.hpp"
+#include "common/curl.hpp"
 
 #include <cctype>
 #include <mutex>
 #include <stdexcept>
 
-namespace firedrill::collector::curl {
+namespace firedrill::common::curl {
 
 void global_init() {
   static std::once_flag once;
@@ -30,4 +30,4 @@ std::string percent_encode(std::string_view s, std::string_view keep) {
   return out;
 }
 
-}  // namespace firedrill::collector::curl
+}  // namespace firedrill::common::curl
