@@ -1,11 +1,23 @@
 #include "agent/agent.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
 #include "agent/probe_eicar_drop.hpp"
 #include "agent/probe_encoded_command.hpp"
+#include "agent/probe_dns_lookup.hpp"
+#include "agent/probe_http_beacon.hpp"
+#include "agent/probe_http_check.hpp"
 #include "agent/probe_tcp_connect.hpp"
+#include "agent/probe_tcp_listen.hpp"
+#include "agent/probe_tls_policy.hpp"
+#include "agent/probe_web_download.hpp"
+#include "common/clock.hpp"
 #include "common/crypto.hpp"
+#include "common/config.hpp"
 #include "common/tls.hpp"
 
 namespace firedrill::agent {
@@ -15,14 +27,71 @@ namespace asio = boost::asio;
 ProbeSet make_probes(asio::any_io_executor ex, const AgentConfig& cfg, const ClockState& clock) {
   ProbeSet probes;
   probes["tcp_connect"] = std::make_unique<TcpConnectProbe>(ex, cfg.allowlist, clock);
+  probes["tcp_listen"] = std::make_unique<TcpListenProbe>(ex, clock);
   probes["eicar_drop"] = std::make_unique<EicarDropProbe>(ex, clock);
   probes["encoded_command"] = std::make_unique<EncodedCommandProbe>(ex, clock);
+  probes["web_download"] = std::make_unique<WebDownloadProbe>(ex, cfg.allowlist, clock);
+  probes["http_beacon"] = std::make_unique<HttpBeaconProbe>(ex, cfg.allowlist, clock);
+  probes["tls_policy"] = std::make_unique<TlsPolicyProbe>(ex, cfg.allowlist, clock);
+  probes["http_check"] = std::make_unique<HttpCheckProbe>(ex, cfg.allowlist, clock);
+  probes["dns_lookup"] = std::make_unique<DnsLookupProbe>(ex, cfg.allowlist, clock);
   return probes;
 }
 
+std::chrono::milliseconds run_deadline(const TestSpec& t) {
+  if (t.probe == "tcp_connect") {
+    // Each attempt bounds DNS, connect and (with the handshake) the reply by the timeout.
+    long per_target = t.handshake ? 3 : 2;
+    return t.timeout * per_target * static_cast<long>(t.targets.size() + (t.control ? 1 : 0)) + 5s;
+  }
+  return t.timeout + 5s;
+}
+
 asio::awaitable<std::vector<common::ResultBody>> run_probe(const ProbeSet& probes,
-                                                           const TestSpec& t) {
-  co_return co_await probes.at(t.probe)->run(t, new_marker());
+                                                           const TestSpec& t,
+                                                           const ClockState& clock,
+                                                           std::chrono::milliseconds deadline) {
+  if (deadline <= 0ms) deadline = run_deadline(t);
+  auto marker = new_marker();
+  auto started_ns = common::now_ns();
+  auto ex = co_await asio::this_coro::executor;
+  // The probe runs as its own coroutine; whichever comes first, its results or the deadline,
+  // wakes this one. A probe past its deadline keeps running only to clean up (its own timeouts
+  // end it); its late results are dropped.
+  struct State {
+    explicit State(asio::any_io_executor ex, std::chrono::milliseconds d) : timer(ex, d) {}
+    asio::steady_timer timer;
+    bool done = false;
+    std::exception_ptr error;
+    std::vector<common::ResultBody> results;
+  };
+  auto st = std::make_shared<State>(ex, deadline);
+  asio::co_spawn(ex, probes.at(t.probe)->run(t, marker),
+                 [st](std::exception_ptr e, std::vector<common::ResultBody> r) {
+                   st->done = true;
+                   st->error = e;
+                   st->results = std::move(r);
+                   st->timer.cancel();
+                 });
+  if (!st->done) {
+    boost::system::error_code ec;
+    co_await st->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  if (st->done) {
+    if (st->error) std::rethrow_exception(st->error);
+    co_return std::move(st->results);
+  }
+  spdlog::warn("test {} run {}: no result within {}; reported as error: timeout", t.id, marker,
+               common::format_duration(deadline));
+  auto b = start_result(t, marker);
+  b.started_ns = started_ns;
+  b.target = t.summary;
+  b.verdict = "error";
+  b.reason = "timeout";
+  b.evidence = {{"deadline", common::format_duration(deadline)},
+                {"detail", "the probe did not finish in time; a result it gives later is dropped"}};
+  finish_result(b, clock);
+  co_return std::vector<common::ResultBody>{b};
 }
 
 Agent::Agent(asio::io_context& io, AgentConfig cfg)
@@ -57,7 +126,7 @@ asio::awaitable<void> Agent::run_test(const TestSpec& t) {
       spdlog::info("kill switch {} removed: probes run again", cfg_.kill_switch.string());
   }
   if (disabled) co_return;
-  auto results = co_await run_probe(probes_, t);
+  auto results = co_await run_probe(probes_, t, clock_);
   auto marker = results.empty() ? std::string() : results.front().marker;
   std::vector<std::string> bodies;
   bodies.reserve(results.size());

@@ -22,9 +22,16 @@ using ProbeSet = std::map<std::string, std::unique_ptr<Probe>>;
 // One instance of every probe kind, sharing the agent's allowlist and clock.
 ProbeSet make_probes(boost::asio::any_io_executor ex, const AgentConfig& cfg,
                      const ClockState& clock);
-// Runs one test once with a fresh marker; results are stamped with the test's technique.
-boost::asio::awaitable<std::vector<common::ResultBody>> run_probe(const ProbeSet& probes,
-                                                                  const TestSpec& t);
+// How long a run may take before it is reported as `error: timeout`: the test's timeout (for
+// tcp_connect per target and per bounded step: DNS, connect, handshake) plus 5 s for the
+// probe's own clean-up.
+std::chrono::milliseconds run_deadline(const TestSpec& t);
+// Runs one test once with a fresh marker; results are stamped with the test's technique. A
+// run that has not finished by `deadline` (default: run_deadline) gives one result,
+// `error: timeout`.
+boost::asio::awaitable<std::vector<common::ResultBody>> run_probe(
+    const ProbeSet& probes, const TestSpec& t, const ClockState& clock,
+    std::chrono::milliseconds deadline = std::chrono::milliseconds(0));
 
 class Agent {
  public:

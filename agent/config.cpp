@@ -6,6 +6,11 @@
 
 #include <boost/asio/ip/address_v4.hpp>
 
+#include "agent/probe_dns_lookup.hpp"
+#include "agent/probe_http_beacon.hpp"
+#include "agent/probe_http_check.hpp"
+#include "agent/probe_tls_policy.hpp"
+#include "agent/probe_web_download.hpp"
 #include "common/config.hpp"
 
 namespace firedrill::agent {
@@ -88,7 +93,7 @@ void load_tcp_connect(const common::ConfigNode& t, const common::ConfigNode& whe
   auto check_allowed = [&](const std::string& key, const common::HostPort& hp) {
     if (!allow.allows_name(hp.host, hp.port))
       where.fail(key, "target " + hp.to_string() +
-                          " is not on the allowlist (add it under allowlist.tcp_connect)");
+                          " is not on the allowlist (add it under allowlist.network)");
   };
   for (auto& item : where["targets"].items()) {
     std::vector<common::HostPort> expanded;
@@ -114,8 +119,27 @@ void load_params(const common::ConfigNode& t, TestSpec& s, const Allowlist& allo
   if (s.probe == "tcp_connect") {
     bool flat = t.has("targets") || t.has("control");
     if (flat && params.defined()) t.fail("params", "give targets either here or at the top level, not both");
-    if (!flat) params.check_keys({"targets", "control"});
+    if (!flat) params.check_keys({"targets", "control", "handshake"});
     load_tcp_connect(t, flat ? t : params, s, allow);
+    s.handshake = params.boolean("handshake", false);
+  } else if (s.probe == "tcp_listen") {
+    params.check_keys({"listen", "window"});
+    for (auto& item : params["listen"].items()) {
+      auto hp = endpoint(params, "listen", item.scalar());
+      if (hp.port == 0) params.fail("listen", "give a port to listen on, not 0");
+      if (!allow.allows_name(hp.host, hp.port))
+        params.fail("listen", hp.to_string() +
+                                  " is not on the allowlist (add it under allowlist.network)");
+      s.listen.push_back(hp);
+    }
+    if (s.listen.empty()) params.fail("listen", "at least one address:port to listen on is required");
+    if (s.listen.size() > 16) params.fail("listen", "at most 16 addresses");
+    s.window = params.duration("window", s.window);
+    if (s.window < 100ms || s.window > 10min) params.fail("window", "must be between 100ms and 10m");
+    if (!t.has("timeout")) s.timeout = s.window + 10s;
+    if (s.timeout < s.window) t.fail("timeout", "must be at least the listen window");
+    s.summary = "listen " + s.listen.front().to_string() +
+                (s.listen.size() > 1 ? " +" + std::to_string(s.listen.size() - 1) : "");
   } else if (s.probe == "eicar_drop") {
     params.check_keys({"directory", "observe"});
     s.directory = params.str("directory");
@@ -130,6 +154,15 @@ void load_params(const common::ConfigNode& t, TestSpec& s, const Allowlist& allo
       params.fail("interpreter", "'" + s.interpreter + "' is not one of sh, pwsh, powershell.exe");
     if (!t.has("timeout")) s.timeout = 30s;
   }
+  else if (s.probe == "web_download") load_web_download(t, params, s, allow);
+  else if (s.probe == "http_beacon") load_http_beacon(t, params, s, allow);
+  else if (s.probe == "tls_policy") load_tls_policy(t, params, s, allow);
+  else if (s.probe == "http_check") load_http_check(t, params, s, allow);
+  else if (s.probe == "dns_lookup") load_dns_lookup(t, params, s, allow);
+  if (s.summary.empty())
+    s.summary = s.probe == "tcp_connect"  ? std::to_string(s.targets.size()) + " target(s)"
+                : s.probe == "eicar_drop" ? s.directory.string()
+                                          : s.interpreter;
   if (s.probe != "tcp_connect" && (t.has("targets") || t.has("control")))
     t.fail(t.has("targets") ? "targets" : "control", "only tcp_connect takes targets");
 }
@@ -205,12 +238,19 @@ AgentConfig AgentConfig::load(const std::filesystem::path& file) {
     up.fail("batch_max_results", "must be between 1 and 4096");
 
   auto allow = root["allowlist"];
-  allow.check_keys({"tcp_connect"});
-  try {
-    c.allowlist = Allowlist::parse(allow.str_list("tcp_connect"));
-  } catch (const std::invalid_argument& e) {
-    allow.fail("tcp_connect", e.what());
+  // `network` is what every probe may contact; `tcp_connect` is its older name. Both merge.
+  allow.check_keys({"network", "tcp_connect"});
+  std::vector<std::string> entries;
+  for (const char* key : {"network", "tcp_connect"}) {
+    auto list = allow.str_list(key);
+    try {
+      Allowlist::parse(list);
+    } catch (const std::invalid_argument& e) {
+      allow.fail(key, e.what());
+    }
+    entries.insert(entries.end(), list.begin(), list.end());
   }
+  c.allowlist = Allowlist::parse(entries);
   std::set<std::string> ids;
   for (auto& t : root["tests"].items()) {
     c.tests.push_back(load_test(t, c.allowlist));

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,8 +17,16 @@ namespace firedrill::agent {
 using namespace std::chrono_literals;
 
 // The probe kinds this agent knows; each lives in its own agent/probe_<kind>.cpp.
-inline const std::vector<std::string> kProbeKinds = {"tcp_connect", "eicar_drop",
-                                                     "encoded_command"};
+inline const std::vector<std::string> kProbeKinds = {
+    "tcp_connect", "tcp_listen", "eicar_drop", "encoded_command", "web_download",
+    "http_beacon", "tls_policy", "http_check", "dns_lookup"};
+
+// The settings of the newer kinds, each declared beside its probe (agent/probe_<kind>.hpp).
+struct WebDownloadParams;
+struct HttpBeaconParams;
+struct TlsPolicyParams;
+struct HttpCheckParams;
+struct DnsLookupParams;
 
 // One scheduled test: which probe, how often, what it expects, against what.
 // Probe-specific settings come from the test's `params:` map; only the keys of its kind are
@@ -35,11 +44,22 @@ struct TestSpec {
   // tcp_connect
   std::vector<common::HostPort> targets;
   std::optional<common::HostPort> control;  // positive control that must connect first
+  bool handshake = false;  // after connecting, the marker handshake a tcp_listen peer answers
+  // tcp_listen: the receiving end of tcp_connect's handshake (the DMZ host's side)
+  std::vector<common::HostPort> listen;
+  std::chrono::milliseconds window = 60s;  // how long each run accepts connections
   // eicar_drop
   std::filesystem::path directory;
   std::chrono::milliseconds observe = 5s;  // how long a defence gets to act on the drop
   // encoded_command
   std::string interpreter;  // "sh" (Linux variant), "pwsh" or "powershell.exe"
+  // The other kinds: set by their loader (load_<kind> in agent/probe_<kind>.hpp).
+  std::shared_ptr<const WebDownloadParams> web_download;
+  std::shared_ptr<const HttpBeaconParams> http_beacon;
+  std::shared_ptr<const TlsPolicyParams> tls_policy;
+  std::shared_ptr<const HttpCheckParams> http_check;
+  std::shared_ptr<const DnsLookupParams> dns_lookup;
+  std::string summary;  // one line on what the test touches, for `firedrill-agent tests`
 };
 
 struct UplinkOptions {

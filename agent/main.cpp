@@ -96,9 +96,7 @@ int cmd_tests(const fs::path& config_file) {
   std::printf("%-28s %-16s %-8s %-10s %-8s %s\n", "ID", "KIND", "EVERY", "TECHNIQUE",
               "PREVENT", "TARGET");
   for (const auto& t : cfg.tests) {
-    std::string target = t.probe == "tcp_connect"   ? std::to_string(t.targets.size()) + " target(s)"
-                         : t.probe == "eicar_drop" ? t.directory.string()
-                                                   : t.interpreter;
+    const std::string& target = t.summary;
     std::printf("%-28s %-16s %-8s %-10s %-8s %s\n", t.id.c_str(), t.probe.c_str(),
                 common::format_duration(t.every).c_str(),
                 t.technique.empty() ? "-" : t.technique.c_str(), t.expect_prevent ? "yes" : "no",
@@ -121,7 +119,7 @@ int cmd_run_once(const fs::path& config_file, const std::string& test_id, bool j
   auto probes = agent::make_probes(io.get_executor(), cfg, clock);
   std::vector<common::ResultBody> results;
   std::exception_ptr error;
-  boost::asio::co_spawn(io, agent::run_probe(probes, *it),
+  boost::asio::co_spawn(io, agent::run_probe(probes, *it, clock),
                         [&](std::exception_ptr e, std::vector<common::ResultBody> r) {
                           error = e;
                           results = std::move(r);

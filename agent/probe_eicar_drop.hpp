@@ -7,12 +7,11 @@
 #include <string>
 
 #include "agent/probe.hpp"
+#include "common/payloads.hpp"
 
 namespace firedrill::agent {
 
-// The 68-byte EICAR test string, decoded at run time: the agent binary itself never holds it
-// in clear, so an anti-malware scan of the agent does not quarantine the agent.
-std::string eicar_test_string();
+using common::eicar_test_string;
 
 // What the drop observed, and its verdict per DESIGN.md. Pure, so it is table-tested.
 struct DropObservation {

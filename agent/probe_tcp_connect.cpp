@@ -1,10 +1,14 @@
 #include "agent/probe_tcp_connect.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/streambuf.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
+#include "agent/probe_tcp_listen.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
@@ -57,8 +61,15 @@ std::string verdict_for(ConnectOutcome o) {
   return "error";
 }
 
+HandshakeVerdict handshake_verdict(ConnectOutcome o, const std::string& handshake) {
+  if (o != ConnectOutcome::connected) return {verdict_for(o), reason_code(o)};
+  if (handshake == "acknowledged") return {"not_prevented", "handshake_confirmed"};
+  return {"inconclusive", "handshake_unconfirmed"};
+}
+
 asio::awaitable<TcpConnectProbe::Attempt> TcpConnectProbe::attempt(
-    common::HostPort target, std::chrono::milliseconds timeout) {
+    common::HostPort target, std::chrono::milliseconds timeout,
+    const std::string* handshake_marker) {
   Attempt a;
   auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] {
@@ -127,6 +138,32 @@ asio::awaitable<TcpConnectProbe::Attempt> TcpConnectProbe::attempt(
     a.detail = a.outcome == ConnectOutcome::connected ? "TCP handshake completed"
                : conn->timed_out ? "no answer within " + common::format_duration(timeout)
                                  : ec.message();
+    if (a.outcome == ConnectOutcome::connected && handshake_marker) {
+      // One line each way, within the same timeout; whatever answers is only read, bounded.
+      timer.expires_after(timeout);
+      timer.async_wait([conn](boost::system::error_code e) {
+        if (!e) {
+          boost::system::error_code ignored;
+          conn->sock.close(ignored);
+        }
+      });
+      auto hello = hello_line(*handshake_marker);
+      co_await asio::async_write(conn->sock, asio::buffer(hello),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      asio::streambuf buf(kHandshakeLineMax);
+      std::size_t n = 0;
+      if (!ec)
+        n = co_await asio::async_read_until(conn->sock, buf, '\n',
+                                            asio::redirect_error(asio::use_awaitable, ec));
+      timer.cancel();
+      std::optional<std::string> receiver;
+      if (!ec && n > 0)
+        receiver = parse_ack(std::string(asio::buffers_begin(buf.data()),
+                                         asio::buffers_begin(buf.data()) + n - 1),
+                             *handshake_marker);
+      a.handshake = receiver ? "acknowledged" : ec ? "no_answer" : "wrong_answer";
+      if (receiver) a.receiver_marker = *receiver;
+    }
     boost::system::error_code ignored;
     conn->sock.close(ignored);
     if (a.outcome != ConnectOutcome::unreachable) break;  // try the next address otherwise
@@ -152,13 +189,17 @@ asio::awaitable<std::vector<common::ResultBody>> TcpConnectProbe::run(const Test
                     {"control_reason", reason_code(control->outcome)},
                     {"control_detail", control->detail}};
     } else {
-      auto a = co_await attempt(target, test.timeout);
-      b.verdict = verdict_for(a.outcome);
-      b.reason = reason_code(a.outcome);
+      auto a = co_await attempt(target, test.timeout, test.handshake ? &b.marker : nullptr);
+      auto v = test.handshake ? handshake_verdict(a.outcome, a.handshake)
+                              : HandshakeVerdict{verdict_for(a.outcome), reason_code(a.outcome)};
+      b.verdict = v.verdict;
+      b.reason = v.reason;
       b.evidence = {{"address", a.address},
                     {"detail", a.detail},
                     {"elapsed_ms", std::to_string(a.elapsed_us / 1000.0)},
                     {"timeout_ms", std::to_string(test.timeout.count())}};
+      if (!a.handshake.empty()) b.evidence["handshake"] = a.handshake;
+      if (!a.receiver_marker.empty()) b.evidence["receiver_marker"] = a.receiver_marker;
       if (control) b.evidence["control"] = test.control->to_string() + " connected";
     }
     finish_result(b, clock_);

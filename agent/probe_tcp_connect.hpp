@@ -18,6 +18,12 @@ ConnectOutcome classify_connect_error(const boost::system::error_code& ec, bool 
 // `not_prevented`; unreachable and DNS failures prove nothing, so they are `inconclusive`;
 // an address off the allowlist is never contacted: `not_applicable`.
 std::string verdict_for(ConnectOutcome o);
+// A connection the test wanted confirmed by the handshake that nobody answered reached
+// *something* (a middlebox, another service), not the receiver: `inconclusive`.
+struct HandshakeVerdict {
+  std::string verdict, reason;
+};
+HandshakeVerdict handshake_verdict(ConnectOutcome o, const std::string& handshake);
 
 class TcpConnectProbe : public Probe {
  public:
@@ -31,9 +37,13 @@ class TcpConnectProbe : public Probe {
     std::string address;  // the address tried last
     std::string detail;
     std::int64_t elapsed_us = 0;
+    // With a handshake marker, once connected: "acknowledged" (a tcp_listen receiver answered;
+    // its marker in receiver_marker), "no_answer" or "wrong_answer" (something else accepted).
+    std::string handshake, receiver_marker;
   };
   boost::asio::awaitable<Attempt> attempt(common::HostPort target,
-                                          std::chrono::milliseconds timeout);
+                                          std::chrono::milliseconds timeout,
+                                          const std::string* handshake_marker = nullptr);
 
  private:
   boost::asio::any_io_executor ex_;

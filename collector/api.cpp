@@ -27,11 +27,13 @@
 
 #include "collector/chain.hpp"
 #include "collector/hooks.hpp"
+#include "collector/incidents.hpp"
 #include "collector/report.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
 #include "common/log.hpp"
+#include "common/payloads.hpp"
 #include "common/wire.hpp"
 
 namespace firedrill::collector {
@@ -605,7 +607,8 @@ json get_detection_events(State& st, const detail::Params& p) {
                     {"test_id", e.test_id},
                     {"from", e.from},
                     {"to", e.to},
-                    {"detail", e.detail}});
+                    {"detail", e.detail},
+                    {"target", e.target}});
   return {{"events", std::move(list)}};
 }
 
@@ -640,6 +643,149 @@ json get_alert_sources(State& st, const detail::Params&) {
   return {{"sources", std::move(list)},
           {"pending_runs", st.alerting.correlator ? st.alerting.correlator->pending_runs() : 0},
           {"arrival_to_stored", stored}};
+}
+
+// ---- incidents ------------------------------------------------------------------------------
+// The id is part of the path, so these are matched by prefix rather than through the route
+// table: GET /api/v1/incidents[?state=&severity=&limit=], GET /api/v1/incidents/N,
+// GET /api/v1/incidents/closed-untouched?since=, POST /api/v1/incidents/N/<action> with
+// action ack, note {text}, assign {owner}, resolve {reason}, pause {reason}, resume.
+// Reading needs viewer, changing operator; the actor on the timeline is the token's name.
+
+IncidentEngine& incident_engine(State& st) {
+  auto* engine = st.alerting.incidents;
+  if (!engine)
+    throw HttpError(http::status::service_unavailable,
+                    "the incident engine is not running in this collector");
+  return *engine;
+}
+
+std::uint64_t incident_id_param(std::string_view text) {
+  if (text.empty() || text.size() > 18 ||
+      text.find_first_not_of("0123456789") != std::string_view::npos)
+    throw HttpError(http::status::bad_request,
+                    "'" + std::string(text) + "' is not an incident number");
+  auto id = std::stoull(std::string(text));
+  if (id == 0) throw HttpError(http::status::bad_request, "incident numbers start at 1");
+  return id;
+}
+
+json get_incidents(State& st, const detail::Params& p) {
+  auto& engine = incident_engine(st);
+  IncidentFilter f;
+  if (auto s = detail::param(p, "state", ""); !s.empty()) {
+    f.state = parse_incident_state(s);
+    if (!f.state)
+      throw HttpError(http::status::bad_request,
+                      "unknown state '" + s + "' (use open, acknowledged, resolved, closed)");
+  }
+  if (auto s = detail::param(p, "severity", ""); !s.empty()) {
+    f.severity = parse_severity(s);
+    if (!f.severity)
+      throw HttpError(
+          http::status::bad_request,
+          "unknown severity '" + s + "' (use informational, low, medium, high, critical)");
+  }
+  json list = json::array();
+  auto now = engine.now();
+  for (const auto& i : engine.list(f, detail::limit_param(p)))
+    list.push_back(incident_json(i, now, false));
+  return {{"incidents", std::move(list)}};
+}
+
+json get_closed_untouched(State& st, const detail::Params& p) {
+  auto& engine = incident_engine(st);
+  auto since = detail::since_param(p, "30d");
+  json by_kind = json::object();
+  std::size_t total = 0;
+  for (const auto& [kind, n] : engine.closed_untouched_since(since)) {
+    by_kind[kind_name(kind)] = n;
+    total += n;
+  }
+  return {{"since", common::format_time(since)}, {"total", total}, {"by_kind", std::move(by_kind)}};
+}
+
+std::string required_body_text(const json& body, const std::string& key) {
+  auto v = detail::string_field(body, key);
+  if (!v || v->empty()) throw HttpError(http::status::bad_request, "'" + key + "' is required");
+  return *v;
+}
+
+json post_incident_action(State& st, const Request& req, const ApiToken& who, std::uint64_t id,
+                          std::string_view action) {
+  auto& engine = incident_engine(st);
+  if (!engine.get(id))
+    throw HttpError(http::status::not_found, "no incident #" + std::to_string(id));
+  Incident i;
+  try {
+    if (action == "ack") {
+      detail::parse_body_object(req, {});
+      i = engine.ack(id, who.name);
+    } else if (action == "note") {
+      i = engine.note(id, who.name,
+                      required_body_text(detail::parse_body_object(req, {"text"}), "text"));
+    } else if (action == "assign") {
+      i = engine.assign(id, who.name,
+                        required_body_text(detail::parse_body_object(req, {"owner"}), "owner"));
+    } else if (action == "resolve") {
+      i = engine.resolve(id, who.name,
+                         required_body_text(detail::parse_body_object(req, {"reason"}), "reason"));
+    } else if (action == "pause") {
+      i = engine.pause(id, who.name,
+                       required_body_text(detail::parse_body_object(req, {"reason"}), "reason"));
+    } else if (action == "resume") {
+      detail::parse_body_object(req, {});
+      i = engine.resume(id, who.name);
+    } else {
+      throw HttpError(http::status::not_found,
+                      "no such incident action '" + std::string(action) +
+                          "' (use ack, note, assign, resolve, pause, resume)");
+    }
+  } catch (const IncidentError& e) {
+    throw HttpError(http::status::conflict, e.what());
+  }
+  spdlog::info("api: '{}' {} incident #{}", who.name, std::string(action), id);
+  return incident_json(i, engine.now(), true);
+}
+
+std::optional<Response> dispatch_incidents(State& st, const Request& req, std::string_view path,
+                                           std::string_view query) {
+  constexpr std::string_view kBase = "/api/v1/incidents";
+  if (path.substr(0, kBase.size()) != kBase) return std::nullopt;
+  auto rest = path.substr(kBase.size());
+  if (!rest.empty() && rest[0] != '/') return std::nullopt;
+  if (!rest.empty()) rest.remove_prefix(1);
+  auto slash = rest.find('/');
+  auto first = rest.substr(0, slash);
+  auto action = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+  bool is_post = !action.empty();
+  auto method = is_post ? http::verb::post : http::verb::get;
+  if (req.method() != method) {
+    auto allowed = std::string(http::to_string(method));
+    auto res = detail::error_response(http::status::method_not_allowed,
+                                      std::string(path) + " only accepts " + allowed, &req);
+    res.set(http::field::allow, allowed);
+    return res;
+  }
+  ApiToken who = authorize(st, req, is_post ? Role::operator_ : Role::viewer);
+  json out;
+  if (first.empty()) {
+    out = get_incidents(st, detail::parse_query(query, {"state", "severity", "limit"}));
+  } else if (first == "closed-untouched" && !is_post) {
+    out = get_closed_untouched(st, detail::parse_query(query, {"since"}));
+  } else {
+    auto id = incident_id_param(first);
+    detail::parse_query(query, {});
+    if (is_post) {
+      out = post_incident_action(st, req, who, id, action);
+    } else {
+      auto& engine = incident_engine(st);
+      auto i = engine.get(id);
+      if (!i) throw HttpError(http::status::not_found, "no incident #" + std::to_string(id));
+      out = incident_json(*i, engine.now(), true);
+    }
+  }
+  return detail::make_response(http::status::ok, out, &req);
 }
 
 struct Route {
@@ -692,6 +838,31 @@ Response dispatch(State& st, const Request& req) {
   auto qpos = target.find('?');
   std::string_view path = target.substr(0, qpos);
   std::string_view query = qpos == std::string_view::npos ? "" : target.substr(qpos + 1);
+  if (path.substr(0, 10) == "/payloads/") {
+    // The standard test payloads for web probes, so no internet is needed; public (a proxy
+    // fetches them for an agent that holds no API token) and fixed content.
+    auto p = common::builtin_payload(path);
+    if (!p)
+      return detail::error_response(http::status::not_found,
+                                    "no such payload (eicar.com, eicar.zip, benign.txt)", &req);
+    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+      auto res = detail::error_response(http::status::method_not_allowed,
+                                        "payloads only answer GET and HEAD", &req);
+      res.set(http::field::allow, "GET, HEAD");
+      return res;
+    }
+    Response res{http::status::ok, req.version()};
+    res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+    res.set(http::field::content_type, p->content_type);
+    res.set(http::field::content_disposition, "attachment; filename=\"" + p->name + "\"");
+    res.set(http::field::cache_control, "no-store");
+    res.keep_alive(req.keep_alive());
+    res.body() = req.method() == http::verb::head ? std::string() : std::move(p->body);
+    res.prepare_payload();
+    if (req.method() == http::verb::head) res.content_length(p->body.size());
+    return res;
+  }
+  if (auto res = dispatch_incidents(st, req, path, query)) return std::move(*res);
   const auto& all = routes();
   auto route = std::find_if(all.begin(), all.end(), [&](const Route& r) { return r.path == path; });
   if (route == all.end())

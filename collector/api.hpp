@@ -10,6 +10,7 @@
 
 #include "collector/alert_sources.hpp"
 #include "collector/correlator.hpp"
+#include "collector/incidents.hpp"
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
 #include "common/net.hpp"
@@ -21,6 +22,7 @@ namespace firedrill::collector {
 struct ApiAlerting {
   const std::vector<AlertSourceConfig>* sources = nullptr;
   Correlator* correlator = nullptr;
+  IncidentEngine* incidents = nullptr;  // null: the incidents endpoints answer 503
 };
 
 class ApiServer {

@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "collector/api_client.hpp"
-#include "common/curl.hpp"
+#include "common/clock.hpp"
 #include "common/crypto.hpp"
+#include "common/curl.hpp"
 
 namespace fs = std::filesystem;
 using firedrill::collector::ApiClient;
@@ -371,6 +373,110 @@ std::string check_https(const std::string& url) {
              : "must be an https:// URL (the token is never sent in clear)";
 }
 
+// ---- incidents ------------------------------------------------------------------------------
+
+std::string span_text(std::int64_t ns) {
+  auto m = std::abs(ns) / 60'000'000'000LL;
+  if (m >= 60) return std::to_string(m / 60) + "h" + (m % 60 ? std::to_string(m % 60) + "m" : "");
+  return std::to_string(m) + "m";
+}
+
+// "12m left", "OVERDUE by 5m", "done", "paused, 12m left", "-" (no timer at this severity).
+std::string sla_text(const json& t) {
+  if (!t.is_object() || !t.value("remaining_ns", json()).is_number_integer()) return "-";
+  auto rem = t["remaining_ns"].get<std::int64_t>();
+  std::string s = rem < 0 ? "OVERDUE by " + span_text(rem) : span_text(rem) + " left";
+  if (!t.value("running", false)) return t.value("breached_ns", 0LL) ? "done (breached)" : "done";
+  return t.value("paused", false) ? "paused, " + s : s;
+}
+
+struct IncidentsQuery {
+  std::string state, severity, since = "30d";
+  int limit = 1000;
+  bool closed_untouched = false;
+  bool as_json = false;
+};
+
+int cmd_incidents(const ApiClient& api, const IncidentsQuery& q) {
+  if (q.closed_untouched) {
+    json r = api.get("/api/v1/incidents/closed-untouched?since=" + url_encode(q.since));
+    if (q.as_json) return print_json(r), 0;
+    std::cout << text(r, "total") << " incident(s) auto-closed untouched since " << text(r, "since")
+              << "\n";
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& [kind, n] : r.value("by_kind", json::object()).items())
+      rows.push_back({sanitize(kind), n.dump()});
+    if (!rows.empty()) print_table({"KIND", "COUNT"}, rows);
+    return 0;
+  }
+  std::string path = "/api/v1/incidents?limit=" + std::to_string(q.limit);
+  if (!q.state.empty()) path += "&state=" + url_encode(q.state);
+  if (!q.severity.empty()) path += "&severity=" + url_encode(q.severity);
+  const json answer = api.get(path);
+  const json& list = list_field(answer, "incidents");
+  if (q.as_json) return print_json(list), 0;
+  if (list.empty()) return std::cout << "No incidents.\n", 0;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& i : list)
+    rows.push_back({"#" + text(i, "id"), text(i, "severity"), text(i, "state"), text(i, "title"),
+                    text(i, "occurrences"), text(i, "owner"), text(i, "opened"),
+                    sla_text(i.value("ack_sla", json())),
+                    sla_text(i.value("resolve_sla", json()))});
+  print_table(
+      {"ID", "SEVERITY", "STATE", "TITLE", "SEEN", "OWNER", "OPENED", "ACK SLA", "RESOLVE SLA"},
+      rows);
+  return 0;
+}
+
+void print_incident(const json& i) {
+  std::cout << "Incident #" << text(i, "id") << ": " << text(i, "title") << "\n"
+            << "  severity:    " << text(i, "severity") << "   state: " << text(i, "state")
+            << (i.value("pause_reason", "").empty()
+                    ? ""
+                    : "   SLA paused: " + sanitize(i.value("pause_reason", "")))
+            << "\n"
+            << "  kind:        " << text(i, "kind") << "   test: " << text(i, "test_id")
+            << "   agent: " << text(i, "agent_id") << "   marker: " << text(i, "marker") << "\n"
+            << "  owner:       " << text(i, "owner") << "   occurrences: " << text(i, "occurrences")
+            << "\n"
+            << "  opened:      " << text(i, "opened") << "   updated: " << text(i, "updated")
+            << "\n"
+            << "  acknowledge: " << sla_text(i.value("ack_sla", json()))
+            << "   resolve: " << sla_text(i.value("resolve_sla", json())) << "\n";
+  if (!i.value("resolution", "").empty())
+    std::cout << "  resolution:  " << text(i, "resolution") << "\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& e : i.value("timeline", json::array())) {
+    auto t = e.value("t", std::int64_t{0});
+    rows.push_back(
+        {firedrill::common::format_time(t), text(e, "actor"), text(e, "what"), text(e, "detail")});
+  }
+  std::cout << "\n";
+  print_table({"WHEN", "WHO", "WHAT", "DETAIL"}, rows);
+}
+
+struct IncidentAction {
+  std::uint64_t id = 0;
+  std::string arg;  // note text, owner or reason
+};
+
+int cmd_incident(const ApiClient& api, const std::string& action, const IncidentAction& a) {
+  auto base = "/api/v1/incidents/" + std::to_string(a.id);
+  json i;
+  if (action == "show")
+    i = api.get(base);
+  else if (action == "ack")
+    i = api.post(base + "/ack", json::object());
+  else if (action == "note")
+    i = api.post(base + "/note", {{"text", a.arg}});
+  else if (action == "assign")
+    i = api.post(base + "/assign", {{"owner", a.arg}});
+  else
+    i = api.post(base + "/resolve", {{"reason", a.arg}});
+  print_incident(i);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -475,8 +581,42 @@ int main(int argc, char** argv) {
   bool sources_json = false;
   sources->add_flag("--json", sources_json, "Print JSON instead of a table");
 
-  for (auto* sub :
-       {token_create, api_token_create, agents, results, events, runs, latency, sources})
+  auto* incidents = app.add_subcommand("incidents", "List incidents with their SLA state (viewer)");
+  IncidentsQuery iq;
+  incidents->add_option("--state", iq.state, "Only incidents in this state")
+      ->check(CLI::IsMember({"open", "acknowledged", "resolved", "closed"}));
+  incidents->add_option("--severity", iq.severity, "Only incidents of this severity")
+      ->check(CLI::IsMember({"informational", "low", "medium", "high", "critical"}));
+  incidents->add_option("--limit", iq.limit, "At most this many, newest first")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  incidents->add_flag("--closed-untouched", iq.closed_untouched,
+                      "Count incidents auto-closed without anyone touching them, by kind");
+  incidents
+      ->add_option("--since", iq.since,
+                   "With --closed-untouched: how far back (30d) or an RFC 3339 UTC time")
+      ->capture_default_str();
+  incidents->add_flag("--json", iq.as_json, "Print JSON instead of a table");
+
+  auto* incident = app.add_subcommand(
+      "incident", "Show one incident, or acknowledge, note, assign or resolve it (operator)");
+  incident->require_subcommand(1);
+  IncidentAction ia;
+  std::vector<std::pair<std::string, CLI::App*>> incident_actions;
+  for (auto [verb, help, arg_name] :
+       {std::tuple{"show", "Show an incident and its timeline (viewer)", ""},
+        {"ack", "Acknowledge an incident (stops its acknowledge timer)", ""},
+        {"note", "Add a note (counts as triage)", "TEXT"},
+        {"assign", "Make someone the owner", "USER"},
+        {"resolve", "Resolve with a reason (it reopens if the failure recurs)", "REASON"}}) {
+    auto* sub = incident->add_subcommand(verb, help);
+    sub->add_option("N", ia.id, "Incident number")->required()->check(CLI::PositiveNumber);
+    if (*arg_name) sub->add_option(arg_name, ia.arg, "")->required();
+    incident_actions.emplace_back(verb, sub);
+  }
+
+  for (auto* sub : {token_create, api_token_create, agents, results, events, runs, latency, sources,
+                    incidents, incident})
     sub->footer(
         "Global options (--server, --token-file, --ca, --timeout) may follow the "
         "subcommand; see firedrill --help.");
@@ -497,6 +637,9 @@ int main(int argc, char** argv) {
     if (*runs) return cmd_runs(api, runq);
     if (*latency) return cmd_latency(api, lat_since, lat_by, lat_format);
     if (*sources) return cmd_alert_sources(api, sources_json);
+    if (*incidents) return cmd_incidents(api, iq);
+    for (const auto& [verb, sub] : incident_actions)
+      if (*sub) return cmd_incident(api, verb, ia);
     return kExitUsage;  // require_subcommand makes this unreachable
   } catch (const UsageError& e) {
     std::cerr << "firedrill: " << e.what() << "\n";

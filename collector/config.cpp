@@ -9,7 +9,7 @@ namespace firedrill::collector {
 CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
   root.check_keys({"data_dir", "agent_listen", "api_listen", "tls", "log_level", "limits",
-                   "enrollment", "correlation", "alert_sources"});
+                   "enrollment", "correlation", "incidents", "alert_sources"});
   CollectorConfig c;
   c.data_dir = root.str("data_dir", file.parent_path().string());
   if (c.data_dir.is_relative()) c.data_dir = std::filesystem::absolute(file.parent_path() / c.data_dir);
@@ -56,6 +56,7 @@ CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   if (c.agent_cert_validity.count() <= 0)
     enrollment.fail("certificate_validity", "must be at least 1h");
   c.correlation = CorrelationConfig::load(root["correlation"]);
+  c.incidents = IncidentPolicy::load(root["incidents"]);
   c.alert_sources = load_alert_sources(root, file.parent_path());
   return c;
 }
@@ -90,6 +91,11 @@ std::string CollectorConfig::to_yaml() const {
     << "          # after a test's alert_within passes, keep searching this long before 'missed'\n"
     << "  fuzzy_window: " << common::format_duration(correlation.fuzzy_window)
     << "  # an alert without the marker may match same host + technique this long after the action\n"
+    << "# Incidents (docs/INCIDENTS.md lists the defaults); for example:\n"
+    << "# incidents:\n"
+    << "#   severity: {prevention_failed: critical, detection_missed: critical, health_failed: high}\n"
+    << "#   sla: {critical: {acknowledge: 15m, resolve: 4h}, high: {acknowledge: 1h, resolve: 24h}}\n"
+    << "#   auto_close_after: 72h   # low and informational incidents nobody touched\n"
     << "# Where alerts come from (see docs/ALERT-SOURCES.md). Webhooks are served on api_listen:\n"
     << "# POST https://<api_listen>/hooks/<name> with the header X-FireDrill-Token: <token>.\n"
     << "# alert_sources:\n"

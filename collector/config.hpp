@@ -8,6 +8,7 @@
 
 #include "collector/alert_sources.hpp"
 #include "collector/correlator.hpp"
+#include "collector/incidents.hpp"
 #include "common/net.hpp"
 
 namespace firedrill::collector {
@@ -28,6 +29,7 @@ struct CollectorConfig {
   std::chrono::hours agent_cert_validity = 2 * 365 * 24h;
   std::size_t max_connections = 50000;
   CorrelationConfig correlation;
+  IncidentPolicy incidents;  // `incidents:` severities per kind, SLA per severity, auto-close
   std::vector<AlertSourceConfig> alert_sources;
 
   std::filesystem::path db_dir() const { return data_dir / "db"; }

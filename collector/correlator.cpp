@@ -450,7 +450,7 @@ std::vector<DetectionEvent> list_detection_events(const Store& store, std::uint6
     if (k.size() != 8 || !j.is_object()) throw StoreError("corrupt detection event");
     out.push_back({get_be64(k.data()), j.value("time_ns", std::int64_t{0}), j.value("marker", ""),
                    j.value("agent_id", ""), j.value("test_id", ""), j.value("from", ""),
-                   j.value("to", ""), j.value("detail", "")});
+                   j.value("to", ""), j.value("detail", ""), j.value("target", "")});
     return true;
   });
   return out;
@@ -656,7 +656,7 @@ struct Correlator::Impl {
   void change_state(Run& r, DetectionState to, std::int64_t now, const std::string& detail,
                     WriteSet& ws, Flight& f) {
     DetectionEvent e{next_event_seq_++, now,   r.marker, r.agent_id, r.test_id, state_name(r.state),
-                     state_name(to),    detail};
+                     state_name(to),    detail,     r.target};
     r.state = to;
     r.state_changed_ns = now;
     record_event(e, ws, f);
@@ -672,7 +672,8 @@ struct Correlator::Impl {
                  {"test_id", e.test_id},
                  {"from", e.from},
                  {"to", e.to},
-                 {"detail", e.detail}}));
+                 {"detail", e.detail},
+                 {"target", e.target}}));
     f.events.push_back(e);
   }
 

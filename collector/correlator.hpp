@@ -101,6 +101,7 @@ struct DetectionEvent {
   std::string marker, agent_id, test_id;
   std::string from, to;  // state names; "overdue" marks the SLA passing without an alert
   std::string detail;
+  std::string target;  // the run's target: a test with several targets has a run per target
 };
 std::vector<DetectionEvent> list_detection_events(const Store& store, std::uint64_t from_seq,
                                                   std::size_t limit);

@@ -14,6 +14,7 @@
 #include "collector/config.hpp"
 #include "collector/correlator.hpp"
 #include "collector/hooks.hpp"
+#include "collector/incidents.hpp"
 #include "collector/ingest.hpp"
 #include "collector/pollers.hpp"
 #include "collector/registry.hpp"
@@ -105,10 +106,16 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
       pollers.push_back(std::make_unique<collector::Poller>(src, correlator));
   }
 
+  // Incidents follow the durable logs (detection events, results, security events) on their
+  // own thread; the API's incident endpoints act on the same engine.
+  collector::IncidentEngine incidents(*store, cfg.incidents);
+  collector::IncidentFeed incident_feed(incidents, *store);
+  incident_feed.start();
+
   boost::asio::io_context io(1);
   collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator);
   collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry,
-                           {&cfg.alert_sources, &correlator});
+                           {&cfg.alert_sources, &correlator, &incidents});
   ingest.start();
   api.start();
   for (auto& l : syslog) l->start();
@@ -152,6 +159,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   }
   notifier.ready("serving agents on port " + std::to_string(ingest.port()));
   io.run();
+  incident_feed.stop();
   correlator.stop();
   auto st = ingest.stats();
   spdlog::info("stopped; {} results in {} batches stored since start", st.results_stored,

@@ -33,13 +33,17 @@ enum Cf : int {
   kAlerts,
   kOrphanAlerts,
   kDetectionEvents,
+  kIncidents,
+  kIncidentKeys,
+  kIncidentEvents,
   kCfCount
 };
 const char* const kCfNames[kCfCount] = {"default",         "agents",          "results",
                                         "results_by_time", "batches",         "security_events",
                                         "enroll_tokens",   "api_tokens",      "runs",
                                         "runs_by_time",    "runs_open",       "alerts",
-                                        "orphan_alerts",   "detection_events"};
+                                        "orphan_alerts",   "detection_events", "incidents",
+                                        "incident_keys",   "incident_events"};
 int table_cf(Table t) {
   return kRuns + static_cast<int>(t);
 }

@@ -91,9 +91,19 @@ struct ApiToken {
   std::int64_t created_ns = 0;
 };
 
-// Column families whose record formats belong to other modules (the correlator); the store
-// only keeps their bytes. Keys sort bytewise.
-enum class Table { runs, runs_by_time, runs_open, alerts, orphan_alerts, detection_events };
+// Column families whose record formats belong to other modules (the correlator, incidents);
+// the store only keeps their bytes. Keys sort bytewise.
+enum class Table {
+  runs,
+  runs_by_time,
+  runs_open,
+  alerts,
+  orphan_alerts,
+  detection_events,
+  incidents,        // incident id (big-endian) -> record
+  incident_keys,    // dedup key -> id of the incident that key currently belongs to
+  incident_events,  // gap-free seq (big-endian) -> change (what notifiers consume)
+};
 
 // Big-endian keys sort in numeric order; signed times after flipping the sign bit.
 void put_be64(std::string& s, std::uint64_t v);

@@ -236,6 +236,18 @@ std::uint64_t Collector::stored_results(const std::string& agent_id) {
   return 0;
 }
 
+void Collector::set_grace(const std::string& grace) {
+  stop();
+  auto cfg = dir() / "collector.yaml";
+  auto text = common::read_file(cfg);
+  auto pos = text.find("\n  grace: ");
+  REQUIRE_MESSAGE(pos != std::string::npos, "no correlation.grace in " << cfg);
+  auto end = text.find('\n', pos + 1);
+  text.replace(pos, end - pos, "\n  grace: " + grace);
+  common::write_file_atomic(cfg, text);
+  start();
+}
+
 nlohmann::json Collector::security_events() {
   return api_get("/api/v1/security-events?since=1d&limit=10000")["events"];
 }

@@ -88,6 +88,9 @@ class Collector {
   nlohmann::json api_get(const std::string& path, const std::string& token = {});
   std::uint64_t stored_results(const std::string& agent_id);  // via the API agents list
   nlohmann::json security_events();
+  // Rewrites correlation.grace in collector.yaml (init writes the section) and restarts on
+  // the same ports.
+  void set_grace(const std::string& grace);
 
  private:
   TempDir tmp_;

@@ -249,21 +249,6 @@ constexpr const char* kHecToken = "hec-token-0123456789abcdef";
 constexpr const char* kSngToken = "sng-token-0123456789abcdef";
 constexpr const char* kAmToken = "am-token-0123456789abcdef";
 
-// `firedrill-collector init` already writes a `correlation:` section, and the config loader
-// takes the first of two same-named keys, so an appended section would be silently ignored:
-// the grace is changed in place, with a restart (the ports stay).
-void set_grace(Collector& c, const std::string& grace) {
-  c.stop();
-  auto cfg = c.dir() / "collector.yaml";
-  auto text = read_text(cfg);
-  auto pos = text.find("\n  grace: ");
-  REQUIRE_MESSAGE(pos != std::string::npos, "no correlation.grace in " << cfg);
-  auto end = text.find('\n', pos + 1);
-  text.replace(pos, end - pos, "\n  grace: " + grace);
-  std::ofstream(cfg, std::ios::trunc) << text;
-  c.start();
-}
-
 std::string tcp_connect_test(const std::string& id, std::uint16_t port, const std::string& every,
                              const std::string& alert_within) {
   return "  - id: " + id + "\n    probe: tcp_connect\n    every: " + every +
@@ -379,7 +364,7 @@ TEST_CASE("Alertmanager v4 webhooks over HTTPS mark a run alerted and a run with
   Collector c({.extra_yaml = std::string("alert_sources:\n"
                                          "  - name: am\n    type: alertmanager\n    token: ") +
                              kAmToken + "\n"});
-  set_grace(c, "1s");
+  c.set_grace("1s");
   OpenPort open;
 
   // Clustering off (empty --cluster.listen-address): with gossip on, the first notification

@@ -1,8 +1,15 @@
 // Probes against real defences started by the test: ClamAV's clamd with a custom EICAR
-// signature, driven by inotify to quarantine drops (Debian ships no virus database).
+// signature, driven by inotify to quarantine drops (Debian ships no virus database); and two
+// real agents confirming a path from both ends with tcp_connect's handshake and tcp_listen.
 #include <doctest/doctest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
+#include <sstream>
 
 #include "common/crypto.hpp"
 #include "tests/integration/clamav.hpp"
@@ -76,4 +83,83 @@ TEST_CASE("encoded_command runs the benign encoded script and reports a missing 
   auto pwsh = run_once(tmp / "agent.yaml", "enc-pwsh");
   CHECK(pwsh["verdict"] == "not_applicable");  // Debian has no PowerShell
   CHECK(pwsh["reason"] == "interpreter_missing");
+}
+
+namespace {
+
+// True once something listens on 127.0.0.1:port (read from /proc, so nothing connects).
+bool listening(std::uint16_t port) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  char want[16];
+  std::snprintf(want, sizeof want, "0100007F:%04X", port);
+  while (std::getline(in, line))
+    if (line.find(want) != std::string::npos && line.find(" 0A ") != std::string::npos) return true;
+  return false;
+}
+
+std::uint16_t unused_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+}  // namespace
+
+TEST_CASE("tcp_connect's handshake and a tcp_listen agent confirm an open path from both ends") {
+  TempDir tmp("probes-listen");
+  auto open_port = unused_port();
+  auto blocked_port = unused_port();  // nothing listens: the path is "blocked in between"
+  std::ofstream(tmp / "receiver.yaml")
+      << "state_dir: " << (tmp / "rx").string() << "\n"
+      << "allowlist: {network: [\"127.0.0.1\"]}\n"
+      << "tests:\n  - id: dmz-inbound\n    kind: tcp_listen\n    every: 1h\n"
+      << "    params: {listen: [\"127.0.0.1:" << open_port << "\"], window: 4s}\n";
+  std::ofstream(tmp / "sender.yaml")
+      << "state_dir: " << (tmp / "tx").string() << "\n"
+      << "allowlist: {network: [\"127.0.0.1\"]}\n"
+      << "tests:\n  - id: inbound-to-dmz\n    kind: tcp_connect\n    every: 1h\n"
+      << "    technique: T1021\n    timeout: 2s\n"
+      << "    params: {targets: [\"127.0.0.1:" << open_port << "\", \"127.0.0.1:" << blocked_port
+      << "\"], handshake: true}\n";
+  Process receiver({"/bin/sh", "-c",
+                    bin("firedrill-agent").string() + " run-once --config " +
+                        (tmp / "receiver.yaml").string() + " --test dmz-inbound --json > " +
+                        (tmp / "rx.json").string()},
+                   tmp / "rx.log");
+  REQUIRE_MESSAGE(wait_until([&] { return listening(open_port); }, 10s), receiver.log());
+
+  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config",
+                        (tmp / "sender.yaml").string(), "--test", "inbound-to-dmz", "--json"},
+                       60s);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  std::istringstream lines(r.out);
+  std::string open_line, blocked_line;
+  std::getline(lines, open_line);
+  std::getline(lines, blocked_line);
+  auto tx_open = nlohmann::json::parse(open_line);
+  auto tx_blocked = nlohmann::json::parse(blocked_line);
+
+  REQUIRE(receiver.wait(30s) == 0);
+  auto rx = nlohmann::json::parse(common::read_file(tmp / "rx.json"));
+  INFO(tx_open.dump(2) << "\n" << tx_blocked.dump(2) << "\n" << rx.dump(2));
+  // Arrived, seen from both ends: each side names the other's marker.
+  CHECK(tx_open["verdict"] == "not_prevented");
+  CHECK(tx_open["reason"] == "handshake_confirmed");
+  CHECK(tx_open["evidence"]["receiver_marker"] == rx["marker"]);
+  CHECK(rx["verdict"] == "not_prevented");
+  CHECK(rx["reason"] == "handshake_received");
+  CHECK(rx["evidence"]["received"].get<std::string>().find(tx_open["marker"].get<std::string>()) == 0);
+  CHECK(rx["evidence"]["handshakes"] == "1");
+  // Blocked: the sender is refused and the receiver saw nothing from it.
+  CHECK(tx_blocked["verdict"] == "prevented");
+  CHECK(tx_blocked["reason"] == "refused");
+  CHECK(rx["evidence"]["received"].get<std::string>().find(tx_blocked["marker"].get<std::string>()) ==
+        std::string::npos);
 }

@@ -426,3 +426,31 @@ TEST_CASE("an API server cannot bind a port that is already listening") {
                                        *f.store, f.registry),
                   std::system_error);
 }
+
+TEST_CASE("the collector serves the standard payloads without a token, byte for byte") {
+  ApiFixture f;
+  auto fetch = [&](const std::string& path, const std::string& extra = "") {
+    auto out = f.tmp.path / "payload.out";
+    auto cmd = "curl -sS -o " + out.string() + " -D " + (f.tmp.path / "headers").string() +
+               " -w '%{http_code}' --cacert " + (f.tmp.path / "ca.pem").string() + " " + extra +
+               " '" + f.url() + path + "' > " + (f.tmp.path / "code").string();
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    return std::make_pair(common::read_file(f.tmp.path / "code"),
+                          std::filesystem::exists(out) ? common::read_file(out) : std::string());
+  };
+  auto [code, body] = fetch("/payloads/fdr-abcdefghij/eicar.com?x=1");
+  CHECK(code == "200");
+  CHECK(common::to_hex(common::sha256(body)) ==
+        "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f");
+  auto headers = common::read_file(f.tmp.path / "headers");
+  for (auto& c : headers) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  CHECK(headers.find("content-disposition: attachment; filename=\"eicar.com\"") != std::string::npos);
+  std::tie(code, body) = fetch("/payloads/eicar.zip");
+  CHECK(code == "200");
+  CHECK(body.substr(0, 4) == std::string("PK\x03\x04", 4));
+  std::tie(code, body) = fetch("/payloads/nothing.exe");
+  CHECK(code == "404");
+  CHECK(body.find("eicar.com, eicar.zip, benign.txt") != std::string::npos);
+  std::tie(code, body) = fetch("/payloads/eicar.com", "-X POST -d x=1");
+  CHECK(code == "405");
+}

@@ -271,3 +271,140 @@ TEST_CASE("a name that cannot resolve is inconclusive/dns_failure") {
   CHECK(rs[0].reason == "dns_failure");
   CHECK(rs[0].target == "nonexistent.invalid:80");
 }
+
+// ---- the marker handshake between tcp_connect and tcp_listen ----
+
+#include <boost/asio/write.hpp>
+
+#include "agent/probe_tcp_listen.hpp"
+
+using firedrill::agent::ack_line;
+using firedrill::agent::handshake_verdict;
+using firedrill::agent::hello_line;
+using firedrill::agent::parse_ack;
+using firedrill::agent::parse_hello;
+using firedrill::agent::TcpListenProbe;
+
+TEST_CASE("handshake lines: only well-formed lines with real markers parse") {
+  CHECK(hello_line("fdr-abcdefghij") == "FIREDRILL-HELLO fdr-abcdefghij\n");
+  CHECK(parse_hello("FIREDRILL-HELLO fdr-abcdefghij") == "fdr-abcdefghij");
+  CHECK_FALSE(parse_hello("FIREDRILL-HELLO fdr-ABCDEFGHIJ"));
+  CHECK_FALSE(parse_hello("FIREDRILL-HELLO fdr-abc"));
+  CHECK_FALSE(parse_hello("FIREDRILL-HELLO fdr-abcdefghij extra"));
+  CHECK_FALSE(parse_hello("GET / HTTP/1.1"));
+  CHECK_FALSE(parse_hello(""));
+  auto ack = ack_line("fdr-abcdefghij", "fdr-0123456789");
+  CHECK(ack == "FIREDRILL-ACK fdr-abcdefghij fdr-0123456789\n");
+  CHECK(parse_ack(ack.substr(0, ack.size() - 1), "fdr-abcdefghij") == "fdr-0123456789");
+  CHECK_FALSE(parse_ack(ack.substr(0, ack.size() - 1), "fdr-zzzzzzzzzz"));  // someone else's
+  CHECK_FALSE(parse_ack("FIREDRILL-ACK fdr-abcdefghij", "fdr-abcdefghij"));
+  CHECK_FALSE(parse_ack("FIREDRILL-ACK fdr-abcdefghij fdr-bad", "fdr-abcdefghij"));
+  CHECK_FALSE(parse_ack("HTTP/1.1 400 Bad Request", "fdr-abcdefghij"));
+}
+
+TEST_CASE("handshake_verdict: only an acknowledged handshake confirms the path") {
+  struct Case {
+    ConnectOutcome o;
+    std::string handshake, verdict, reason;
+  } cases[] = {
+      {ConnectOutcome::connected, "acknowledged", "not_prevented", "handshake_confirmed"},
+      {ConnectOutcome::connected, "no_answer", "inconclusive", "handshake_unconfirmed"},
+      {ConnectOutcome::connected, "wrong_answer", "inconclusive", "handshake_unconfirmed"},
+      {ConnectOutcome::refused, "", "prevented", "refused"},
+      {ConnectOutcome::timeout, "", "prevented", "timeout"},
+      {ConnectOutcome::dns_failure, "", "inconclusive", "dns_failure"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.handshake);
+    auto v = handshake_verdict(c.o, c.handshake);
+    CHECK(v.verdict == c.verdict);
+    CHECK(v.reason == c.reason);
+  }
+}
+
+TEST_CASE("tcp_connect and tcp_listen confirm a path from both ends") {
+  asio::io_context io;
+  auto allow = Allowlist::parse({"127.0.0.1"});
+  auto listen_port = closed_port(io);
+  auto quiet_port = closed_port(io);
+  auto other_port = closed_port(io);
+
+  // Something else listening: accepts, answers like a web server, closes.
+  tcp::acceptor other(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), other_port));
+  other.async_accept([&](boost::system::error_code ec, tcp::socket s) {
+    if (ec) return;
+    auto sp = std::make_shared<tcp::socket>(std::move(s));
+    asio::async_write(*sp, asio::buffer(std::string("HTTP/1.1 400 Bad Request\r\n\r\n")),
+                      [sp](boost::system::error_code, std::size_t) {});
+  });
+
+  TestSpec receiver;
+  receiver.id = "dmz-receiver";
+  receiver.probe = "tcp_listen";
+  receiver.listen = {{"127.0.0.1", listen_port}, {"127.0.0.1", quiet_port}};
+  receiver.window = 1500ms;
+  ClockState clock;
+  TcpListenProbe listener(io.get_executor(), clock);
+  std::vector<ResultBody> rx;
+  asio::co_spawn(io, listener.run(receiver, "fdr-receiver01"),
+                 [&](std::exception_ptr e, std::vector<ResultBody> r) {
+                   REQUIRE_FALSE(e);
+                   rx = std::move(r);
+                 });
+
+  TestSpec sender = make_test({{"127.0.0.1", listen_port}, {"127.0.0.1", other_port}});
+  sender.handshake = true;
+  sender.timeout = 1s;
+  TcpConnectProbe prober(io.get_executor(), allow, clock);
+  std::vector<ResultBody> tx;
+  asio::steady_timer later(io, 200ms);  // the receiver is bound by then (bind is synchronous)
+  later.async_wait([&](boost::system::error_code) {
+    asio::co_spawn(io, prober.run(sender, "fdr-sender0001"),
+                   [&](std::exception_ptr e, std::vector<ResultBody> r) {
+                     REQUIRE_FALSE(e);
+                     tx = std::move(r);
+                   });
+  });
+  io.run();
+
+  REQUIRE(tx.size() == 2);
+  CHECK(tx[0].verdict == "not_prevented");
+  CHECK(tx[0].reason == "handshake_confirmed");
+  CHECK(tx[0].evidence.at("handshake") == "acknowledged");
+  REQUIRE(rx.size() == 2);
+  CHECK(tx[0].evidence.at("receiver_marker") == rx[0].marker);
+  CHECK(tx[1].verdict == "inconclusive");  // connected, but not to a FireDrill receiver
+  CHECK(tx[1].reason == "handshake_unconfirmed");
+  CHECK(tx[1].evidence.at("handshake") == "wrong_answer");
+
+  CHECK(rx[0].verdict == "not_prevented");
+  CHECK(rx[0].reason == "handshake_received");
+  CHECK(rx[0].evidence.at("handshakes") == "1");
+  CHECK(rx[0].evidence.at("received").find(tx[0].marker + " from 127.0.0.1:") == 0);
+  CHECK(rx[1].verdict == "inconclusive");
+  CHECK(rx[1].reason == "nothing_arrived");
+  CHECK(rx[0].marker != rx[1].marker);
+}
+
+TEST_CASE("tcp_listen reports a port it cannot bind as error: bind_failed") {
+  asio::io_context io;
+  tcp::acceptor taken(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  TestSpec t;
+  t.id = "busy";
+  t.probe = "tcp_listen";
+  t.listen = {{"127.0.0.1", taken.local_endpoint().port()}};
+  t.window = 100ms;
+  ClockState clock;
+  TcpListenProbe probe(io.get_executor(), clock);
+  std::vector<ResultBody> rx;
+  asio::co_spawn(io, probe.run(t, "fdr-receiver01"),
+                 [&](std::exception_ptr e, std::vector<ResultBody> r) {
+                   REQUIRE_FALSE(e);
+                   rx = std::move(r);
+                 });
+  io.run();
+  REQUIRE(rx.size() == 1);
+  CHECK(rx[0].verdict == "error");
+  CHECK(rx[0].reason == "bind_failed");
+  CHECK(rx[0].evidence.at("detail").find("in use") != std::string::npos);
+}

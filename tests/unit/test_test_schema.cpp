@@ -350,3 +350,43 @@ tests:
     CHECK(std::string(e.what()).find("10.0.0.2:445 is not on the allowlist") != std::string::npos);
   }
 }
+
+TEST_CASE("tcp_listen reads its addresses and window; the timeout covers the window") {
+  auto t = SchemaFile("  - id: dmz-rx\n    kind: tcp_listen\n"
+                      "    params: {listen: [\"127.0.0.1:8080\", \"127.0.0.1:8443\"], window: 2m}\n")
+               .only_test();
+  REQUIRE(t.listen.size() == 2);
+  CHECK(t.listen[1].port == 8443);
+  CHECK(t.window == std::chrono::minutes(2));
+  CHECK(t.timeout == std::chrono::seconds(130));
+  CHECK(t.summary == "listen 127.0.0.1:8080 +1");
+  auto tx = SchemaFile("  - id: dmz-tx\n    kind: tcp_connect\n"
+                       "    params: {targets: [\"127.0.0.1:8080\"], handshake: true}\n")
+                .only_test();
+  CHECK(tx.handshake);
+}
+
+TEST_CASE("tcp_listen needs allowlisted addresses with ports and a bounded window") {
+  struct Case {
+    std::string tests, key, words;
+  } cases[] = {
+      {"  - id: rx\n    kind: tcp_listen\n", "tests[0].params.listen", "required"},
+      {"  - id: rx\n    kind: tcp_listen\n    params: {listen: [\"192.0.2.1:80\"]}\n",
+       "tests[0].params.listen", "allowlist"},
+      {"  - id: rx\n    kind: tcp_listen\n    params: {listen: [\"127.0.0.1:0\"]}\n",
+       "tests[0].params.listen", "not 0"},
+      {"  - id: rx\n    kind: tcp_listen\n    params: {listen: [\"127.0.0.1:80\"], window: 11m}\n",
+       "tests[0].params.window", "10m"},
+      {"  - id: rx\n    kind: tcp_listen\n    timeout: 5s\n"
+       "    params: {listen: [\"127.0.0.1:80\"], window: 1m}\n",
+       "tests[0].timeout", "window"},
+      {"  - id: rx\n    kind: tcp_listen\n    params: {listen: [\"127.0.0.1:80\"], port: 1}\n",
+       "tests[0].params.port", ""},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.tests);
+    auto msg = SchemaFile(c.tests).error();
+    CHECK_MESSAGE(contains(msg, c.key), msg);
+    CHECK_MESSAGE(contains(msg, c.words), msg);
+  }
+}
