@@ -4,6 +4,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -356,6 +357,8 @@ struct State {
   std::set<Conn*> conns;
   bool stopping = false;
   std::uint16_t port = 0;
+  // Incident requests run here (see handle_offloaded). Declared last: destroyed (joined) first.
+  asio::thread_pool workers{1};
 };
 
 ApiToken authorize(State& st, const Request& req, Role min_role) {
@@ -979,6 +982,35 @@ awaitable<Response> handle_hook(State& st, const Request& req, std::int64_t arri
   co_return reply_of(hook_reply(*accepted.source, *outcome));
 }
 
+// Incident requests may wait for the engine's lock (the feed holds it while it commits a batch)
+// and make a synced write of their own: they run on the API's worker thread, so ingest and the
+// other endpoints on the io thread never wait for them. The engine has its own mutex, and the
+// registry and the store are safe to use from any thread.
+awaitable<Response> handle_offloaded(State& st, const Request& req, const std::string& remote) {
+  auto ex = co_await asio::this_coro::executor;
+  auto wake =
+      std::make_shared<asio::steady_timer>(ex, std::chrono::steady_clock::time_point::max());
+  auto out = std::make_shared<Response>();
+  auto job = [&st, req, remote, wake, out, ex] {
+    auto res = handle_request(st, req, remote);
+    asio::post(ex, [wake, out, res = std::move(res)]() mutable {
+      *out = std::move(res);
+      wake->cancel();
+    });
+  };
+  asio::post(st.workers, std::move(job));
+  boost::system::error_code ec;
+  co_await wake->async_wait(asio::redirect_error(use_awaitable, ec));
+  co_return std::move(*out);
+}
+
+bool is_incident_path(std::string_view target) {
+  constexpr std::string_view kBase = "/api/v1/incidents";
+  return target.substr(0, kBase.size()) == kBase &&
+         (target.size() == kBase.size() || target[kBase.size()] == '/' ||
+          target[kBase.size()] == '?');
+}
+
 bool alerting_enabled(const State& st) {
   return st.alerting.sources && st.alerting.correlator;
 }
@@ -1056,6 +1088,9 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
       res = parse_error_response(ec, limit);
     else if (hook)
       res = co_await handle_hook(st, parser.get(), arrival_ns);
+    else if (is_incident_path(std::string_view(parser.get().target().data(),
+                                               parser.get().target().size())))
+      res = co_await handle_offloaded(st, parser.get(), remote);
     else
       res = handle_request(st, parser.get(), remote);
     if (st.stopping) res.keep_alive(false);

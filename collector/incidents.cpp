@@ -885,11 +885,12 @@ void IncidentEngine::process_security_events(const std::vector<SecurityEvent>& e
   if (events.empty()) return;
   std::lock_guard lk(mu_);
   Txn t(now_(), next_id_, next_seq_);
+  auto newest = cursor("security_events");  // never moves back for a late-landing event
   for (const auto& e : events) {
     apply_locked(signal_from_security_event(e, policy_), t);
-    t.cursors["security_events"] =
-        static_cast<std::uint64_t>(std::max<std::int64_t>(0, e.time_ns + 1));
+    newest = std::max(newest, static_cast<std::uint64_t>(std::max<std::int64_t>(0, e.time_ns + 1)));
   }
+  t.cursors["security_events"] = newest;
   commit(t);
 }
 
@@ -944,16 +945,19 @@ std::optional<Incident> IncidentEngine::get(std::uint64_t id) const {
 }
 
 std::vector<Incident> IncidentEngine::list(const IncidentFilter& f, std::size_t limit) const {
-  std::vector<Incident> all;
-  store_.scan(Table::incidents, "", [&](std::string_view, std::string_view v) {
-    auto i = decode_incident(std::string(v));
+  // Newest first by id, one point read each, stopping at `limit`: a listing of the latest
+  // incidents costs the same whatever the history holds.
+  std::vector<Incident> out;
+  auto last = store_.last_key(Table::incidents);
+  if (!last || last->size() != 8) return out;
+  for (auto id = get_be64(last->data()); id >= 1 && out.size() < limit; --id) {
+    auto v = store_.get(Table::incidents, id_key(id));
+    if (!v) continue;
+    auto i = decode_incident(*v);
     if ((!f.state || i.state == *f.state) && (!f.severity || i.severity == *f.severity))
-      all.push_back(std::move(i));
-    return true;
-  });
-  std::reverse(all.begin(), all.end());
-  if (all.size() > limit) all.resize(limit);
-  return all;
+      out.push_back(std::move(i));
+  }
+  return out;
 }
 
 std::map<IncidentKind, std::size_t> IncidentEngine::closed_untouched_since(
@@ -1007,6 +1011,10 @@ void IncidentFeed::loop() {
   }
 }
 
+namespace {
+constexpr std::int64_t kSecurityMarginNs = 60'000'000'000;  // 60 s
+}  // namespace
+
 std::size_t IncidentFeed::poll_once() {
   if (engine_.cursor("initialised") == 0) {
     std::map<std::string, std::uint64_t> c{{"initialised", 1}};
@@ -1035,10 +1043,28 @@ std::size_t IncidentFeed::poll_once() {
       if (rs.size() < kFeedBatch) break;
     }
   }
-  auto since = static_cast<std::int64_t>(engine_.cursor("security_events"));
-  auto sec = store_.list_security_events(since, kFeedBatch);
-  engine_.process_security_events(sec);
-  n += sec.size();
+  // Security events are keyed by the time they were stamped, which is before their group
+  // commit: one stamped earlier can become visible after a later one was read. So each poll
+  // re-reads a margin before the cursor and skips the events it has already processed.
+  auto cursor = static_cast<std::int64_t>(engine_.cursor("security_events"));
+  auto since = std::max<std::int64_t>(1, cursor - kSecurityMarginNs);
+  for (auto from = since;;) {
+    auto page = store_.list_security_events(from, kFeedBatch);
+    std::vector<SecurityEvent> fresh;
+    for (const auto& e : page) {
+      auto id = std::to_string(e.time_ns) + '\0' + e.kind + '\0' + e.agent_id + '\0' + e.remote +
+                '\0' + e.detail;
+      if (!seen_security_.emplace(std::move(id), e.time_ns).second) continue;
+      fresh.push_back(e);
+    }
+    engine_.process_security_events(fresh);
+    n += fresh.size();
+    // A full page continues from its last time (events at that time again: already seen); a
+    // page of one single nanosecond could not advance and ends the round.
+    if (page.size() < kFeedBatch || page.back().time_ns == from) break;
+    from = page.back().time_ns;
+  }
+  std::erase_if(seen_security_, [&](const auto& kv) { return kv.second < since; });
   engine_.watch_silence(store_.list_agents());
   engine_.tick();
   return n;

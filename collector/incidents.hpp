@@ -326,6 +326,10 @@ class IncidentFeed {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
+  // Security events processed within the re-read margin (identity -> time), so an event that
+  // lands late is processed once, and an early one is not processed again. In memory: after a
+  // restart, events of the last minute before the cursor may add one more occurrence.
+  std::map<std::string, std::int64_t> seen_security_;
   std::thread thread_;
 };
 

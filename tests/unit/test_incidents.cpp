@@ -719,3 +719,27 @@ TEST_CASE("a silent agent opens one agent_silent incident, resolved when it is h
   f.engine->watch_silence({a, never});  // healthy and already resolved: nothing written
   CHECK(f.events().size() == n);
 }
+
+TEST_CASE("a security event that becomes visible after a later one was read is still processed, once") {
+  Fixture f;
+  f.policy.agent_silent_after = std::chrono::milliseconds(0);
+  f.engine = f.make();
+  IncidentFeed feed(*f.engine, *f.store);
+  f.now = kStart;
+  CHECK(feed.poll_once() == 0);  // the cursors start at "now"
+  auto put = [&](std::int64_t t, const std::string& kind) {
+    WriteSet ws;
+    ws.put_security_event({t, kind, "agent-1", "", "detail " + kind});
+    f.store->commit(std::move(ws));
+  };
+  put(kStart + 20 * kSec, "replay");
+  CHECK(feed.poll_once() == 1);
+  // Stamped before the one above but committed after it (group commit can do that).
+  put(kStart + 10 * kSec, "forged_signature");
+  CHECK(feed.poll_once() == 1);
+  CHECK(feed.poll_once() == 0);  // re-read within the margin, but not processed again
+  std::vector<std::string> kinds;
+  for (const auto& i : f.engine->list({}, 10)) kinds.push_back(i.test_id);
+  CHECK(kinds == std::vector<std::string>{"forged_signature", "replay"});
+  for (const auto& i : f.engine->list({}, 10)) CHECK(i.occurrences == 1);
+}
