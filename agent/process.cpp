@@ -25,10 +25,13 @@ namespace firedrill::agent {
 namespace asio = boost::asio;
 
 namespace {
-// A directory is "executable" to access(2) too; only a regular file is a program.
+// A regular file with an execute bit is a program. Not access(X_OK): a program that policy
+// forbids to run (a noexec mount, an LSM) answers EACCES there too, and would be reported as
+// missing; the spawn finds the refusal instead, which is what a probe is for.
 bool is_program(const std::filesystem::path& p) {
   struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(p.c_str(), X_OK) == 0;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+         (st.st_mode & (S_IXUSR | S_IXGRP | S_IXOTH)) != 0;
 }
 }  // namespace
 

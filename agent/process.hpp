@@ -22,7 +22,8 @@ struct ProcessOutcome {
   std::string out, err;  // capped
 };
 
-// Finds an executable by name in PATH (or checks an absolute path).
+// Finds a program by name in PATH (or checks an absolute path): a regular file with an execute
+// bit, whether or not policy will let it run.
 std::optional<std::filesystem::path> find_executable(const std::string& name);
 
 boost::asio::awaitable<ProcessOutcome> run_process(boost::asio::any_io_executor ex,

@@ -85,6 +85,37 @@ TEST_CASE("encoded_command runs the benign encoded script and reports a missing 
   CHECK(pwsh["reason"] == "interpreter_missing");
 }
 
+TEST_CASE("encoded_command is prevented when policy forbids executing the interpreter (noexec)") {
+  // A real, kernel-enforced execution control: in a private mount namespace the shell binary
+  // is re-mounted noexec (as hardening guides do for interpreters and /tmp), so execve fails
+  // with EACCES. Nothing outside this test's namespace changes.
+  auto shell = fs::canonical("/bin/sh").string();
+  auto probe_ns = run_command({"/usr/bin/unshare", "-m", "--propagation", "private", "true"});
+  if (probe_ns.rc != 0) {
+    MESSAGE("skipped: cannot create a mount namespace here (" << probe_ns.err << ")");
+    return;
+  }
+  TempDir tmp("probes");
+  std::ofstream(tmp / "agent.yaml")
+      << "state_dir: " << (tmp / "state").string() << "\n"
+      << "tests:\n  - id: enc-sh\n    kind: encoded_command\n    every: 1h\n"
+      << "    technique: T1027\n    expect: {prevent: true}\n";
+  auto r = run_command({"/usr/bin/unshare", "-m", "--propagation", "private", "/bin/bash", "-c",
+                        "mount --bind " + shell + " " + shell + " && mount -o remount,bind,noexec " +
+                            shell + " " + shell + " && exec " + bin("firedrill-agent").string() +
+                            " run-once --config " + (tmp / "agent.yaml").string() +
+                            " --test enc-sh --json"},
+                       60s);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  auto j = nlohmann::json::parse(r.out);
+  INFO(j.dump(2));
+  CHECK(j["verdict"] == "prevented");
+  CHECK(j["reason"] == "access_denied");
+  CHECK(j["evidence"]["spawn_error"] == "Permission denied");
+  // Outside the namespace the same test still runs: the block was the policy, not the probe.
+  CHECK(run_once(tmp / "agent.yaml", "enc-sh")["verdict"] == "not_prevented");
+}
+
 namespace {
 
 // True once something listens on 127.0.0.1:port (read from /proc, so nothing connects).
