@@ -1,11 +1,14 @@
 #include "agent/probe.hpp"
 
+#include <openssl/ssl.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "common/clock.hpp"
+#include "common/curl.hpp"
 #include "common/crypto.hpp"
 
 namespace firedrill::agent {
@@ -14,6 +17,16 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 
 boost::asio::thread_pool& blocking_pool() {
+  // OpenSSL and libcurl start here, on the calling thread, before the pool exists: OpenSSL
+  // registers its exit-time cleanup now, so that runs after the pool's threads are joined
+  // (exit handlers run in reverse). Were the first TLS use on a pool thread, the cleanup would
+  // run first and the threads' OpenSSL error state would leak (LeakSanitizer saw it).
+  static const bool libraries_ready = [] {
+    OPENSSL_init_ssl(0, nullptr);
+    common::curl::global_init();
+    return true;
+  }();
+  (void)libraries_ready;
   static boost::asio::thread_pool pool(2);
   return pool;
 }
