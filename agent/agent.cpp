@@ -6,9 +6,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
+#include "agent/probe_dns_lookup.hpp"
 #include "agent/probe_eicar_drop.hpp"
 #include "agent/probe_encoded_command.hpp"
-#include "agent/probe_dns_lookup.hpp"
 #include "agent/probe_http_beacon.hpp"
 #include "agent/probe_http_check.hpp"
 #include "agent/probe_tcp_connect.hpp"
@@ -16,8 +16,8 @@
 #include "agent/probe_tls_policy.hpp"
 #include "agent/probe_web_download.hpp"
 #include "common/clock.hpp"
-#include "common/crypto.hpp"
 #include "common/config.hpp"
+#include "common/crypto.hpp"
 #include "common/tls.hpp"
 
 namespace firedrill::agent {

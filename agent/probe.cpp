@@ -8,8 +8,8 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "common/clock.hpp"
-#include "common/curl.hpp"
 #include "common/crypto.hpp"
+#include "common/curl.hpp"
 
 namespace firedrill::agent {
 
