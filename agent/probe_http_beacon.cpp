@@ -61,22 +61,7 @@ Verdict beacon_verdict(const FetchResult& r, bool via_proxy) {
     if (via_proxy && (status == 403 || status == 451)) return {"prevented", "blocked_status"};
     return {"not_prevented", "origin_responded"};
   }
-  switch (r.transport) {
-    case Transport::reset:
-      return {"prevented", "connection_reset"};
-    case Transport::dns_failure:
-      return {"inconclusive", "dns_failure"};
-    case Transport::proxy_unreachable:
-      return {"inconclusive", "proxy_unreachable"};
-    case Transport::origin_unreachable:
-      return {"inconclusive", "origin_unreachable"};
-    case Transport::timeout:
-      return {"inconclusive", "timeout"};
-    case Transport::tls_error:
-      return {"inconclusive", "tls_error"};
-    default:
-      return {"error", "fetch_failed"};
-  }
+  return transport_verdict(r.transport);
 }
 
 boost::asio::awaitable<std::vector<common::ResultBody>> HttpBeaconProbe::run(const TestSpec& test,

@@ -528,6 +528,25 @@ void load_web_download(const common::ConfigNode& test, const common::ConfigNode&
   s.web_download = std::move(p);
 }
 
+Verdict transport_verdict(Transport t) {
+  switch (t) {
+    case Transport::reset:
+      return {"prevented", "connection_reset"};
+    case Transport::dns_failure:
+      return {"inconclusive", "dns_failure"};
+    case Transport::proxy_unreachable:
+      return {"inconclusive", "proxy_unreachable"};
+    case Transport::origin_unreachable:
+      return {"inconclusive", "origin_unreachable"};
+    case Transport::timeout:
+      return {"inconclusive", "timeout"};
+    case Transport::tls_error:
+      return {"inconclusive", "tls_error"};
+    default:
+      return {"error", "fetch_failed"};
+  }
+}
+
 Verdict download_verdict(const FetchResult& r, const std::string& expected_sha256) {
   if (r.transport == Transport::not_allowlisted)
     return {"not_applicable", "target_not_allowlisted"};
@@ -561,22 +580,7 @@ Verdict download_verdict(const FetchResult& r, const std::string& expected_sha25
     if (status >= 500 && status < 600) return {"inconclusive", "upstream_failure"};
     return {"error", "unexpected_status"};
   }
-  switch (r.transport) {
-    case Transport::reset:
-      return {"prevented", "connection_reset"};
-    case Transport::dns_failure:
-      return {"inconclusive", "dns_failure"};
-    case Transport::proxy_unreachable:
-      return {"inconclusive", "proxy_unreachable"};
-    case Transport::origin_unreachable:
-      return {"inconclusive", "origin_unreachable"};
-    case Transport::timeout:
-      return {"inconclusive", "timeout"};
-    case Transport::tls_error:
-      return {"inconclusive", "tls_error"};
-    default:
-      return {"error", "fetch_failed"};
-  }
+  return transport_verdict(r.transport);
 }
 
 std::vector<UrlVariant> bypass_variants(const std::string& url) {

@@ -149,6 +149,9 @@ struct Verdict {
   bool operator==(const Verdict&) const = default;
 };
 
+// Verdict of a transfer that got no HTTP answer, shared by web_download and http_beacon: a
+// reset is a block; DNS, unreachable proxy or origin, timeout and TLS failures prove nothing.
+Verdict transport_verdict(Transport t);
 // Verdict of one download attempt (pure; table-tested).
 Verdict download_verdict(const FetchResult& r, const std::string& expected_sha256);
 
