@@ -87,43 +87,20 @@ bool has_control(const std::string& s) {
                      [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
 }
 
-std::filesystem::path resolve(const std::filesystem::path& base_dir, const std::string& p) {
-  std::filesystem::path path(p);
-  return path.is_relative() ? base_dir / path : path;
-}
+using common::resolve_path;
 
 // A path that must exist now, so a typo fails at start rather than at the first connection.
 std::filesystem::path existing_path(const ConfigNode& n, const std::string& key,
                                     const std::filesystem::path& base_dir) {
-  auto p = resolve(base_dir, n.str(key));
+  auto p = resolve_path(base_dir, n.str(key));
   std::error_code ec;
   if (!std::filesystem::is_regular_file(p, ec)) n.fail(key, "file " + p.string() + " not found");
   return p;
 }
 
-// `key: value` or `key_file: path` (relative to base_dir; trailing newlines stripped).
 std::optional<std::string> secret(const ConfigNode& n, const std::string& key,
                                   const std::filesystem::path& base_dir) {
-  const std::string file_key = key + "_file";
-  bool in_file = n.has(file_key);
-  if (n.has(key) && in_file)
-    n.fail(file_key, "use either '" + key + "' or '" + file_key + "', not both");
-  if (!n.has(key) && !in_file) return std::nullopt;
-  std::string value;
-  if (in_file) {
-    try {
-      value = common::read_file(resolve(base_dir, n.str(file_key)), kMaxSecretFile);
-    } catch (const std::runtime_error& e) {
-      n.fail(file_key, e.what());
-    }
-    while (!value.empty() && (value.back() == '\n' || value.back() == '\r')) value.pop_back();
-  } else {
-    value = n.str(key);
-  }
-  const std::string& used = in_file ? file_key : key;
-  if (value.empty()) n.fail(used, "is empty");
-  if (has_control(value)) n.fail(used, "contains control characters");
-  return value;
+  return common::config_secret(n, key, base_dir, kMaxSecretFile);
 }
 
 void load_token(const ConfigNode& n, const std::filesystem::path& base_dir, AlertSourceConfig& c) {

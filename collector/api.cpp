@@ -791,6 +791,30 @@ std::optional<Response> dispatch_incidents(State& st, const Request& req, std::s
   return detail::make_response(http::status::ok, out, &req);
 }
 
+// ---- notifications ------------------------------------------------------------------------
+// GET /api/v1/notifications[?state=pending|sent|failed&limit=]: every message to every channel
+// and what became of it (attempts, last error), newest first.
+
+json get_notifications(State& st, const detail::Params& p) {
+  auto* n = st.alerting.notifier;
+  if (!n)
+    throw HttpError(http::status::service_unavailable,
+                    "no notification channels are configured (collector.yaml `notify:`)");
+  std::optional<DeliveryState> state;
+  if (auto s = detail::param(p, "state", ""); !s.empty()) {
+    state = parse_delivery_state(s);
+    if (!state)
+      throw HttpError(http::status::bad_request,
+                      "unknown state '" + s + "' (use pending, sent, failed)");
+  }
+  json list = json::array();
+  for (const auto& d : n->list(state, detail::limit_param(p))) list.push_back(delivery_json(d, false));
+  json channels = json::array();
+  for (const auto& c : n->config().channels)
+    channels.push_back({{"name", c.name}, {"type", channel_type_name(c.type)}});
+  return {{"notifications", std::move(list)}, {"channels", std::move(channels)}};
+}
+
 struct Route {
   std::string_view path;
   http::verb method;
@@ -832,6 +856,12 @@ const std::vector<Route>& routes() {
        get_detection_events,
        nullptr},
       {"/api/v1/alert-sources", http::verb::get, Role::viewer, {}, get_alert_sources, nullptr},
+      {"/api/v1/notifications",
+       http::verb::get,
+       Role::viewer,
+       {"state", "limit"},
+       get_notifications,
+       nullptr},
   };
   return kRoutes;
 }
@@ -1004,11 +1034,13 @@ awaitable<Response> handle_offloaded(State& st, const Request& req, const std::s
   co_return std::move(*out);
 }
 
-bool is_incident_path(std::string_view target) {
-  constexpr std::string_view kBase = "/api/v1/incidents";
-  return target.substr(0, kBase.size()) == kBase &&
-         (target.size() == kBase.size() || target[kBase.size()] == '/' ||
-          target[kBase.size()] == '?');
+// Incidents and notifications (a scan of the delivery records) run on the worker thread.
+bool is_offloaded_path(std::string_view target) {
+  for (std::string_view base : {"/api/v1/incidents", "/api/v1/notifications"})
+    if (target.substr(0, base.size()) == base &&
+        (target.size() == base.size() || target[base.size()] == '/' || target[base.size()] == '?'))
+      return true;
+  return false;
 }
 
 bool alerting_enabled(const State& st) {
@@ -1088,7 +1120,7 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
       res = parse_error_response(ec, limit);
     else if (hook)
       res = co_await handle_hook(st, parser.get(), arrival_ns);
-    else if (is_incident_path(std::string_view(parser.get().target().data(),
+    else if (is_offloaded_path(std::string_view(parser.get().target().data(),
                                                parser.get().target().size())))
       res = co_await handle_offloaded(st, parser.get(), remote);
     else

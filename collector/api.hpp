@@ -11,6 +11,7 @@
 #include "collector/alert_sources.hpp"
 #include "collector/correlator.hpp"
 #include "collector/incidents.hpp"
+#include "collector/notify.hpp"
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
 #include "common/net.hpp"
@@ -23,6 +24,7 @@ struct ApiAlerting {
   const std::vector<AlertSourceConfig>* sources = nullptr;
   Correlator* correlator = nullptr;
   IncidentEngine* incidents = nullptr;  // null: the incidents endpoints answer 503
+  Notifier* notifier = nullptr;         // null: /api/v1/notifications answers 503
 };
 
 class ApiServer {

@@ -455,6 +455,29 @@ void print_incident(const json& i) {
   print_table({"WHEN", "WHO", "WHAT", "DETAIL"}, rows);
 }
 
+// ---- notifications --------------------------------------------------------------------------
+
+int cmd_notifications(const ApiClient& api, const std::string& state, int limit, bool as_json) {
+  std::string path = "/api/v1/notifications?limit=" + std::to_string(limit);
+  if (!state.empty()) path += "&state=" + url_encode(state);
+  const json answer = api.get(path);
+  const json& list = list_field(answer, "notifications");
+  if (as_json) return print_json(list), 0;
+  if (list.empty()) return std::cout << "No notifications.\n", 0;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& d : list) {
+    std::string about = text(d, "kind") == "incident" ? "#" + text(d, "incident_id") + " " + text(d, "event")
+                                                      : text(d, "event");
+    std::string when = text(d, "state") == "sent"      ? text(d, "sent")
+                       : text(d, "state") == "pending" ? "next " + text(d, "next_attempt")
+                                                       : "";
+    rows.push_back({text(d, "id"), text(d, "channel"), about, text(d, "state"), text(d, "attempts"),
+                    when, text(d, "last_error")});
+  }
+  print_table({"ID", "CHANNEL", "ABOUT", "STATE", "TRIES", "WHEN", "LAST ERROR"}, rows);
+  return 0;
+}
+
 struct IncidentAction {
   std::uint64_t id = 0;
   std::string arg;  // note text, owner or reason
@@ -598,6 +621,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   incidents->add_flag("--json", iq.as_json, "Print JSON instead of a table");
 
+  auto* notifications = app.add_subcommand(
+      "notifications", "Messages sent to the notification channels and their fate (viewer)");
+  std::string nq_state;
+  int nq_limit = 100;
+  bool nq_json = false;
+  notifications->add_option("--state", nq_state, "Only pending, sent or failed messages")
+      ->check(CLI::IsMember({"pending", "sent", "failed"}));
+  notifications->add_option("--limit", nq_limit, "At most this many, newest first")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  notifications->add_flag("--json", nq_json, "Print JSON instead of a table");
+
   auto* incident = app.add_subcommand(
       "incident", "Show one incident, or acknowledge, note, assign or resolve it (operator)");
   incident->require_subcommand(1);
@@ -616,7 +651,7 @@ int main(int argc, char** argv) {
   }
 
   for (auto* sub : {token_create, api_token_create, agents, results, events, runs, latency, sources,
-                    incidents, incident})
+                    incidents, incident, notifications})
     sub->footer(
         "Global options (--server, --token-file, --ca, --timeout) may follow the "
         "subcommand; see firedrill --help.");
@@ -638,6 +673,7 @@ int main(int argc, char** argv) {
     if (*latency) return cmd_latency(api, lat_since, lat_by, lat_format);
     if (*sources) return cmd_alert_sources(api, sources_json);
     if (*incidents) return cmd_incidents(api, iq);
+    if (*notifications) return cmd_notifications(api, nq_state, nq_limit, nq_json);
     for (const auto& [verb, sub] : incident_actions)
       if (*sub) return cmd_incident(api, verb, ia);
     return kExitUsage;  // require_subcommand makes this unreachable

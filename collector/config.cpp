@@ -9,7 +9,7 @@ namespace firedrill::collector {
 CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
   root.check_keys({"data_dir", "agent_listen", "api_listen", "tls", "log_level", "limits",
-                   "enrollment", "correlation", "incidents", "alert_sources"});
+                   "enrollment", "correlation", "incidents", "notify", "alert_sources"});
   CollectorConfig c;
   c.data_dir = root.str("data_dir", file.parent_path().string());
   if (c.data_dir.is_relative()) c.data_dir = std::filesystem::absolute(file.parent_path() / c.data_dir);
@@ -57,6 +57,7 @@ CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
     enrollment.fail("certificate_validity", "must be at least 1h");
   c.correlation = CorrelationConfig::load(root["correlation"]);
   c.incidents = IncidentPolicy::load(root["incidents"]);
+  c.notify = NotifyConfig::load(root["notify"], file.parent_path());
   c.alert_sources = load_alert_sources(root, file.parent_path());
   return c;
 }
@@ -96,6 +97,13 @@ std::string CollectorConfig::to_yaml() const {
     << "#   severity: {prevention_failed: critical, detection_missed: critical, health_failed: high}\n"
     << "#   sla: {critical: {acknowledge: 15m, resolve: 4h}, high: {acknowledge: 1h, resolve: 24h}}\n"
     << "#   auto_close_after: 72h   # low and informational incidents nobody touched\n"
+    << "# Who hears about incidents (docs/NOTIFICATIONS.md); for example:\n"
+    << "# notify:\n"
+    << "#   channels:\n"
+    << "#     - {name: soc-mail, type: email, url: \"smtp://mail.example:587\", from: firedrill@example.com,\n"
+    << "#        to: [soc@example.com], username: firedrill, password_file: smtp.password}\n"
+    << "#     - {name: pager, type: pagerduty, routing_key_file: pagerduty.key, severities: [critical]}\n"
+    << "#   status_mail: {channel: soc-mail, every: 30m, to: [soc-manager@example.com]}\n"
     << "# Where alerts come from (see docs/ALERT-SOURCES.md). Webhooks are served on api_listen:\n"
     << "# POST https://<api_listen>/hooks/<name> with the header X-FireDrill-Token: <token>.\n"
     << "# alert_sources:\n"

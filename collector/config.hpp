@@ -9,6 +9,7 @@
 #include "collector/alert_sources.hpp"
 #include "collector/correlator.hpp"
 #include "collector/incidents.hpp"
+#include "collector/notify.hpp"
 #include "common/net.hpp"
 
 namespace firedrill::collector {
@@ -30,6 +31,7 @@ struct CollectorConfig {
   std::size_t max_connections = 50000;
   CorrelationConfig correlation;
   IncidentPolicy incidents;  // `incidents:` severities per kind, SLA per severity, auto-close
+  NotifyConfig notify;       // `notify:` channels, routes, retries, status mails
   std::vector<AlertSourceConfig> alert_sources;
 
   std::filesystem::path db_dir() const { return data_dir / "db"; }

@@ -881,7 +881,8 @@ struct Correlator::Impl {
         record_event(
             {next_event_seq_++, now, run->marker, run->agent_id, run->test_id, "pending", "overdue",
              fmt::format("no alert within {}; searching until the grace deadline",
-                         fmt_seconds(run->alert_within_ns))},
+                         fmt_seconds(run->alert_within_ns)),
+             run->target},
             ws, f);
         p->second.deadline_ns = run->sla_deadline_ns() + ns(cfg_.grace);
         deadlines_.emplace(p->second.deadline_ns, marker);

@@ -111,11 +111,20 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   collector::IncidentEngine incidents(*store, cfg.incidents);
   collector::IncidentFeed incident_feed(incidents, *store);
   incident_feed.start();
+  // Notifications follow the incident event log on threads of their own (one per channel), so
+  // a slow or dead receiver delays nothing but its own messages.
+  std::unique_ptr<collector::Notifier> notify;
+  if (!cfg.notify.empty()) {
+    notify = std::make_unique<collector::Notifier>(*store, incidents, cfg.notify);
+    notify->start();
+    for (const auto& c : cfg.notify.channels)
+      spdlog::info("notify: channel {} ({})", c.name, collector::channel_type_name(c.type));
+  }
 
   boost::asio::io_context io(1);
   collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator);
   collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry,
-                           {&cfg.alert_sources, &correlator, &incidents});
+                           {&cfg.alert_sources, &correlator, &incidents, notify.get()});
   ingest.start();
   api.start();
   for (auto& l : syslog) l->start();
@@ -159,6 +168,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   }
   notifier.ready("serving agents on port " + std::to_string(ingest.port()));
   io.run();
+  if (notify) notify->stop();
   incident_feed.stop();
   correlator.stop();
   auto st = ingest.stats();

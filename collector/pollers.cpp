@@ -39,8 +39,6 @@ using namespace std::chrono_literals;
 
 // A SIEM that answers with more than this is broken or hostile; the transfer is aborted.
 constexpr std::size_t kMaxResponseBytes = 16 << 20;
-constexpr std::size_t kMaxHeaderBytes = 64 * 1024;
-constexpr std::size_t kMaxErrorTextChars = 300;
 constexpr std::size_t kMaxFieldChars = 1024;  // host, rule, severity, ids
 constexpr std::size_t kMaxPageSize = 10000;   // Elasticsearch's default max_result_window
 constexpr std::size_t kMaxNotesPerPage = 3;   // bad fields reported per page, not per alert
@@ -66,13 +64,7 @@ struct PollError : std::runtime_error {
 // stop() was called: unwinds the poll without counting it as a failure.
 struct Stopped {};
 
-std::string printable(std::string_view s, std::size_t cap = kMaxErrorTextChars) {
-  std::string out;
-  for (char c : s.substr(0, cap))
-    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? ' ' : c;
-  if (s.size() > cap) out += "...";
-  return out;
-}
+using curl::printable;
 
 bool has_control_chars(std::string_view s) {
   return std::any_of(s.begin(), s.end(),
@@ -93,171 +85,31 @@ std::string form_encode(std::initializer_list<std::pair<std::string_view, std::s
 // ---------------------------------------------------------------------------------------------
 // libcurl, one easy handle per poller thread (reused so keep-alive connections are reused).
 
-using CurlPtr = curl::EasyPtr;
-using curl::SlistPtr;
+using curl::HttpRequest;
+using curl::HttpResponse;
 
-void set(CURL* c, CURLoption opt, auto value) {
-  CURLcode rc = curl_easy_setopt(c, opt, value);
-  if (rc != CURLE_OK)
-    throw PollError(FailureKind::transport,
-                    std::string("libcurl rejected an option: ") + curl_easy_strerror(rc));
-}
-
-struct HttpRequest {
-  bool post = false;
-  std::string url;
-  std::vector<std::string> headers;
-  std::string body;
-  std::string username, password;  // HTTP Basic when username is set
-};
-
-struct HttpResponse {
-  long status = 0;
-  std::string body;
-  std::string retry_after;  // the raw Retry-After header, if any
-};
-
-struct Transfer {
-  HttpResponse resp;
-  std::size_t header_bytes = 0;
-  bool overflow = false;
-  const std::atomic<bool>* stopping = nullptr;
-};
-
-std::size_t on_body(char* ptr, std::size_t size, std::size_t nmemb, void* user) {
-  auto* t = static_cast<Transfer*>(user);
-  std::size_t n = size * nmemb;
-  if (t->resp.body.size() + n > kMaxResponseBytes) {
-    t->overflow = true;
-    return 0;  // CURLE_WRITE_ERROR: stop before allocating more
-  }
-  t->resp.body.append(ptr, n);
-  return n;
-}
-
-std::size_t on_header(char* ptr, std::size_t size, std::size_t nmemb, void* user) {
-  auto* t = static_cast<Transfer*>(user);
-  std::size_t n = size * nmemb;
-  t->header_bytes += n;
-  if (t->header_bytes > kMaxHeaderBytes) return 0;
-  std::string_view line(ptr, n);
-  constexpr std::string_view kName = "retry-after:";
-  if (line.size() > kName.size()) {
-    std::string head(line.substr(0, kName.size()));
-    std::transform(head.begin(), head.end(), head.begin(), ::tolower);
-    if (head == kName) {
-      std::string_view v = line.substr(kName.size());
-      while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-      while (!v.empty() && std::isspace(static_cast<unsigned char>(v.back()))) v.remove_suffix(1);
-      t->resp.retry_after = std::string(v.substr(0, 100));
-    }
-  }
-  return n;
-}
-
-// Lets stop() abort a transfer at once instead of waiting out a 30 s timeout.
-int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
-  auto* t = static_cast<Transfer*>(user);
-  return t->stopping->load() ? 1 : 0;
-}
-
+// The shared client, with its failures in the pollers' terms.
 class HttpClient {
  public:
   HttpClient(const AlertSourceConfig& cfg, const std::atomic<bool>& stopping)
-      : ca_file_(cfg.ca_file), timeout_ms_(cfg.timeout.count()), stopping_(stopping) {
-    curl::global_init();
-    curl_.reset(curl_easy_init());
-    if (!curl_) throw std::runtime_error("cannot create a libcurl handle");
-  }
+      : http_({cfg.ca_file, cfg.timeout, kMaxResponseBytes, &stopping}) {}
 
   HttpResponse send(const HttpRequest& r) {
-    CURL* c = curl_.get();
-    curl_easy_reset(c);
-    Transfer t;
-    t.stopping = &stopping_;
-    char errbuf[CURL_ERROR_SIZE] = {0};
-    configure(c, r, t, errbuf);
-    SlistPtr headers = header_list(r);
-    set(c, CURLOPT_HTTPHEADER, headers.get());
-    CURLcode rc = curl_easy_perform(c);
-    if (rc == CURLE_ABORTED_BY_CALLBACK && stopping_.load()) throw Stopped{};
-    if (t.overflow || rc == CURLE_FILESIZE_EXCEEDED)
-      throw PollError(FailureKind::transport, "response from " + r.url + " exceeds " +
-                                                  std::to_string(kMaxResponseBytes >> 20) + " MiB");
-    if (rc != CURLE_OK)
-      throw PollError(FailureKind::transport,
-                      "cannot reach " + r.url + ": " +
-                          (errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc)));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &t.resp.status);
-    return std::move(t.resp);
+    try {
+      return http_.send(r);
+    } catch (const curl::Aborted&) {
+      throw Stopped{};
+    } catch (const curl::TransferError& e) {
+      throw PollError(FailureKind::transport, e.what());
+    }
   }
 
  private:
-  void configure(CURL* c, const HttpRequest& r, Transfer& t, char* errbuf) {
-    set(c, CURLOPT_URL, r.url.c_str());
-    // Only the web: a config typo must not turn into file:// or gopher:// access.
-    set(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    set(c, CURLOPT_ERRORBUFFER, errbuf);
-    set(c, CURLOPT_NOSIGNAL, 1L);
-    set(c, CURLOPT_TIMEOUT_MS, timeout_ms_);
-    set(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms_);
-    if (!ca_file_.empty()) set(c, CURLOPT_CAINFO, ca_file_.c_str());
-    set(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    set(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    // A redirect would carry our credentials to wherever the server points.
-    set(c, CURLOPT_FOLLOWLOCATION, 0L);
-    set(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(kMaxResponseBytes));
-    set(c, CURLOPT_WRITEFUNCTION, on_body);
-    set(c, CURLOPT_WRITEDATA, &t);
-    set(c, CURLOPT_HEADERFUNCTION, on_header);
-    set(c, CURLOPT_HEADERDATA, &t);
-    set(c, CURLOPT_NOPROGRESS, 0L);
-    set(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-    set(c, CURLOPT_XFERINFODATA, &t);
-    set(c, CURLOPT_ACCEPT_ENCODING, "");  // gzip where offered: SIEM answers compress well
-    if (!r.username.empty()) {
-      set(c, CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BASIC));
-      set(c, CURLOPT_USERNAME, r.username.c_str());
-      set(c, CURLOPT_PASSWORD, r.password.c_str());
-    }
-    if (r.post) {
-      set(c, CURLOPT_POST, 1L);
-      set(c, CURLOPT_POSTFIELDS, r.body.c_str());
-      set(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
-    } else {
-      set(c, CURLOPT_HTTPGET, 1L);
-    }
-  }
-
-  static SlistPtr header_list(const HttpRequest& r) {
-    SlistPtr list;
-    auto add = [&list](const std::string& h) {
-      curl_slist* l = curl_slist_append(list.get(), h.c_str());
-      if (!l) throw std::bad_alloc();
-      (void)list.release();
-      list.reset(l);
-    };
-    add("Accept: application/json");
-    add("Expect:");  // no 100-continue round trip
-    for (const auto& h : r.headers) add(h);
-    return list;
-  }
-
-  CurlPtr curl_;
-  std::filesystem::path ca_file_;
-  long timeout_ms_;
-  const std::atomic<bool>& stopping_;
+  curl::HttpClient http_;
 };
 
-// Retry-After is either delta-seconds or an HTTP-date (RFC 9110 section 10.2.3).
 milliseconds parse_retry_after(const std::string& v) {
-  if (v.empty()) return 0ms;
-  if (v.size() <= 9 && std::all_of(v.begin(), v.end(), ::isdigit))
-    return std::min<milliseconds>(std::chrono::seconds(std::stoll(v)), kMaxRetryAfter);
-  time_t when = curl_getdate(v.c_str(), nullptr);
-  if (when < 0) return 0ms;
-  std::int64_t delta_ms = static_cast<std::int64_t>(when) * 1000 - common::now_ns() / kNsPerMs;
-  return std::clamp<milliseconds>(milliseconds(delta_ms), 0ms, kMaxRetryAfter);
+  return curl::parse_retry_after(v, kMaxRetryAfter);
 }
 
 void expect_2xx(const HttpResponse& r, const std::string& what) {

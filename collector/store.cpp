@@ -36,6 +36,9 @@ enum Cf : int {
   kIncidents,
   kIncidentKeys,
   kIncidentEvents,
+  kNotifications,
+  kNotifyPending,
+  kNotifyState,
   kCfCount
 };
 const char* const kCfNames[kCfCount] = {"default",         "agents",          "results",
@@ -43,7 +46,8 @@ const char* const kCfNames[kCfCount] = {"default",         "agents",          "r
                                         "enroll_tokens",   "api_tokens",      "runs",
                                         "runs_by_time",    "runs_open",       "alerts",
                                         "orphan_alerts",   "detection_events", "incidents",
-                                        "incident_keys",   "incident_events"};
+                                        "incident_keys",   "incident_events", "notifications",
+                                        "notify_pending",  "notify_state"};
 int table_cf(Table t) {
   return kRuns + static_cast<int>(t);
 }

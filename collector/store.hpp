@@ -103,6 +103,9 @@ enum class Table {
   incidents,        // incident id (big-endian) -> record
   incident_keys,    // dedup key -> id of the incident that key currently belongs to
   incident_events,  // gap-free seq (big-endian) -> change (what notifiers consume)
+  notifications,    // delivery id (big-endian) -> one message to one channel and its fate
+  notify_pending,   // channel '\0' delivery id -> "" while the delivery is pending
+  notify_state,     // the notifier's cursor into incident_events and its status-mail state
 };
 
 // Big-endian keys sort in numeric order; signed times after flipping the sign bit.

@@ -219,4 +219,36 @@ void ConfigNode::check_keys(const std::vector<std::string>& known) const {
   }
 }
 
+std::filesystem::path resolve_path(const std::filesystem::path& base_dir, const std::string& p) {
+  std::filesystem::path path(p);
+  return path.is_relative() ? base_dir / path : path;
+}
+
+std::optional<std::string> config_secret(const ConfigNode& n, const std::string& key,
+                                         const std::filesystem::path& base_dir,
+                                         std::size_t max_bytes) {
+  const std::string file_key = key + "_file";
+  bool in_file = n.has(file_key);
+  if (n.has(key) && in_file)
+    n.fail(file_key, "use either '" + key + "' or '" + file_key + "', not both");
+  if (!n.has(key) && !in_file) return std::nullopt;
+  std::string value;
+  if (in_file) {
+    try {
+      value = read_file(resolve_path(base_dir, n.str(file_key)), max_bytes);
+    } catch (const std::runtime_error& e) {
+      n.fail(file_key, e.what());
+    }
+    while (!value.empty() && (value.back() == '\n' || value.back() == '\r')) value.pop_back();
+  } else {
+    value = n.str(key);
+  }
+  const std::string& used = in_file ? file_key : key;
+  if (value.empty()) n.fail(used, "is empty");
+  if (std::any_of(value.begin(), value.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+    n.fail(used, "contains control characters");
+  return value;
+}
+
 }  // namespace firedrill::common

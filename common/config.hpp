@@ -60,4 +60,14 @@ class ConfigNode {
   std::string path_;
 };
 
+// A relative path in a config file is relative to the file's directory (base_dir).
+std::filesystem::path resolve_path(const std::filesystem::path& base_dir, const std::string& p);
+
+// `key: value` or `key_file: path` (relative to base_dir; trailing newlines stripped); nullopt
+// when neither is given. Fails (file:line) when both are, the file cannot be read or is larger
+// than max_bytes, or the value is empty or holds control characters.
+std::optional<std::string> config_secret(const ConfigNode& n, const std::string& key,
+                                         const std::filesystem::path& base_dir,
+                                         std::size_t max_bytes = 64 * 1024);
+
 }  // namespace firedrill::common

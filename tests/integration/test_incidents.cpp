@@ -3,9 +3,11 @@
 // through the `firedrill` CLI while a viewer may only read.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "tests/integration/harness.hpp"
+#include "tests/unit/peers.hpp"
 
 using namespace firedrill::test;
 using json = nlohmann::json;
@@ -96,4 +98,69 @@ TEST_CASE("a failed prevention and a missed alert open critical incidents that a
   auto table = c.cli({"incidents"});
   REQUIRE_MESSAGE(table.rc == 0, table.err);
   CHECK_MESSAGE(table.out.find("no alert for smb-should-be-blocked") != std::string::npos, table.out);
+}
+
+TEST_CASE("incidents leave the collector by mail and signed webhook; the CLI shows every message") {
+  SmtpSink sink;
+  SiemMock hook({{"POST /hook", {{{"status", 500}, {"body", "receiver restarting"}},
+                                 {{"status", 200}, {"body", "ok"}}}}});
+  CollectorOptions o;
+  o.extra_yaml = "notify:\n  retry: {initial: 1s, max: 2s}\n  channels:\n"
+                 "    - {name: soc-mail, type: email, url: \"" + sink.url() +
+                 "\", starttls: off, from: firedrill@soc.test, to: [soc@soc.test]}\n"
+                 "    - {name: hook, type: webhook, url: \"" + hook.url() +
+                 "/hook\", secret: 0123456789abcdef-secret}\n"
+                 "  status_mail: {channel: soc-mail, every: 30m, to: [manager@soc.test]}\n";
+  Collector c(o);
+  OpenPort open;
+  Agent agent(c);
+  agent.write_config_yaml(
+      "allowlist:\n  network: [\"127.0.0.1\"]\ntests:\n"
+      "  - id: smb-should-be-blocked\n    kind: tcp_connect\n    every: 1s\n    jitter: 0s\n"
+      "    timeout: 2s\n    expect: {prevent: true}\n"
+      "    params: {targets: [\"127.0.0.1:" + std::to_string(open.port()) + "\"]}\n");
+  agent.start();
+
+  // The incident mail and the first status mail; the webhook after one 500.
+  REQUIRE_MESSAGE(wait_until([&] { return sink.count() >= 2 && hook.requests("POST", "/hook").size() >= 2; }, 60s),
+                  "mails: " << sink.count() << "\ncollector log:\n" << c.log());
+  agent.stop();
+  std::vector<std::string> subjects;
+  for (int n = 1; n <= static_cast<int>(sink.count()); ++n) subjects.push_back(sink.mail(n)["subject"]);
+  auto has = [&](const std::string& prefix) {
+    return std::any_of(subjects.begin(), subjects.end(),
+                       [&](const std::string& s) { return s.rfind(prefix, 0) == 0; });
+  };
+  CHECK(has("[FireDrill] Opened #1 [critical] "));
+  CHECK(has("[FireDrill] Major incident status 1: 1 critical open (#1)"));
+  json body = json::parse(std::string(hook.requests("POST", "/hook")[1]["body"]));
+  CHECK(body["incident"]["test_id"] == "smb-should-be-blocked");
+
+  auto sent = c.cli({"notifications", "--state", "sent"});
+  REQUIRE_MESSAGE(sent.rc == 0, sent.err);
+  CHECK_MESSAGE(sent.out.find("soc-mail") != std::string::npos, sent.out);
+  CHECK_MESSAGE(sent.out.find("#1 opened") != std::string::npos, sent.out);
+  auto as_json = c.cli({"notifications", "--json"});
+  REQUIRE(as_json.rc == 0);
+  bool retried = false;
+  for (const auto& d : json::parse(as_json.out))
+    if (d["channel"] == "hook" && d["attempts"].get<int>() >= 2 && d["state"] == "sent") retried = true;
+  CHECK_MESSAGE(retried, as_json.out);
+
+  // Resolving the last critical incident sends the all-clear. Results the agent sent before it
+  // stopped may still reopen it on the feed's next round: resolve until none stays open.
+  auto all_clear = [&] {
+    for (int n = 1; n <= static_cast<int>(sink.count()); ++n)
+      if (sink.mail(n)["subject"].get<std::string>().rfind("[FireDrill] All clear", 0) == 0) return true;
+    return false;
+  };
+  for (int round = 0; round < 30 && !all_clear(); ++round) {
+    auto open_list = c.api_get("/api/v1/incidents?state=open")["incidents"];  // not a temporary's member
+    for (const auto& i : open_list) {
+      auto r = c.cli({"incident", "resolve", std::to_string(i["id"].get<std::uint64_t>()), "port closed"});
+      REQUIRE_MESSAGE(r.rc == 0, r.err);
+    }
+    wait_until(all_clear, 2s);
+  }
+  CHECK_MESSAGE(all_clear(), c.cli({"notifications"}).out << c.log());
 }

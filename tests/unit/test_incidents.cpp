@@ -429,7 +429,7 @@ TEST_CASE("detection events map to missed and late signals, and alerts clear the
   };
   for (const auto& row : rows) {
     CAPTURE(row.to);
-    DetectionEvent e{7, kStart, "fdr-m", "agent-1", "t1", "pending", row.to, ""};
+    DetectionEvent e{7, kStart, "fdr-m", "agent-1", "t1", "pending", row.to, "", ""};
     auto sigs = signals_from_detection(e, p);
     REQUIRE(sigs.size() == row.expect.size());
     for (std::size_t n = 0; n < sigs.size(); ++n) {
@@ -438,9 +438,9 @@ TEST_CASE("detection events map to missed and late signals, and alerts clear the
       CHECK(sigs[n].key == dedup_key(row.expect[n].first, "t1", "agent-1"));
     }
   }
-  DetectionEvent late{1, kStart, "fdr-m", "agent-1", "t1", "pending", "late", ""};
+  DetectionEvent late{1, kStart, "fdr-m", "agent-1", "t1", "pending", "late", "", ""};
   CHECK(signals_from_detection(late, p)[1].severity == Severity::high);
-  DetectionEvent missed{1, kStart, "fdr-m", "agent-1", "t1", "pending", "missed", ""};
+  DetectionEvent missed{1, kStart, "fdr-m", "agent-1", "t1", "pending", "missed", "", ""};
   CHECK(signals_from_detection(missed, p)[0].severity == Severity::critical);
 }
 

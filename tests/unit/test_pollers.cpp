@@ -25,16 +25,19 @@
 
 #include "collector/alert.hpp"
 #include "collector/pollers.hpp"
+#include "tests/unit/peers.hpp"
 #include "tests/unit/temp_dir.hpp"
 
 using namespace firedrill::collector;
 using namespace std::chrono_literals;
+using firedrill::test::Routes;
+using firedrill::test::SiemMock;
 using firedrill::test::TempDir;
+using firedrill::test::kWait;
+using firedrill::test::wait_until;
 using json = nlohmann::json;
 
 namespace {
-
-constexpr auto kWait = 20s;  // generous: only ever reached when something is broken
 
 // "2026-03-01T10:00:00.250Z" (what the pollers send) -> ns, independent of the code under test.
 std::int64_t iso_ns(const std::string& s) {
@@ -80,106 +83,6 @@ std::map<std::string, std::string> form(const std::string& body) {
   }
   return out;
 }
-
-bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds timeout = kWait) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(10ms);  // polling a file the mock appends to: no event to await
-  }
-  return cond();
-}
-
-// "METHOD /path" -> the responses it gives, in order (the last one repeats).
-using Routes = std::vector<std::pair<std::string, std::vector<json>>>;
-
-// The mock SIEM: a python3 child process, killed at scope end.
-class SiemMock {
- public:
-  explicit SiemMock(const Routes& routes) : dir_("siem") {
-    json scenario = {{"routes", json::object()}};
-    for (const auto& [key, responses] : routes) scenario["routes"][key] = responses;
-    std::ofstream(dir_ / "scenario.json") << scenario.dump();
-    std::string script = std::string(FIREDRILL_SOURCE_DIR) + "/tests/peers/siem_mock.py";
-    std::vector<std::string> args = {"/usr/bin/python3",
-                                     script,
-                                     (dir_ / "scenario.json").string(),
-                                     (dir_ / "requests.jsonl").string(),
-                                     "--max-seconds",
-                                     "120"};
-    spawn(args);
-  }
-  ~SiemMock() {
-    ::kill(pid_, SIGTERM);
-    for (int i = 0; i < 200; ++i) {
-      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-      std::this_thread::sleep_for(10ms);
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-  }
-  SiemMock(const SiemMock&) = delete;
-  SiemMock& operator=(const SiemMock&) = delete;
-
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-
-  std::vector<json> requests(const std::string& method, const std::string& path) const {
-    std::vector<json> out;
-    std::ifstream in(dir_ / "requests.jsonl");
-    std::string line;
-    while (std::getline(in, line)) {
-      auto j = json::parse(line, nullptr, false);
-      if (j.is_object() && j["method"] == method && j["path"] == path) out.push_back(j);
-    }
-    return out;
-  }
-
-  std::vector<json> wait_requests(const std::string& method, const std::string& path,
-                                  std::size_t n) const {
-    std::vector<json> got;
-    wait_until([&] { return (got = requests(method, path)).size() >= n; });
-    REQUIRE(got.size() >= n);
-    return got;
-  }
-
- private:
-  void spawn(const std::vector<std::string>& args) {
-    int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    pid_ = ::fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    port_ = read_port(fds[0]);
-    ::close(fds[0]);
-  }
-
-  static int read_port(int fd) {
-    std::string line;
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{fd, POLLIN, 0};
-      if (::poll(&p, 1, 100) <= 0) continue;
-      char buf[64];
-      ssize_t n = ::read(fd, buf, sizeof buf);
-      if (n <= 0) break;
-      line.append(buf, static_cast<std::size_t>(n));
-    }
-    REQUIRE_MESSAGE(line.find('\n') != std::string::npos, "siem_mock.py did not print its port");
-    return std::stoi(line);
-  }
-
-  TempDir dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
 
 // Records submissions like the real sink: dedup by alert_key, optional store failures.
 class RecordingSink : public AlertSink {
