@@ -172,12 +172,23 @@ inner() {
   delivered_a=$(count_results)
   check "the collector stored it ($delivered_a result)" test "$delivered_a" -ge 1
   stop_collector
-  # Collector down: the next result waits in the durable outbox.
-  timeout -s TERM 6 chroot "$root" firedrill-agent run --once --config /etc/firedrill/agent.yaml \
-    >>"$debs/agent.log" 2>&1 || true
-  local pending
-  pending=$(R firedrill-agent status --config /etc/firedrill/agent.yaml | sed -n 's/.*"pending":\([0-9]*\).*/\1/p')
-  check "one result waits in the outbox (pending=$pending)" test "${pending:-0}" -ge 1
+  # Collector down: the next result waits in the durable outbox; stop the agent once it is there.
+  outbox_pending() {
+    R firedrill-agent status --config /etc/firedrill/agent.yaml 2>/dev/null |
+      sed -n 's/.*"pending":\([0-9]*\).*/\1/p'
+  }
+  chroot "$root" firedrill-agent run --once --config /etc/firedrill/agent.yaml >>"$debs/agent.log" 2>&1 &
+  local agent_pid=$! pending=0
+  for _ in $(seq 150); do
+    pending=$(outbox_pending)
+    [[ "${pending:-0}" -ge 1 ]] && break
+    sleep 0.1
+  done
+  kill -TERM "$agent_pid" 2>/dev/null || true
+  wait "$agent_pid" 2>/dev/null || true
+  pending=$(outbox_pending)
+  check "one result waits in the outbox while the collector is down (pending=$pending)" \
+    test "${pending:-0}" -ge 1
   echo "marker written by the packaging test" | R sh -c 'umask 077; cat >/var/lib/firedrill/test-marker'
   R chown firedrill:firedrill /var/lib/firedrill/test-marker
   snapshot >"$debs/state-before-upgrade"
@@ -357,6 +368,7 @@ inner_rc=0
 unshare --mount --net --propagation private "$0" --inner "$root" "$debs" "$version_a" "$version_b" \
   "$tmp/units" || inner_rc=$?
 check "life cycle in the clean root" test "$inner_rc" -eq 0
+phase_start=$SECONDS
 if ((inner_rc != 0)); then
   for log in dpkg.log collector.log agent.log; do
     [[ -s "$debs/$log" ]] && { echo "--- $log (last lines)"; tail -25 "$debs/$log"; }
