@@ -123,7 +123,10 @@ inner() {
   check "its home is /var/lib/firedrill, shell $fd_shell" \
     test "$fd_home" = /var/lib/firedrill -a "$fd_shell" = /usr/sbin/nologin
   check "/var/lib/firedrill is 0700 firedrill" stat_is /var/lib/firedrill "700 firedrill firedrill"
-  check "init ran: ca.pem 0644" stat_is /var/lib/firedrill/ca.pem "644 firedrill firedrill"
+  for f in ca.pem server.pem; do
+    check "init ran: $f 0644 firedrill" stat_is /var/lib/firedrill/$f "644 firedrill firedrill"
+  done
+  check "init ran: db/ 0700 firedrill" stat_is /var/lib/firedrill/db "700 firedrill firedrill"
   for f in ca.key server.key admin.token; do
     check "init ran: $f 0600 firedrill" stat_is /var/lib/firedrill/$f "600 firedrill firedrill"
   done
