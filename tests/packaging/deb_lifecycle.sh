@@ -245,7 +245,20 @@ inner() {
   check "state kept after remove (same files, modes, owners, SHA-256)" \
     diff -u "$debs/state-before-remove" "$debs/state-after-remove"
   check "the conffile is kept after remove" contains /etc/firedrill/agent.yaml "# edited by the admin"
-  phase "removed"
+  check "the removed collector's unit is masked" \
+    test "$(R readlink /etc/systemd/system/firedrill-collector.service)" = /dev/null
+  # Reinstalling a removed package resumes on the kept state: no second init, unit unmasked.
+  check "reinstall version B after remove" \
+    dpkg_do -i "/tmp/firedrill-collector_${version_b}_amd64.deb" "/tmp/firedrill-agent_${version_b}_amd64.deb" ||
+    return 1
+  snapshot >"$debs/state-after-reinstall"
+  check "reinstall kept the state (init did not run again)" \
+    diff -u "$debs/state-before-remove" "$debs/state-after-reinstall"
+  check "reinstall unmasked and enabled the collector again" \
+    sh -c "! chroot '$root' test -L /etc/systemd/system/firedrill-collector.service &&
+           chroot '$root' test -L /etc/systemd/system/multi-user.target.wants/firedrill-collector.service"
+  check "remove again" dpkg_do -r firedrill-agent firedrill-collector || return 1
+  phase "removed (and reinstalled once)"
 
   # --- Purge: state gone ---------------------------------------------------------------------
   check "purge both packages" dpkg_do -P firedrill-agent firedrill-collector || return 1
