@@ -96,9 +96,12 @@ inner() {
   phase "chroot ready"
   # --- Version A: first install ---------------------------------------------------------------
   cp "$debs"/a/*.deb "$debs"/b/*.deb "$root/tmp/"
+  # An extra certificate name, as an admin would give it at the first install.
+  export FIREDRILL_SERVER_NAMES=collector.firedrill.test
   check "install version A of both packages (dpkg -i, no systemd running)" \
     dpkg_do -i "/tmp/firedrill-collector_${version_a}_amd64.deb" "/tmp/firedrill-agent_${version_a}_amd64.deb" ||
     return 1
+  unset FIREDRILL_SERVER_NAMES
   for p in firedrill-agent firedrill-collector; do
     check "$p $version_a is installed" test "$(installed_version $p)" = "install ok installed $version_a"
   done
@@ -130,6 +133,10 @@ inner() {
   for f in ca.key server.key admin.token; do
     check "init ran: $f 0600 firedrill" stat_is /var/lib/firedrill/$f "600 firedrill firedrill"
   done
+  local san
+  san=$(openssl x509 -noout -ext subjectAltName -in "$root/var/lib/firedrill/server.pem" 2>&1 | tail -1)
+  check "server certificate names: FIREDRILL_SERVER_NAMES and loopback ($san)" \
+    sh -c "echo '$san' | grep -q 'DNS:collector.firedrill.test' && echo '$san' | grep -q 'IP Address:127.0.0.1'"
   check "init ran: collector.yaml 0640 firedrill" stat_is /var/lib/firedrill/collector.yaml "640 firedrill firedrill"
   check "collector.yaml: data_dir /var/lib/firedrill" contains /var/lib/firedrill/collector.yaml "data_dir: /var/lib/firedrill"
   check "collector.yaml: agents on 0.0.0.0:7443" contains /var/lib/firedrill/collector.yaml "agent_listen: 0.0.0.0:7443"
