@@ -5,8 +5,13 @@
 # agent with the packaged collector and leave a result in its outbox; upgrade to version B and
 # check that keys, enrollment, outbox and database are byte-identical and the conffile edit
 # survived, and that the upgraded collector takes the waiting result; remove (binaries gone,
-# state kept); purge (state gone). Also: lintian on both .debs (no errors) and
-# `systemd-analyze verify` on the installed units (nothing on stderr).
+# state kept, unit masked), reinstall (no second init), remove again; purge (state gone).
+# Also: lintian on both .debs (no errors) and `systemd-analyze verify` on the installed units
+# (nothing on stderr).
+#
+# Version A is this same build packaged as <version>~prev: the upgrade exercises what the
+# packaging must get right (maintainer scripts, conffile, state, user, unit enablement), not a
+# change of on-disk formats between two releases.
 #
 # Usage: tests/packaging/deb_lifecycle.sh [--build-dir DIR]   (root; CTest label `packaging`)
 # The clean root is cached as a tarball keyed by the packages' dependencies:
@@ -51,7 +56,6 @@ inner() {
     [[ "$(R stat -c '%a %U %G' "$1" 2>/dev/null)" == "$2" ]] ||
       { echo "    $1: $(R stat -c '%a %U %G' "$1" 2>&1)" >&2; return 1; }
   }
-  exists() { R test -e "$1"; }
   absent() { ! R test -e "$1" && ! R test -L "$1"; }
   installed_version() { R dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null; }
   contains() { R grep -qF -- "$2" "$1"; }
