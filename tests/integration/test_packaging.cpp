@@ -323,6 +323,10 @@ TEST_CASE("both units keep the service contract and every listed hardening optio
     CHECK(all(keys, "Service.SystemCallFilter") ==
           std::vector<std::string>{"@system-service", "~@privileged @resources"});
   }
+  // The package enables and starts the agent on install; until `enroll` wrote its identity the
+  // unit is skipped (condition failed) instead of failing into the start limit at every boot.
+  auto agent = parse_unit(shipped_unit("firedrill-agent"));
+  CHECK(single(agent, "Unit.ConditionPathExists") == "/var/lib/firedrill-agent/identity.yaml");
   auto collector = parse_unit(shipped_unit("firedrill-collector"));
   CHECK(single(collector, "Service.User") == "firedrill");
   CHECK(single(collector, "Service.Group") == "firedrill");
