@@ -154,6 +154,40 @@ ResultRecord unpack_record(const msgpack::object& o) {
   return r;
 }
 
+void pack_command(Packer& p, const Command& c) {
+  p.pack_map(12);
+  key(p, "id"), p.pack(c.id);
+  key(p, "agent_id"), p.pack(c.agent_id);
+  key(p, "kind"), p.pack(c.kind);
+  key(p, "target"), p.pack(c.target);
+  key(p, "requester"), p.pack(c.requester);
+  key(p, "approvals"), p.pack(c.approvals);
+  key(p, "nonce"), p.pack(c.nonce);
+  key(p, "issued_ns"), p.pack(c.issued_ns);
+  key(p, "expires_ns"), p.pack(c.expires_ns);
+  key(p, "recheck_test"), p.pack(c.recheck_test);
+  key(p, "recheck_after_ns"), p.pack(c.recheck_after_ns);
+  key(p, "sig"), pack_bin(p, c.signature.data(), c.signature.size());
+}
+
+Command unpack_command(const msgpack::object& o) {
+  Fields f(o, "command");
+  Command c;
+  c.id = f.str("id");
+  c.agent_id = f.str("agent_id");
+  c.kind = f.str("kind");
+  c.target = f.str("target");
+  c.requester = f.str("requester");
+  c.approvals = f.str_list("approvals");
+  c.nonce = f.str("nonce");
+  c.issued_ns = f.i64("issued_ns");
+  c.expires_ns = f.i64("expires_ns");
+  c.recheck_test = f.str("recheck_test");
+  c.recheck_after_ns = f.i64("recheck_after_ns");
+  c.signature = f.fixed<64>("sig");
+  return c;
+}
+
 struct Encoder {
   Packer& p;
   void operator()(const Hello& m) {
@@ -210,10 +244,22 @@ struct Encoder {
     key(p, "version"), p.pack(m.version);
   }
   void operator()(const EnrollResp& m) {
-    p.pack_map(3);
+    p.pack_map(4);
     key(p, "t"), p.pack("enroll_ok");
     key(p, "agent_id"), p.pack(m.agent_id);
     key(p, "cert"), p.pack(m.cert_pem);
+    key(p, "command_key"), p.pack(m.command_key_pem);
+  }
+  void operator()(const CommandPoll&) {
+    p.pack_map(1);
+    key(p, "t"), p.pack("command_poll");
+  }
+  void operator()(const Commands& m) {
+    p.pack_map(3);
+    key(p, "t"), p.pack("commands");
+    key(p, "commands"), p.pack_array(static_cast<std::uint32_t>(m.commands.size()));
+    for (const auto& c : m.commands) pack_command(p, c);
+    key(p, "command_key"), p.pack(m.command_key_pem);
   }
 };
 
@@ -287,6 +333,22 @@ Bytes batch_signing_bytes(std::string_view agent_id, std::uint64_t head_seq,
   return Bytes(d.begin(), d.end());
 }
 
+Bytes command_signing_bytes(const Command& c) {
+  Sha256 h;
+  h.update(std::string_view("fdr-command-v1"));
+  for (const std::string* f : {&c.id, &c.agent_id, &c.kind, &c.target, &c.requester})
+    h.update_u64(f->size()).update(*f);
+  h.update_u64(c.approvals.size());
+  for (const auto& a : c.approvals) h.update_u64(a.size()).update(a);
+  h.update_u64(c.nonce.size()).update(c.nonce);
+  h.update_u64(static_cast<std::uint64_t>(c.issued_ns));
+  h.update_u64(static_cast<std::uint64_t>(c.expires_ns));
+  h.update_u64(c.recheck_test.size()).update(c.recheck_test);
+  h.update_u64(static_cast<std::uint64_t>(c.recheck_after_ns));
+  auto d = h.finish();
+  return Bytes(d.begin(), d.end());
+}
+
 std::string encode_message(const Message& m) {
   msgpack::sbuffer buf;
   Packer p(buf);
@@ -321,13 +383,24 @@ Message decode_message(std::string_view payload) {
   if (t == "enroll")
     return EnrollReq{f.str("token"), f.str("csr"), f.str("hostname"), f.str("os"),
                      f.str("version")};
-  if (t == "enroll_ok") return EnrollResp{f.str("agent_id"), f.str("cert")};
+  if (t == "enroll_ok") return EnrollResp{f.str("agent_id"), f.str("cert"), f.str("command_key")};
+  if (t == "command_poll") return CommandPoll{};
+  if (t == "commands") {
+    Commands c;
+    if (auto* arr = f.array("commands")) {
+      c.commands.reserve(arr->size);
+      for (std::uint32_t i = 0; i < arr->size; ++i) c.commands.push_back(unpack_command(arr->ptr[i]));
+    }
+    c.command_key_pem = f.str("command_key");
+    return c;
+  }
   throw ProtocolError(t.empty() ? "message has no type ('t')" : "unknown message type '" + t + "'");
 }
 
 std::string message_type_name(const Message& m) {
-  static constexpr const char* kNames[] = {"hello", "hello_ack", "time_req", "time_resp", "batch",
-                                           "ack",   "error",     "enroll",   "enroll_ok"};
+  static constexpr const char* kNames[] = {"hello", "hello_ack", "time_req",     "time_resp",
+                                           "batch", "ack",       "error",        "enroll",
+                                           "enroll_ok", "command_poll", "commands"};
   return kNames[m.index()];
 }
 

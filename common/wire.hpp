@@ -96,10 +96,37 @@ struct EnrollReq {
 struct EnrollResp {
   std::string agent_id;
   std::string cert_pem;
+  std::string command_key_pem;  // the collector's command public key, pinned by the agent
 };
 
-using Message =
-    std::variant<Hello, HelloAck, TimeReq, TimeResp, Batch, Ack, ErrorMsg, EnrollReq, EnrollResp>;
+// A command from the collector (restart_service today), signed with the collector's command
+// key over command_signing_bytes. The agent checks signature, agent, expiry, nonce (never twice),
+// its own allowlist and the approvals before acting, and never runs a shell string.
+struct Command {
+  std::string id;  // "cmd-<n>", unique per collector
+  std::string agent_id;
+  std::string kind;    // restart_service
+  std::string target;  // a name on the agent's allowlist, e.g. nginx.service
+  std::string requester;
+  std::vector<std::string> approvals;  // who approved, in order (never the requester)
+  std::string nonce;                   // 32 hex characters, random
+  std::int64_t issued_ns = 0, expires_ns = 0;  // collector clock
+  std::string recheck_test;  // run this test once, recheck_after_ns after acting ("": none)
+  std::int64_t recheck_after_ns = 0;
+  Signature signature{};
+};
+// SHA-256 over "fdr-command-v1" and every field but the signature (length-prefixed).
+Bytes command_signing_bytes(const Command& c);
+
+// Agent -> collector when idle: any commands for me? Answered with Commands.
+struct CommandPoll {};
+struct Commands {
+  std::vector<Command> commands;
+  std::string command_key_pem;  // for agents enrolled before command keys existed
+};
+
+using Message = std::variant<Hello, HelloAck, TimeReq, TimeResp, Batch, Ack, ErrorMsg, EnrollReq,
+                             EnrollResp, CommandPoll, Commands>;
 
 std::string encode_message(const Message& m);  // msgpack payload (not framed)
 Message decode_message(std::string_view payload);  // throws ProtocolError naming what was wrong
