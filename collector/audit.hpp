@@ -4,8 +4,8 @@
 // is the entry's canonical encoding followed by its SHA-256, and the encoding includes the
 // previous entry's hash, so changing, removing or reordering any entry breaks the chain at a
 // place verify() can name. A chain alone cannot see its own tail cut off, so every append also
-// rewrites a head anchor (key 'h': head seq, head hash, Ed25519 signature by the collector's
-// audit key) in the same synced write. See docs/AUDIT.md for what is and is not detected.
+// rewrites a head anchor (key 'a', which sorts before the entries: head seq, head hash,
+// Ed25519 signature by the collector's audit key) in the same synced write. See docs/AUDIT.md for what is and is not detected.
 //
 // Appends are serialised by one mutex that is held across the synced write: the log's order
 // is the order of durable writes. Other modules' locks may be held while appending (the
@@ -75,14 +75,18 @@ inline constexpr std::size_t kMaxAuditProblems = 100;
 nlohmann::json audit_verify_json(const AuditVerifyResult& r);
 
 // Walks the whole log and the anchor, checking against `key` (its public half is enough).
-// `up_to`: stop after this seq and compare the anchor read at that point (a running collector
-// verifies up to its own head while appends continue); nullopt: everything stored.
+// The anchor is read first. `stop_at_anchor`: entries after the anchored seq are not looked at
+// (a running collector keeps appending while it verifies; the anchor and its entry are always
+// written together); false (offline): entries after the anchor are reported.
 AuditVerifyResult verify_audit_log(const Store& store, const common::Ed25519Key& key,
-                                   std::optional<std::uint64_t> up_to = std::nullopt);
+                                   bool stop_at_anchor = false);
 
 // The audit signing key, `audit.key` (Ed25519, PEM, 0600) in the data directory. Created by
 // `init`; a data directory from before the audit log gets one at its first start (`created`).
 common::Ed25519Key load_or_create_audit_key(const std::filesystem::path& file, bool* created);
+inline std::filesystem::path audit_key_path(const std::filesystem::path& data_dir) {
+  return data_dir / "audit.key";
+}
 std::string audit_key_fingerprint(const common::Ed25519Key& key);
 
 class AuditLog {
@@ -130,6 +134,6 @@ class AuditLog {
 // tools that read Table::audit directly.
 std::optional<AuditEntry> decode_audit_entry(std::string_view value);
 std::string audit_entry_key(std::uint64_t seq);
-inline const std::string kAuditAnchorKey = "h";
+inline const std::string kAuditAnchorKey = "a";
 
 }  // namespace firedrill::collector

@@ -36,6 +36,7 @@ enum Cf : int {
   kIncidents,
   kIncidentKeys,
   kIncidentEvents,
+  kAudit,
   kCfCount
 };
 const char* const kCfNames[kCfCount] = {"default",         "agents",          "results",
@@ -43,7 +44,7 @@ const char* const kCfNames[kCfCount] = {"default",         "agents",          "r
                                         "enroll_tokens",   "api_tokens",      "runs",
                                         "runs_by_time",    "runs_open",       "alerts",
                                         "orphan_alerts",   "detection_events", "incidents",
-                                        "incident_keys",   "incident_events"};
+                                        "incident_keys",   "incident_events", "audit"};
 int table_cf(Table t) {
   return kRuns + static_cast<int>(t);
 }

@@ -103,6 +103,7 @@ enum class Table {
   incidents,        // incident id (big-endian) -> record
   incident_keys,    // dedup key -> id of the incident that key currently belongs to
   incident_events,  // gap-free seq (big-endian) -> change (what notifiers consume)
+  audit,            // 'e' + seq (big-endian) -> hash-chained entry, 'h' -> signed head
 };
 
 // Big-endian keys sort in numeric order; signed times after flipping the sign bit.
