@@ -409,7 +409,7 @@ json post_api_token(State& st, const Request& req, const ApiToken& who) {
                     "unknown role '" + *role_text + "' (use viewer, approver, operator, admin)");
   std::string token;
   try {
-    token = st.registry.create_api_token(*name, *role);
+    token = st.registry.create_api_token(*name, *role, who.name);
   } catch (const std::invalid_argument& e) {
     throw HttpError(http::status::bad_request, e.what());
   }
@@ -791,6 +791,35 @@ std::optional<Response> dispatch_incidents(State& st, const Request& req, std::s
   return detail::make_response(http::status::ok, out, &req);
 }
 
+// ---- audit log (docs/AUDIT.md) ---------------------------------------------------------------
+// Approver and above: the log names people, agents and token hash prefixes. Both walk the log
+// and run on the worker thread (handle_offloaded).
+
+AuditLog& audit_log(State& st) {
+  if (!st.alerting.audit)
+    throw HttpError(http::status::service_unavailable,
+                    "the audit log is not enabled in this collector");
+  return *st.alerting.audit;
+}
+
+json get_audit_verify(State& st, const detail::Params&) {
+  return audit_verify_json(audit_log(st).verify());
+}
+
+json get_audit_export(State& st, const detail::Params& p) {
+  auto& audit = audit_log(st);
+  std::int64_t since = detail::since_param(p, "7d");
+  auto text = detail::param(p, "from_seq", "1");
+  if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw HttpError(http::status::bad_request, "'from_seq' must be a positive integer");
+  auto from = std::stoull(text);
+  json list = json::array();
+  auto entries = audit.list(from, since, detail::limit_param(p));
+  for (const auto& e : entries) list.push_back(audit_entry_json(e));
+  return {{"entries", std::move(list)},
+          {"next_from_seq", entries.empty() ? from : entries.back().seq + 1}};
+}
+
 struct Route {
   std::string_view path;
   http::verb method;
@@ -832,6 +861,13 @@ const std::vector<Route>& routes() {
        get_detection_events,
        nullptr},
       {"/api/v1/alert-sources", http::verb::get, Role::viewer, {}, get_alert_sources, nullptr},
+      {"/api/v1/audit/verify", http::verb::get, Role::approver, {}, get_audit_verify, nullptr},
+      {"/api/v1/audit/export",
+       http::verb::get,
+       Role::approver,
+       {"since", "from_seq", "limit"},
+       get_audit_export,
+       nullptr},
   };
   return kRoutes;
 }
@@ -1011,6 +1047,11 @@ bool is_incident_path(std::string_view target) {
           target[kBase.size()] == '?');
 }
 
+// Verify walks the whole audit log: not on the io thread either.
+bool is_audit_path(std::string_view target) {
+  return target.substr(0, 14) == "/api/v1/audit/";
+}
+
 bool alerting_enabled(const State& st) {
   return st.alerting.sources && st.alerting.correlator;
 }
@@ -1088,8 +1129,9 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
       res = parse_error_response(ec, limit);
     else if (hook)
       res = co_await handle_hook(st, parser.get(), arrival_ns);
-    else if (is_incident_path(std::string_view(parser.get().target().data(),
-                                               parser.get().target().size())))
+    else if (auto t = std::string_view(parser.get().target().data(),
+                                       parser.get().target().size());
+             is_incident_path(t) || is_audit_path(t))
       res = co_await handle_offloaded(st, parser.get(), remote);
     else
       res = handle_request(st, parser.get(), remote);

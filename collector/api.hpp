@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "collector/alert_sources.hpp"
+#include "collector/audit.hpp"
 #include "collector/correlator.hpp"
 #include "collector/incidents.hpp"
 #include "collector/registry.hpp"
@@ -23,6 +24,7 @@ struct ApiAlerting {
   const std::vector<AlertSourceConfig>* sources = nullptr;
   Correlator* correlator = nullptr;
   IncidentEngine* incidents = nullptr;  // null: the incidents endpoints answer 503
+  AuditLog* audit = nullptr;            // null: the audit endpoints answer 503
 };
 
 class ApiServer {
