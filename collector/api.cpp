@@ -1129,8 +1129,7 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
       res = parse_error_response(ec, limit);
     else if (hook)
       res = co_await handle_hook(st, parser.get(), arrival_ns);
-    else if (auto t = std::string_view(parser.get().target().data(),
-                                       parser.get().target().size());
+    else if (auto t = std::string_view(parser.get().target().data(), parser.get().target().size());
              is_incident_path(t) || is_audit_path(t))
       res = co_await handle_offloaded(st, parser.get(), remote);
     else

@@ -157,8 +157,8 @@ struct Walk {
   std::string announced_key;  // hex public key of the newest key-announcing entry
 };
 
-void check_entry(std::uint64_t seq, std::string_view v, bool& linked, common::Digest& prev,
-                 Walk& w, Problems& problems) {
+void check_entry(std::uint64_t seq, std::string_view v, bool& linked, common::Digest& prev, Walk& w,
+                 Problems& problems) {
   auto e = decode_audit_entry(v);
   if (!e) {
     problems.add(seq, "undecodable",
@@ -203,7 +203,8 @@ void check_anchor(const std::optional<std::string>& raw, const common::Ed25519Ke
     if (w.last_seq > 0)
       problems.add(0, "anchor",
                    "the signed head anchor is missing: entries cut off the end cannot be "
-                   "ruled out (the log ends at seq " + std::to_string(w.last_seq) + ")");
+                   "ruled out (the log ends at seq " +
+                       std::to_string(w.last_seq) + ")");
     return;
   }
   auto a = decode_anchor(*raw);
@@ -220,9 +221,9 @@ void check_anchor(const std::optional<std::string>& raw, const common::Ed25519Ke
   }
   auto pub = common::to_hex(key.public_raw());
   if (!w.announced_key.empty() && w.announced_key != pub)
-    problems.add(0, "anchor",
-                 "the audit key (fingerprint " + r.key_fingerprint +
-                     ") is not the key the log announced");
+    problems.add(
+        0, "anchor",
+        "the audit key (fingerprint " + r.key_fingerprint + ") is not the key the log announced");
   if (a->seq > w.last_seq) {
     problems.add(w.last_seq + 1, "anchor",
                  "the log ends at seq " + std::to_string(w.last_seq) +
@@ -393,12 +394,11 @@ void AuditLog::check_anchor_at_start() {
     next_seq_ = anchor->seq + 1;
     head_hash_ = anchor->hash;
   } else if (anchor->seq < last) {
-    finding = range_text(anchor->seq + 1, last) +
-              " had been stored after the signed head (seq " + std::to_string(anchor->seq) +
-              ") without the audit key";
+    finding = range_text(anchor->seq + 1, last) + " had been stored after the signed head (seq " +
+              std::to_string(anchor->seq) + ") without the audit key";
   } else if (anchor->hash != head_hash_) {
-    finding = "the newest entry (seq " + std::to_string(last) +
-              ") was not the one the signed head names";
+    finding =
+        "the newest entry (seq " + std::to_string(last) + ") was not the one the signed head names";
   }
   if (finding.empty()) return;
   spdlog::error("audit: {}; recording it in the audit log", finding);

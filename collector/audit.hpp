@@ -5,7 +5,8 @@
 // previous entry's hash, so changing, removing or reordering any entry breaks the chain at a
 // place verify() can name. A chain alone cannot see its own tail cut off, so every append also
 // rewrites a head anchor (key 'a', which sorts before the entries: head seq, head hash,
-// Ed25519 signature by the collector's audit key) in the same synced write. See docs/AUDIT.md for what is and is not detected.
+// Ed25519 signature by the collector's audit key) in the same synced write. See docs/AUDIT.md for
+// what is and is not detected.
 //
 // Appends are serialised by one mutex that is held across the synced write: the log's order
 // is the order of durable writes. Other modules' locks may be held while appending (the
@@ -66,8 +67,8 @@ struct AuditProblem {
 struct AuditVerifyResult {
   bool ok() const { return problems.empty(); }
   std::uint64_t entries_checked = 0;
-  std::uint64_t head_seq = 0;  // the anchored head
-  std::string key_fingerprint;  // hex SHA-256 of the audit public key
+  std::uint64_t head_seq = 0;          // the anchored head
+  std::string key_fingerprint;         // hex SHA-256 of the audit public key
   std::vector<AuditProblem> problems;  // in log order; at most kMaxAuditProblems
   bool problems_truncated = false;
 };

@@ -557,7 +557,9 @@ struct IncidentEngine::Txn {
     thin_timeline(i.timeline);
     std::uint64_t seq = next_seq++;
     if (what != "occurrence")  // not a state change; one per failing run
-      audit.push_back({actor, "incident_" + what, "incident #" + std::to_string(i.id),
+      audit.push_back({actor,
+                       "incident_" + what,
+                       "incident #" + std::to_string(i.id),
                        {{"incident_id", i.id},
                         {"event_seq", seq},
                         {"severity", severity_name(i.severity)},

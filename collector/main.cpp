@@ -89,8 +89,8 @@ int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
 
 // The audit log and its first entry of this start: which configuration it runs with.
 std::unique_ptr<collector::AuditLog> open_audit_log(collector::Store& store,
-                                                   const collector::CollectorConfig& cfg,
-                                                   const fs::path& config_file) {
+                                                    const collector::CollectorConfig& cfg,
+                                                    const fs::path& config_file) {
   bool created = false;
   auto key = collector::load_or_create_audit_key(collector::audit_key_path(cfg.data_dir), &created);
   if (created)
@@ -108,6 +108,10 @@ int cmd_audit_verify(const fs::path& data_dir) {
   collector::CollectorConfig cfg;
   cfg.data_dir = data_dir;
   auto key_file = collector::audit_key_path(data_dir);
+  if (!fs::is_directory(cfg.db_dir())) {  // opening would create an empty database
+    std::cerr << "firedrill-collector: no database at " << cfg.db_dir().string() << "\n";
+    return 1;
+  }
   if (!fs::exists(key_file)) {
     std::cerr << "firedrill-collector: no audit key at " << key_file.string() << "\n";
     return 1;

@@ -45,7 +45,9 @@ Registry::CreatedToken Registry::create_enroll_token(std::chrono::seconds ttl,
   out.expires_ns = t.expires_ns;
   WriteSet ws;
   ws.put_enroll_token(t);
-  commit(std::move(ws), {{created_by, "token_created", "enroll-token",
+  commit(std::move(ws), {{created_by,
+                          "token_created",
+                          "enroll-token",
                           {{"token_hash_prefix", hash_prefix(t.token_hash)},
                            {"expires_at", common::format_time(t.expires_ns)}}}});
   return out;
@@ -122,7 +124,9 @@ std::string Registry::create_api_token(const std::string& name, Role role,
   WriteSet ws;
   auto hash = hash_token(token);
   ws.put_api_token({hash, name, role, common::now_ns()});
-  commit(std::move(ws), {{created_by, "api_token_created", name,
+  commit(std::move(ws), {{created_by,
+                          "api_token_created",
+                          name,
                           {{"role", role_name(role)}, {"token_hash_prefix", hash_prefix(hash)}}}});
   return token;
 }
