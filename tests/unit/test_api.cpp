@@ -62,9 +62,9 @@ struct ApiFixture {
   collector::AuditLog audit{*store, common::Ed25519Key::generate()};
 
   ApiFixture() {
-    server = std::make_unique<collector::ApiServer>(io, tls, common::HostPort{"127.0.0.1", 0},
-                                                    *store, registry,
-                                                    collector::ApiAlerting{.audit = &audit});
+    server =
+        std::make_unique<collector::ApiServer>(io, tls, common::HostPort{"127.0.0.1", 0}, *store,
+                                               registry, collector::ApiAlerting{.audit = &audit});
     server->start();
     thread = std::thread([this] { io.run(); });
   }
