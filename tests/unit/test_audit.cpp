@@ -282,7 +282,7 @@ TEST_CASE("appends from several threads at once stay one gap-free chain") {
   CHECK(f.log->head_seq() == 1 + kThreads * kEach);
 }
 
-TEST_CASE("commit writes a change and its entries together; bad records are refused") {
+TEST_CASE("commit writes a change and its entries together and bad records are refused") {
   Fixture f;
   WriteSet ws;
   ws.put(Table::incident_keys, "x", "y");
@@ -306,7 +306,7 @@ TEST_CASE("invalid UTF-8 from a peer is replaced before hashing, so export match
   CHECK(line.find("hostname") != std::string::npos);
 }
 
-TEST_CASE("incident changes are audited in the same write; mere occurrences are not") {
+TEST_CASE("incident changes are audited in the same write but mere occurrences are not") {
   Fixture f;
   IncidentEngine engine(*f.store);
   engine.set_audit(f.log.get());
