@@ -409,7 +409,7 @@ json post_api_token(State& st, const Request& req, const ApiToken& who) {
                     "unknown role '" + *role_text + "' (use viewer, approver, operator, admin)");
   std::string token;
   try {
-    token = st.registry.create_api_token(*name, *role);
+    token = st.registry.create_api_token(*name, *role, who.name);
   } catch (const std::invalid_argument& e) {
     throw HttpError(http::status::bad_request, e.what());
   }
@@ -815,6 +815,35 @@ json get_notifications(State& st, const detail::Params& p) {
   return {{"notifications", std::move(list)}, {"channels", std::move(channels)}};
 }
 
+// ---- audit log (docs/AUDIT.md) ---------------------------------------------------------------
+// Approver and above: the log names people, agents and token hash prefixes. Both walk the log
+// and run on the worker thread (handle_offloaded).
+
+AuditLog& audit_log(State& st) {
+  if (!st.alerting.audit)
+    throw HttpError(http::status::service_unavailable,
+                    "the audit log is not enabled in this collector");
+  return *st.alerting.audit;
+}
+
+json get_audit_verify(State& st, const detail::Params&) {
+  return audit_verify_json(audit_log(st).verify());
+}
+
+json get_audit_export(State& st, const detail::Params& p) {
+  auto& audit = audit_log(st);
+  std::int64_t since = detail::since_param(p, "7d");
+  auto text = detail::param(p, "from_seq", "1");
+  if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw HttpError(http::status::bad_request, "'from_seq' must be a positive integer");
+  auto from = std::stoull(text);
+  json list = json::array();
+  auto entries = audit.list(from, since, detail::limit_param(p));
+  for (const auto& e : entries) list.push_back(audit_entry_json(e));
+  return {{"entries", std::move(list)},
+          {"next_from_seq", entries.empty() ? from : entries.back().seq + 1}};
+}
+
 struct Route {
   std::string_view path;
   http::verb method;
@@ -861,6 +890,13 @@ const std::vector<Route>& routes() {
        Role::viewer,
        {"state", "limit"},
        get_notifications,
+       nullptr},
+      {"/api/v1/audit/verify", http::verb::get, Role::approver, {}, get_audit_verify, nullptr},
+      {"/api/v1/audit/export",
+       http::verb::get,
+       Role::approver,
+       {"since", "from_seq", "limit"},
+       get_audit_export,
        nullptr},
   };
   return kRoutes;
@@ -1034,9 +1070,10 @@ awaitable<Response> handle_offloaded(State& st, const Request& req, const std::s
   co_return std::move(*out);
 }
 
-// Incidents and notifications (a scan of the delivery records) run on the worker thread.
+// Incidents, notifications (a scan of the delivery records) and the audit log (verify walks
+// all of it) run on the worker thread.
 bool is_offloaded_path(std::string_view target) {
-  for (std::string_view base : {"/api/v1/incidents", "/api/v1/notifications"})
+  for (std::string_view base : {"/api/v1/incidents", "/api/v1/notifications", "/api/v1/audit"})
     if (target.substr(0, base.size()) == base &&
         (target.size() == base.size() || target[base.size()] == '/' || target[base.size()] == '?'))
       return true;

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "collector/alert_sources.hpp"
+#include "collector/audit.hpp"
 #include "collector/correlator.hpp"
 #include "collector/incidents.hpp"
 #include "collector/notify.hpp"
@@ -25,6 +26,7 @@ struct ApiAlerting {
   Correlator* correlator = nullptr;
   IncidentEngine* incidents = nullptr;  // null: the incidents endpoints answer 503
   Notifier* notifier = nullptr;         // null: /api/v1/notifications answers 503
+  AuditLog* audit = nullptr;            // null: the audit endpoints answer 503
 };
 
 class ApiServer {

@@ -25,6 +25,7 @@ namespace {
 
 constexpr int kExitApiError = 1;
 constexpr int kExitUsage = 2;
+constexpr int kExitAuditBroken = 3;  // `audit verify`: the log is not intact
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -500,6 +501,42 @@ int cmd_incident(const ApiClient& api, const std::string& action, const Incident
   return 0;
 }
 
+// ---- audit log ------------------------------------------------------------------------------
+
+int cmd_audit_verify(const ApiClient& api, bool as_json) {
+  json r = api.get("/api/v1/audit/verify");
+  if (as_json) print_json(r);
+  bool ok = r.value("ok", false);
+  if (!as_json && ok)
+    std::cout << "audit log intact: " << text(r, "entries_checked") << " entries, head seq "
+              << text(r, "head_seq") << ", key " << text(r, "key_fingerprint") << "\n";
+  if (!as_json && !ok) {
+    std::cout << "audit log NOT intact (" << text(r, "entries_checked") << " entries checked):\n";
+    for (const auto& p : list_field(r, "problems"))
+      std::cout << "  seq " << text(p, "seq") << ": " << text(p, "reason") << "\n";
+    if (r.value("problems_truncated", false)) std::cout << "  (more problems not shown)\n";
+  }
+  return ok ? 0 : kExitAuditBroken;
+}
+
+// JSON lines for a SIEM: one entry per line, paging through the API until it runs dry.
+int cmd_audit_export(const ApiClient& api, const std::string& since) {
+  constexpr int kPage = 1000;
+  std::uint64_t from = 1;
+  for (;;) {
+    json r = api.get("/api/v1/audit/export?since=" + url_encode(since) +
+                     "&from_seq=" + std::to_string(from) + "&limit=" + std::to_string(kPage));
+    const json& list = list_field(r, "entries");
+    for (const auto& e : list)
+      std::cout << e.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    auto next = r.value("next_from_seq", from);
+    if (list.size() < static_cast<std::size_t>(kPage) || next <= from) break;
+    from = next;
+  }
+  std::cout.flush();
+  return std::cout ? 0 : kExitApiError;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -650,8 +687,21 @@ int main(int argc, char** argv) {
     incident_actions.emplace_back(verb, sub);
   }
 
+  auto* audit = app.add_subcommand("audit", "The tamper-evident audit log (approver)");
+  audit->require_subcommand(1);
+  auto* audit_verify = audit->add_subcommand(
+      "verify", "Check the whole audit chain; exit 0 when intact, 3 naming each problem");
+  bool audit_json = false;
+  audit_verify->add_flag("--json", audit_json, "Print the JSON answer instead");
+  auto* audit_export =
+      audit->add_subcommand("export", "Print audit entries as JSON lines (for a SIEM)");
+  std::string audit_since = "7d";
+  audit_export
+      ->add_option("--since", audit_since, "How far back: a duration (1h, 7d) or an RFC 3339 time")
+      ->capture_default_str();
+
   for (auto* sub : {token_create, api_token_create, agents, results, events, runs, latency, sources,
-                    incidents, incident, notifications})
+                    incidents, incident, notifications, audit_verify, audit_export})
     sub->footer(
         "Global options (--server, --token-file, --ca, --timeout) may follow the "
         "subcommand; see firedrill --help.");
@@ -674,6 +724,8 @@ int main(int argc, char** argv) {
     if (*sources) return cmd_alert_sources(api, sources_json);
     if (*incidents) return cmd_incidents(api, iq);
     if (*notifications) return cmd_notifications(api, nq_state, nq_limit, nq_json);
+    if (*audit_verify) return cmd_audit_verify(api, audit_json);
+    if (*audit_export) return cmd_audit_export(api, audit_since);
     for (const auto& [verb, sub] : incident_actions)
       if (*sub) return cmd_incident(api, verb, ia);
     return kExitUsage;  // require_subcommand makes this unreachable

@@ -548,6 +548,7 @@ struct IncidentEngine::Txn {
   std::map<std::uint64_t, Incident> changed;
   std::map<std::string, std::optional<std::uint64_t>> keys;  // overlay on incident_keys
   std::map<std::string, std::uint64_t> cursors;
+  std::vector<AuditRecord> audit;  // committed with ws when the engine has an audit log
 
   Incident& record(Incident& i, const std::string& actor, const std::string& what,
                    const std::string& detail) {
@@ -555,6 +556,14 @@ struct IncidentEngine::Txn {
     i.timeline.push_back({now, actor, what, detail});
     thin_timeline(i.timeline);
     std::uint64_t seq = next_seq++;
+    if (what != "occurrence")  // not a state change; one per failing run
+      audit.push_back({actor,
+                       "incident_" + what,
+                       "incident #" + std::to_string(i.id),
+                       {{"incident_id", i.id},
+                        {"event_seq", seq},
+                        {"severity", severity_name(i.severity)},
+                        {"detail", detail}}});
     ws.put(Table::incident_events, id_key(seq),
            dump({{"v", kEventFormat},
                  {"time_ns", now},
@@ -619,7 +628,11 @@ void IncidentEngine::commit(Txn& t) {
   for (const auto& [name, v] : t.cursors)
     t.ws.put(Table::incident_keys, kCursorPrefix + name, id_key(v));
   if (t.ws.empty()) return;
-  store_.commit(std::move(t.ws));  // throws StoreError; nothing in memory changed yet
+  // Throws StoreError; nothing in memory changed yet.
+  if (audit_)
+    audit_->commit(std::move(t.ws), t.audit);
+  else
+    store_.commit(std::move(t.ws));
   next_id_ = t.next_id;
   next_seq_ = t.next_seq;
   for (auto& [id, i] : t.changed) {

@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "collector/audit.hpp"
 #include "collector/correlator.hpp"
 #include "collector/store.hpp"
 #include "common/config.hpp"
@@ -283,6 +284,9 @@ class IncidentEngine {
 
   std::int64_t now() const { return now_(); }
   const IncidentPolicy& policy() const { return policy_; }
+  // With an audit log, every change but a mere occurrence is also an audit entry
+  // ("incident_" + what) in the same synced write. Set before use; must outlive the engine.
+  void set_audit(AuditLog* audit) { audit_ = audit; }
 
  private:
   struct Txn;
@@ -301,6 +305,7 @@ class IncidentEngine {
   std::uint64_t next_seq_ = 1;
   std::map<std::uint64_t, Incident> active_;  // open and acknowledged, by id
   LatencyBaseline baseline_;
+  AuditLog* audit_ = nullptr;
 };
 
 // Feeds the engine from the store's durable logs on its own thread, every `period`: detection

@@ -309,7 +309,7 @@ struct IngestServer::Impl {
     }
     spdlog::info("enrolled agent {} (host {}, {}) from {}", outcome.agent_id, req->hostname,
                  req->os, remote);
-    common::EnrollResp resp{outcome.agent_id, outcome.cert_pem};
+    common::EnrollResp resp{outcome.agent_id, outcome.cert_pem, {}};
     co_await write_message(s, wd, resp);
     co_await shutdown(s, wd);
   }

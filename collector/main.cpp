@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "collector/api.hpp"
+#include "collector/audit.hpp"
 #include "collector/ca.hpp"
 #include "collector/config.hpp"
 #include "collector/correlator.hpp"
@@ -66,7 +67,10 @@ int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
   std::string token;
   {
     auto store = collector::Store::open(cfg.db_dir());
+    collector::AuditLog audit(*store, collector::load_or_create_audit_key(
+                                          collector::audit_key_path(cfg.data_dir), nullptr));
     collector::Registry reg(*store, ca, cfg.max_token_ttl, cfg.agent_cert_validity);
+    reg.set_audit(&audit);
     token = reg.create_api_token("admin (created by init)", collector::Role::admin);
   }
   common::write_file_atomic(cfg.data_dir / "admin.token", token + "\n");
@@ -83,12 +87,64 @@ int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
   return 0;
 }
 
+// The audit log and its first entry of this start: which configuration it runs with.
+std::unique_ptr<collector::AuditLog> open_audit_log(collector::Store& store,
+                                                    const collector::CollectorConfig& cfg,
+                                                    const fs::path& config_file) {
+  bool created = false;
+  auto key = collector::load_or_create_audit_key(collector::audit_key_path(cfg.data_dir), &created);
+  if (created)
+    spdlog::warn("audit: created {} (this data directory predates the audit log)",
+                 collector::audit_key_path(cfg.data_dir).string());
+  auto audit = std::make_unique<collector::AuditLog>(store, std::move(key));
+  auto text = common::read_file(config_file);
+  audit->append("system", "config_loaded", fs::absolute(config_file).string(),
+                {{"sha256", common::to_hex(common::sha256(text))}, {"audit_key_created", created}});
+  return audit;
+}
+
+// Offline: the collector must be stopped (RocksDB admits one process).
+int cmd_audit_verify(const fs::path& data_dir) {
+  collector::CollectorConfig cfg;
+  cfg.data_dir = data_dir;
+  auto key_file = collector::audit_key_path(data_dir);
+  if (!fs::is_directory(cfg.db_dir())) {  // opening would create an empty database
+    std::cerr << "firedrill-collector: no database at " << cfg.db_dir().string() << "\n";
+    return 1;
+  }
+  if (!fs::exists(key_file)) {
+    std::cerr << "firedrill-collector: no audit key at " << key_file.string() << "\n";
+    return 1;
+  }
+  auto key = common::Ed25519Key::from_private_pem(common::read_file(key_file, 64 * 1024));
+  std::unique_ptr<collector::Store> store;
+  try {
+    store = collector::Store::open(cfg.db_dir());
+  } catch (const collector::StoreError& e) {
+    std::cerr << "firedrill-collector: " << e.what()
+              << "\n(is the collector running? stop it first, or use `firedrill audit verify`)\n";
+    return 1;
+  }
+  auto r = collector::verify_audit_log(*store, key);
+  if (r.ok()) {
+    std::cout << "audit log intact: " << r.entries_checked << " entries, head seq " << r.head_seq
+              << ", key " << r.key_fingerprint << "\n";
+    return 0;
+  }
+  std::cout << "audit log NOT intact (" << r.entries_checked << " entries checked):\n";
+  for (const auto& p : r.problems) std::cout << "  seq " << p.seq << ": " << p.reason << "\n";
+  if (r.problems_truncated) std::cout << "  (more problems not shown)\n";
+  return 1;
+}
+
 int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   auto cfg = collector::CollectorConfig::load(config_file);
   common::setup_logging("collector", cfg.log_level);
   auto store = collector::Store::open(cfg.db_dir());
   auto ca = collector::CertificateAuthority::load(cfg.ca_cert, cfg.ca_key);
   collector::Registry registry(*store, ca, cfg.max_token_ttl, cfg.agent_cert_validity);
+  auto audit = open_audit_log(*store, cfg, config_file);
+  registry.set_audit(audit.get());
   auto agent_tls =
       common::make_server_context({cfg.server_cert, cfg.server_key, cfg.ca_cert}, false);
   auto api_tls = common::make_server_context({cfg.server_cert, cfg.server_key, {}}, false);
@@ -109,6 +165,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   // Incidents follow the durable logs (detection events, results, security events) on their
   // own thread; the API's incident endpoints act on the same engine.
   collector::IncidentEngine incidents(*store, cfg.incidents);
+  incidents.set_audit(audit.get());
   collector::IncidentFeed incident_feed(incidents, *store);
   incident_feed.start();
   // Notifications follow the incident event log on threads of their own (one per channel), so
@@ -124,7 +181,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   boost::asio::io_context io(1);
   collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator);
   collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry,
-                           {&cfg.alert_sources, &correlator, &incidents, notify.get()});
+                           {&cfg.alert_sources, &correlator, &incidents, notify.get(), audit.get()});
   ingest.start();
   api.start();
   for (auto& l : syslog) l->start();
@@ -210,9 +267,16 @@ int main(int argc, char** argv) {
   run->add_option("--ready-file", ready_file,
                   "Write {\"agent_port\",\"api_port\",\"pid\"} as JSON here once listening "
                   "(useful with port 0)");
+  auto* audit = app.add_subcommand("audit", "The tamper-evident audit log (docs/AUDIT.md)");
+  audit->require_subcommand(1);
+  auto* audit_verify = audit->add_subcommand(
+      "verify", "Check the audit log of a stopped collector; exit 1 naming any problem");
+  fs::path audit_dir;
+  audit_verify->add_option("--data-dir", audit_dir, "The collector's data directory")->required();
   CLI11_PARSE(app, argc, argv);
   try {
     if (*init) return cmd_init(data_dir, agent_listen, api_listen, names);
+    if (*audit_verify) return cmd_audit_verify(audit_dir);
     return cmd_run(config, ready_file);
   } catch (const std::exception& e) {
     std::cerr << "firedrill-collector: " << e.what() << "\n";

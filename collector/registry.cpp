@@ -5,6 +5,8 @@
 
 namespace firedrill::collector {
 
+using nlohmann::json;
+
 std::string Registry::hash_token(const std::string& token) {
   return common::to_hex(common::sha256(token));
 }
@@ -12,6 +14,20 @@ std::string Registry::hash_token(const std::string& token) {
 bool Registry::well_formed_token(const std::string& token) {
   return token.size() == 64 &&
          token.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+namespace {
+// Enough to tell tokens apart in the audit log; useless for guessing one.
+std::string hash_prefix(const std::string& token_hash) {
+  return token_hash.substr(0, 12);
+}
+}  // namespace
+
+void Registry::commit(WriteSet ws, std::vector<AuditRecord> records) {
+  if (audit_)
+    audit_->commit(std::move(ws), records);
+  else
+    store_.commit(std::move(ws));
 }
 
 Registry::CreatedToken Registry::create_enroll_token(std::chrono::seconds ttl,
@@ -29,7 +45,11 @@ Registry::CreatedToken Registry::create_enroll_token(std::chrono::seconds ttl,
   out.expires_ns = t.expires_ns;
   WriteSet ws;
   ws.put_enroll_token(t);
-  store_.commit(std::move(ws));
+  commit(std::move(ws), {{created_by,
+                          "token_created",
+                          "enroll-token",
+                          {{"token_hash_prefix", hash_prefix(t.token_hash)},
+                           {"expires_at", common::format_time(t.expires_ns)}}}});
   return out;
 }
 
@@ -50,12 +70,20 @@ Registry::EnrollOutcome Registry::enroll(const common::EnrollReq& req, const std
   auto tok = store_.get_enroll_token(hash_token(req.token));
   if (!tok) return refuse("bad_token", "unknown enrollment token");
   auto now = common::now_ns();
+  // Only someone who held this real token can get here: worth an audit entry (unknown tokens
+  // are anyone's to send, and stay security events only).
+  auto refuse_real = [&](std::string code, std::string message) {
+    if (audit_)
+      audit_->append("remote:" + remote, "token_rejected", "enroll-token",
+                     {{"token_hash_prefix", hash_prefix(tok->token_hash)}, {"reason", code}});
+    return refuse(std::move(code), std::move(message));
+  };
   if (tok->used_ns)
-    return refuse("token_used", "enrollment token was already used at " +
-                                    common::format_time(tok->used_ns) + " by " + tok->used_by);
+    return refuse_real("token_used", "enrollment token was already used at " +
+                                         common::format_time(tok->used_ns) + " by " + tok->used_by);
   if (now >= tok->expires_ns)
-    return refuse("token_expired",
-                  "enrollment token expired at " + common::format_time(tok->expires_ns));
+    return refuse_real("token_expired",
+                       "enrollment token expired at " + common::format_time(tok->expires_ns));
 
   AgentRecord a;
   a.agent_id = "agt-" + common::random_id(12);
@@ -76,16 +104,30 @@ Registry::EnrollOutcome Registry::enroll(const common::EnrollReq& req, const std
   WriteSet ws;  // token use and registration are one synced write: single use survives a crash
   ws.put_enroll_token(*tok);
   ws.put_agent(a);
-  store_.commit(std::move(ws));
+  json token_detail = {{"token_hash_prefix", hash_prefix(tok->token_hash)},
+                       {"token_created_by", tok->created_by}};
+  json detail = token_detail;
+  detail.update({{"hostname", a.hostname},
+                 {"os", a.os},
+                 {"version", a.version},
+                 {"remote", remote},
+                 {"cert_fingerprint", a.cert_fingerprint}});
+  commit(std::move(ws), {{a.agent_id, "enrollment", a.agent_id, std::move(detail)},
+                         {a.agent_id, "token_used", "enroll-token", std::move(token_detail)}});
   out.agent_id = a.agent_id;
   return out;
 }
 
-std::string Registry::create_api_token(const std::string& name, Role role) {
+std::string Registry::create_api_token(const std::string& name, Role role,
+                                       const std::string& created_by) {
   auto token = common::random_token();
   WriteSet ws;
-  ws.put_api_token({hash_token(token), name, role, common::now_ns()});
-  store_.commit(std::move(ws));
+  auto hash = hash_token(token);
+  ws.put_api_token({hash, name, role, common::now_ns()});
+  commit(std::move(ws), {{created_by,
+                          "api_token_created",
+                          name,
+                          {{"role", role_name(role)}, {"token_hash_prefix", hash_prefix(hash)}}}});
   return token;
 }
 

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "collector/audit.hpp"
 #include "collector/ca.hpp"
 #include "collector/store.hpp"
 #include "common/wire.hpp"
@@ -33,8 +34,13 @@ class Registry {
   // Single-use: the token is marked used in the same synced write that registers the agent.
   EnrollOutcome enroll(const common::EnrollReq& req, const std::string& remote);
 
-  std::string create_api_token(const std::string& name, Role role);
+  std::string create_api_token(const std::string& name, Role role,
+                               const std::string& created_by = "system");
   std::optional<ApiToken> authenticate_api(const std::string& token) const;
+
+  // With an audit log, token creation, enrollment and refusals of real tokens are recorded in
+  // the same synced write as the change (docs/AUDIT.md). Set before serving; must outlive this.
+  void set_audit(AuditLog* audit) { audit_ = audit; }
 
   static std::string hash_token(const std::string& token);
   static bool well_formed_token(const std::string& token);  // 64 lower-case hex digits
@@ -44,6 +50,9 @@ class Registry {
   const CertificateAuthority& ca_;
   std::chrono::milliseconds max_ttl_;
   std::chrono::hours cert_validity_;
+  AuditLog* audit_ = nullptr;
+
+  void commit(WriteSet ws, std::vector<AuditRecord> records);
 };
 
 }  // namespace firedrill::collector

@@ -39,6 +39,7 @@ enum Cf : int {
   kNotifications,
   kNotifyPending,
   kNotifyState,
+  kAudit,
   kCfCount
 };
 const char* const kCfNames[kCfCount] = {"default",         "agents",          "results",
@@ -47,7 +48,7 @@ const char* const kCfNames[kCfCount] = {"default",         "agents",          "r
                                         "runs_by_time",    "runs_open",       "alerts",
                                         "orphan_alerts",   "detection_events", "incidents",
                                         "incident_keys",   "incident_events", "notifications",
-                                        "notify_pending",  "notify_state"};
+                                        "notify_pending",  "notify_state",    "audit"};
 int table_cf(Table t) {
   return kRuns + static_cast<int>(t);
 }

@@ -106,6 +106,7 @@ enum class Table {
   notifications,    // delivery id (big-endian) -> one message to one channel and its fate
   notify_pending,   // channel '\0' delivery id -> "" while the delivery is pending
   notify_state,     // the notifier's cursor into incident_events and its status-mail state
+  audit,            // 'e' + seq (big-endian) -> hash-chained entry, 'h' -> signed head
 };
 
 // Big-endian keys sort in numeric order; signed times after flipping the sign bit.

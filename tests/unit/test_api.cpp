@@ -13,6 +13,7 @@
 
 #include "collector/api.hpp"
 #include "collector/api_client.hpp"
+#include "collector/audit.hpp"
 #include "collector/ca.hpp"
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
@@ -57,10 +58,13 @@ struct ApiFixture {
   std::thread thread;
   std::string admin_token = registry.create_api_token("test admin", Role::admin);
   std::string viewer_token = registry.create_api_token("test viewer", Role::viewer);
+  std::string approver_token = registry.create_api_token("test approver", Role::approver);
+  collector::AuditLog audit{*store, common::Ed25519Key::generate()};
 
   ApiFixture() {
-    server = std::make_unique<collector::ApiServer>(io, tls, common::HostPort{"127.0.0.1", 0},
-                                                    *store, registry);
+    server =
+        std::make_unique<collector::ApiServer>(io, tls, common::HostPort{"127.0.0.1", 0}, *store,
+                                               registry, collector::ApiAlerting{.audit = &audit});
     server->start();
     thread = std::thread([this] { io.run(); });
   }
@@ -453,4 +457,31 @@ TEST_CASE("the collector serves the standard payloads without a token, byte for 
   CHECK(body.find("eicar.com, eicar.zip, benign.txt") != std::string::npos);
   std::tie(code, body) = fetch("/payloads/eicar.com", "-X POST -d x=1");
   CHECK(code == "405");
+}
+
+TEST_CASE("the audit endpoints need an approver and page the export by seq") {
+  ApiFixture f;
+  for (int i = 0; i < 5; ++i) f.audit.append("alice", "token_created", "t" + std::to_string(i));
+  auto refused = error_of([&] { f.client(f.viewer_token).get("/api/v1/audit/verify"); });
+  REQUIRE(refused);
+  CHECK(refused->status == 403);
+  auto api = f.client(f.approver_token);
+  json v = api.get("/api/v1/audit/verify");
+  CHECK(v["ok"] == true);
+  CHECK(v["entries_checked"] == 6);
+  CHECK(v["problems"].empty());
+
+  json page = api.get("/api/v1/audit/export?since=1h&from_seq=3&limit=2");
+  REQUIRE(page["entries"].size() == 2);
+  CHECK(page["entries"][0]["seq"] == 3);
+  CHECK(page["entries"][0]["subject"] == "t1");
+  CHECK(page["entries"][1]["prev_hash"] == page["entries"][0]["hash"]);
+  CHECK(page["next_from_seq"] == 5);
+  CHECK(api.get("/api/v1/audit/export?from_seq=7")["entries"].empty());
+  for (const char* bad : {"from_seq=x", "limit=0", "since=yesterday", "format=csv"}) {
+    CAPTURE(bad);
+    auto e = error_of([&] { api.get(std::string("/api/v1/audit/export?") + bad); });
+    REQUIRE(e);
+    CHECK(e->status == 400);
+  }
 }

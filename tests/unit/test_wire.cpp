@@ -158,7 +158,7 @@ TEST_CASE("every message type round-trips through encode_message and decode_mess
     CHECK(m.version == "0.1.0");
   }
   SUBCASE("enroll_ok") {
-    auto m = round_trip(EnrollResp{"agent-9", "-----BEGIN CERTIFICATE-----"});
+    auto m = round_trip(EnrollResp{"agent-9", "-----BEGIN CERTIFICATE-----", "key"});
     CHECK(m.agent_id == "agent-9");
     CHECK(m.cert_pem == "-----BEGIN CERTIFICATE-----");
   }
