@@ -663,13 +663,14 @@ IncidentEngine& incident_engine(State& st) {
   return *engine;
 }
 
-std::uint64_t incident_id_param(std::string_view text) {
+// The number in /api/v1/<what>s/N.
+std::uint64_t id_param(std::string_view text, const std::string& what = "incident") {
   if (text.empty() || text.size() > 18 ||
       text.find_first_not_of("0123456789") != std::string_view::npos)
     throw HttpError(http::status::bad_request,
-                    "'" + std::string(text) + "' is not an incident number");
+                    "'" + std::string(text) + "' is not " + (what == "incident" ? "an " : "a ") + what + " number");
   auto id = std::stoull(std::string(text));
-  if (id == 0) throw HttpError(http::status::bad_request, "incident numbers start at 1");
+  if (id == 0) throw HttpError(http::status::bad_request, what + " numbers start at 1");
   return id;
 }
 
@@ -777,7 +778,7 @@ std::optional<Response> dispatch_incidents(State& st, const Request& req, std::s
   } else if (first == "closed-untouched" && !is_post) {
     out = get_closed_untouched(st, detail::parse_query(query, {"since"}));
   } else {
-    auto id = incident_id_param(first);
+    auto id = id_param(first);
     detail::parse_query(query, {});
     if (is_post) {
       out = post_incident_action(st, req, who, id, action);
@@ -842,6 +843,97 @@ json get_audit_export(State& st, const detail::Params& p) {
   for (const auto& e : entries) list.push_back(audit_entry_json(e));
   return {{"entries", std::move(list)},
           {"next_from_seq", entries.empty() ? from : entries.back().seq + 1}};
+}
+
+// ---- commands (issue 6; docs/COMMANDS.md) ---------------------------------------------------
+// GET /api/v1/commands[?state=&limit=] and /api/v1/commands/N (viewer); POST /api/v1/commands
+// {agent, kind, target, reason, recheck_test, recheck_after} (operator); POST
+// /api/v1/commands/N/approve and /deny {reason} (approver, never the requester).
+
+CommandEngine& command_engine(State& st) {
+  if (!st.alerting.commands)
+    throw HttpError(http::status::service_unavailable, "commands are not enabled in this collector");
+  return *st.alerting.commands;
+}
+
+std::optional<Response> dispatch_commands(State& st, const Request& req, std::string_view path,
+                                          std::string_view query) {
+  constexpr std::string_view kBase = "/api/v1/commands";
+  if (path.substr(0, kBase.size()) != kBase) return std::nullopt;
+  auto rest = path.substr(kBase.size());
+  if (!rest.empty() && rest[0] != '/') return std::nullopt;
+  if (!rest.empty()) rest.remove_prefix(1);
+  auto slash = rest.find('/');
+  auto first = rest.substr(0, slash);
+  auto action = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+  bool is_post = req.method() == http::verb::post;
+  if (req.method() != http::verb::get && !is_post) {
+    auto res = detail::error_response(http::status::method_not_allowed,
+                                      std::string(path) + " only accepts GET and POST", &req);
+    res.set(http::field::allow, "GET, POST");
+    return res;
+  }
+  Role need = !is_post ? Role::viewer : first.empty() ? Role::operator_ : Role::approver;
+  ApiToken who = authorize(st, req, need);
+  auto& engine = command_engine(st);
+  json out;
+  try {
+    if (first.empty() && !is_post) {
+      auto p = detail::parse_query(query, {"state", "limit"});
+      std::optional<CommandState> state;
+      if (auto s = detail::param(p, "state", ""); !s.empty()) {
+        state = parse_command_state(s);
+        if (!state)
+          throw HttpError(http::status::bad_request,
+                          "unknown state '" + s +
+                              "' (use awaiting_approval, approved, delivered, executed, failed, "
+                              "refused, denied, expired)");
+      }
+      json list = json::array();
+      for (const auto& c : engine.list(state, detail::limit_param(p))) list.push_back(command_json(c));
+      out = {{"commands", std::move(list)}};
+    } else if (first.empty()) {
+      json body = detail::parse_body_object(
+          req, {"agent", "kind", "target", "reason", "recheck_test", "recheck_after", "incident_id"});
+      CommandRequest r;
+      r.agent_id = required_body_text(body, "agent");
+      r.kind = detail::string_field(body, "kind").value_or("restart_service");
+      r.target = required_body_text(body, "target");
+      r.reason = detail::string_field(body, "reason").value_or("");
+      r.requester = who.name;
+      r.recheck_test = detail::string_field(body, "recheck_test").value_or("");
+      if (auto ra = detail::string_field(body, "recheck_after"); ra && !ra->empty()) {
+        try {
+          r.recheck_after_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   common::parse_duration(*ra)).count();
+        } catch (const std::exception& e) {
+          throw HttpError(http::status::bad_request, "recheck_after: " + std::string(e.what()));
+        }
+      }
+      out = command_json(engine.request(r));
+    } else {
+      detail::parse_query(query, {});
+      auto id = id_param(first, "command");
+      if (!is_post) {
+        auto c = engine.get(id);
+        if (!c) throw HttpError(http::status::not_found, "no command #" + std::to_string(id));
+        out = command_json(*c);
+      } else if (action == "approve") {
+        detail::parse_body_object(req, {});
+        out = command_json(engine.approve(id, who.name));
+      } else if (action == "deny") {
+        out = command_json(engine.deny(
+            id, who.name, required_body_text(detail::parse_body_object(req, {"reason"}), "reason")));
+      } else {
+        throw HttpError(http::status::not_found,
+                        "no such command action '" + std::string(action) + "' (use approve, deny)");
+      }
+    }
+  } catch (const CommandError& e) {
+    throw HttpError(http::status::conflict, e.what());
+  }
+  return detail::make_response(is_post && first.empty() ? http::status::created : http::status::ok,
+                               out, &req);
 }
 
 struct Route {
@@ -932,6 +1024,7 @@ Response dispatch(State& st, const Request& req) {
     return res;
   }
   if (auto res = dispatch_incidents(st, req, path, query)) return std::move(*res);
+  if (auto res = dispatch_commands(st, req, path, query)) return std::move(*res);
   const auto& all = routes();
   auto route = std::find_if(all.begin(), all.end(), [&](const Route& r) { return r.path == path; });
   if (route == all.end())
@@ -1073,7 +1166,8 @@ awaitable<Response> handle_offloaded(State& st, const Request& req, const std::s
 // Incidents, notifications (a scan of the delivery records) and the audit log (verify walks
 // all of it) run on the worker thread.
 bool is_offloaded_path(std::string_view target) {
-  for (std::string_view base : {"/api/v1/incidents", "/api/v1/notifications", "/api/v1/audit"})
+  for (std::string_view base :
+       {"/api/v1/incidents", "/api/v1/notifications", "/api/v1/audit", "/api/v1/commands"})
     if (target.substr(0, base.size()) == base &&
         (target.size() == base.size() || target[base.size()] == '/' || target[base.size()] == '?'))
       return true;

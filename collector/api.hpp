@@ -12,6 +12,7 @@
 #include "collector/audit.hpp"
 #include "collector/correlator.hpp"
 #include "collector/incidents.hpp"
+#include "collector/commands.hpp"
 #include "collector/notify.hpp"
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
@@ -27,6 +28,7 @@ struct ApiAlerting {
   IncidentEngine* incidents = nullptr;  // null: the incidents endpoints answer 503
   Notifier* notifier = nullptr;         // null: /api/v1/notifications answers 503
   AuditLog* audit = nullptr;            // null: the audit endpoints answer 503
+  CommandEngine* commands = nullptr;    // null: the command endpoints answer 503
 };
 
 class ApiServer {

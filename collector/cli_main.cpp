@@ -501,6 +501,72 @@ int cmd_incident(const ApiClient& api, const std::string& action, const Incident
   return 0;
 }
 
+// ---- commands -------------------------------------------------------------------------------
+
+struct CommandArgs {
+  std::string agent, restart, reason, recheck_test, recheck_after, state, deny_reason;
+  std::uint64_t id = 0;
+  bool as_json = false;
+};
+
+void print_commands(const json& list) {
+  if (list.empty()) {
+    std::cout << "No commands.\n";
+    return;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& c : list) {
+    std::string approvers;
+    for (const auto& a : c.value("approvals", json::array()))
+      approvers += (approvers.empty() ? "" : ",") + sanitize(a.value("who", ""));
+    rows.push_back({text(c, "id"), text(c, "agent_id"), text(c, "kind") + " " + text(c, "target"),
+                    text(c, "state"), text(c, "requester"), approvers.empty() ? "-" : approvers,
+                    text(c, "requested"), text(c, "outcome_reason")});
+  }
+  print_table({"ID", "AGENT", "ACTION", "STATE", "REQUESTER", "APPROVED BY", "REQUESTED", "OUTCOME"},
+              rows);
+}
+
+void print_command(const json& c) {
+  std::cout << "Command #" << text(c, "id") << ": " << text(c, "kind") << " " << text(c, "target")
+            << " on " << text(c, "agent_id") << "\n  state: " << text(c, "state")
+            << "   requested by " << text(c, "requester") << " at " << text(c, "requested")
+            << "\n  reason: " << text(c, "reason") << "\n";
+  if (!c.value("expires", json()).is_null())
+    std::cout << "  signed command expires: " << text(c, "expires") << "\n";
+  if (c.value("state", "") == "awaiting_approval")
+    std::cout << "  waiting for approval until " << text(c, "request_expires") << "\n";
+}
+
+int cmd_commands(const ApiClient& api, const std::string& verb, const CommandArgs& a) {
+  if (verb == "request") {
+    json body = {{"agent", a.agent}, {"kind", "restart_service"}, {"target", a.restart},
+                 {"reason", a.reason}};
+    if (!a.recheck_test.empty()) body["recheck_test"] = a.recheck_test;
+    if (!a.recheck_after.empty()) body["recheck_after"] = a.recheck_after;
+    json c = api.post("/api/v1/commands", body);
+    if (a.as_json) return print_json(c), 0;
+    print_command(c);
+    std::cout << "An approver other than you must run: firedrill approve " << text(c, "id") << "\n";
+    return 0;
+  }
+  if (verb == "approve" || verb == "deny") {
+    auto path = "/api/v1/commands/" + std::to_string(a.id) + "/" + verb;
+    json c = api.post(path, verb == "deny" ? json{{"reason", a.deny_reason}} : json::object());
+    if (a.as_json) return print_json(c), 0;
+    print_command(c);
+    return 0;
+  }
+  std::string path = "/api/v1/commands?limit=1000";
+  std::string state = verb == "approvals" ? "awaiting_approval" : a.state;
+  if (!state.empty()) path += "&state=" + url_encode(state);
+  json answer = api.get(path);
+  const json& list = list_field(answer, "commands");
+  if (a.as_json) return print_json(list), 0;
+  print_commands(list);
+  return 0;
+}
+
 // ---- audit log ------------------------------------------------------------------------------
 
 int cmd_audit_verify(const ApiClient& api, bool as_json) {
@@ -700,8 +766,39 @@ int main(int argc, char** argv) {
       ->add_option("--since", audit_since, "How far back: a duration (1h, 7d) or an RFC 3339 time")
       ->capture_default_str();
 
+  CommandArgs ca;
+  auto* command = app.add_subcommand("command", "Ask an agent to act (operator)");
+  command->require_subcommand(1);
+  auto* command_request = command->add_subcommand(
+      "request", "Request a service restart; it runs once an approver other than you approves");
+  command_request->add_option("--agent", ca.agent, "The agent's id")->required();
+  command_request->add_option("--restart", ca.restart, "The service to restart (on the agent's allowlist)")
+      ->required();
+  command_request->add_option("--reason", ca.reason, "Why (shown to the approver, audited)");
+  command_request->add_option("--recheck", ca.recheck_test, "A test the agent runs again afterwards");
+  command_request->add_option("--recheck-after", ca.recheck_after, "When to run it, e.g. 180s");
+  command_request->add_flag("--json", ca.as_json, "Print JSON");
+  auto* commands_list = app.add_subcommand("commands", "Commands and their state (viewer)");
+  commands_list->add_option("--state", ca.state, "Only this state")
+      ->check(CLI::IsMember({"awaiting_approval", "approved", "delivered", "executed", "failed",
+                             "refused", "denied", "expired"}));
+  commands_list->add_flag("--json", ca.as_json, "Print JSON");
+  auto* approvals = app.add_subcommand("approvals", "Commands waiting for approval (viewer)");
+  approvals->add_flag("--json", ca.as_json, "Print JSON");
+  auto* approve = app.add_subcommand("approve", "Approve a command (approver; not your own request)");
+  approve->add_option("ID", ca.id, "Command number")->required()->check(CLI::PositiveNumber);
+  approve->add_flag("--json", ca.as_json, "Print JSON");
+  auto* deny = app.add_subcommand("deny", "Deny a command with a reason (approver)");
+  deny->add_option("ID", ca.id, "Command number")->required()->check(CLI::PositiveNumber);
+  deny->add_option("REASON", ca.deny_reason, "Why")->required();
+  deny->add_flag("--json", ca.as_json, "Print JSON");
+  std::vector<std::pair<std::string, CLI::App*>> command_verbs{
+      {"request", command_request}, {"commands", commands_list}, {"approvals", approvals},
+      {"approve", approve}, {"deny", deny}};
+
   for (auto* sub : {token_create, api_token_create, agents, results, events, runs, latency, sources,
-                    incidents, incident, notifications, audit_verify, audit_export})
+                    incidents, incident, notifications, audit_verify, audit_export, command_request,
+                    commands_list, approvals, approve, deny})
     sub->footer(
         "Global options (--server, --token-file, --ca, --timeout) may follow the "
         "subcommand; see firedrill --help.");
@@ -726,6 +823,8 @@ int main(int argc, char** argv) {
     if (*notifications) return cmd_notifications(api, nq_state, nq_limit, nq_json);
     if (*audit_verify) return cmd_audit_verify(api, audit_json);
     if (*audit_export) return cmd_audit_export(api, audit_since);
+    for (const auto& [verb, sub] : command_verbs)
+      if (*sub) return cmd_commands(api, verb, ca);
     for (const auto& [verb, sub] : incident_actions)
       if (*sub) return cmd_incident(api, verb, ia);
     return kExitUsage;  // require_subcommand makes this unreachable

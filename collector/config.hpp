@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "collector/alert_sources.hpp"
+#include "collector/commands.hpp"
 #include "collector/correlator.hpp"
 #include "collector/incidents.hpp"
 #include "collector/notify.hpp"
@@ -32,6 +33,7 @@ struct CollectorConfig {
   CorrelationConfig correlation;
   IncidentPolicy incidents;  // `incidents:` severities per kind, SLA per severity, auto-close
   NotifyConfig notify;       // `notify:` channels, routes, retries, status mails
+  CommandPolicy commands;    // `commands:` approvals required, request and command lifetimes
   std::vector<AlertSourceConfig> alert_sources;
 
   std::filesystem::path db_dir() const { return data_dir / "db"; }

@@ -71,13 +71,14 @@ struct Refusal : std::runtime_error {
 
 struct IngestServer::Impl {
   Impl(asio::io_context& io, asio::ssl::context& tls, const CollectorConfig& cfg, Store& store,
-       Registry& registry, Correlator* correlator)
+       Registry& registry, Correlator* correlator, CommandEngine* commands)
       : io_(io),
         tls_(tls),
         cfg_(cfg),
         store_(store),
         registry_(registry),
         correlator_(correlator),
+        commands_(commands),
         acceptor_(io) {
     tcp::resolver resolver(io);
     auto ep = *resolver
@@ -96,6 +97,7 @@ struct IngestServer::Impl {
   Store& store_;
   Registry& registry_;
   Correlator* correlator_;
+  CommandEngine* commands_;
   tcp::acceptor acceptor_;
   std::unordered_map<std::string, AgentLive> agents_;
   std::unordered_map<std::uint64_t, std::function<void()>> sessions_;  // id -> close socket
@@ -309,7 +311,8 @@ struct IngestServer::Impl {
     }
     spdlog::info("enrolled agent {} (host {}, {}) from {}", outcome.agent_id, req->hostname,
                  req->os, remote);
-    common::EnrollResp resp{outcome.agent_id, outcome.cert_pem, {}};
+    common::EnrollResp resp{outcome.agent_id, outcome.cert_pem,
+                            commands_ ? commands_->key_pem() : std::string()};
     co_await write_message(s, wd, resp);
     co_await shutdown(s, wd);
   }
@@ -382,6 +385,9 @@ struct IngestServer::Impl {
         if (live.generation != gen) co_return;
         common::Ack a{acked};
         co_await write_message(s, wd, a);
+      } else if (std::holds_alternative<common::CommandPoll>(msg) && commands_) {
+        // Rare store writes (a command marked delivered) on the io thread: acceptable.
+        co_await write_message(s, wd, commands_->poll(agent_id));
       } else {
         throw Refusal("protocol_error",
                       "unexpected '" + common::message_type_name(msg) + "' in a session");
@@ -469,6 +475,12 @@ struct IngestServer::Impl {
     }
     for (const auto& r : runs) staged_markers_.erase(r.marker);
     if (correlator_ && !runs.empty()) correlator_->runs_stored(std::move(runs));
+    if (commands_) {
+      std::vector<common::ResultBody> outcomes;
+      for (auto& b : bodies)
+        if (b && b->kind == "command") outcomes.push_back(std::move(*b));
+      if (!outcomes.empty()) commands_->results_stored(agent_id, outcomes);
+    }
     stats_.results_stored += rs.size() - check.first_fresh;
     ++stats_.batches_stored;
     co_return check.ack_seq;
@@ -477,8 +489,8 @@ struct IngestServer::Impl {
 
 IngestServer::IngestServer(asio::io_context& io, asio::ssl::context& tls,
                            const CollectorConfig& config, Store& store, Registry& registry,
-                           Correlator* correlator)
-    : impl_(std::make_unique<Impl>(io, tls, config, store, registry, correlator)) {}
+                           Correlator* correlator, CommandEngine* commands)
+    : impl_(std::make_unique<Impl>(io, tls, config, store, registry, correlator, commands)) {}
 
 IngestServer::~IngestServer() = default;
 

@@ -26,7 +26,8 @@ class IngestServer {
   // Binds immediately (port 0 picks a free port); throws std::system_error if it cannot.
   IngestServer(boost::asio::io_context& io, boost::asio::ssl::context& tls,
                const CollectorConfig& config, Store& store, Registry& registry,
-               Correlator* correlator = nullptr);  // told about every stored run
+               Correlator* correlator = nullptr,  // told about every stored run
+               CommandEngine* commands = nullptr);  // answers command polls, told outcomes
   ~IngestServer();
   std::uint16_t port() const;
   void start();

@@ -6,6 +6,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <functional>
+
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -145,6 +147,13 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   collector::Registry registry(*store, ca, cfg.max_token_ttl, cfg.agent_cert_validity);
   auto audit = open_audit_log(*store, cfg, config_file);
   registry.set_audit(audit.get());
+  // Remote commands: signed with a key of their own (created on first use), approved by people.
+  bool command_key_created = false;
+  auto command_key = collector::load_or_create_audit_key(collector::command_key_path(cfg.data_dir),
+                                                         &command_key_created);
+  if (command_key_created)
+    spdlog::info("commands: created {}", collector::command_key_path(cfg.data_dir).string());
+  collector::CommandEngine commands(*store, std::move(command_key), cfg.commands, audit.get());
   auto agent_tls =
       common::make_server_context({cfg.server_cert, cfg.server_key, cfg.ca_cert}, false);
   auto api_tls = common::make_server_context({cfg.server_cert, cfg.server_key, {}}, false);
@@ -179,11 +188,27 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   }
 
   boost::asio::io_context io(1);
-  collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator);
+  collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator, &commands);
   collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry,
-                           {&cfg.alert_sources, &correlator, &incidents, notify.get(), audit.get()});
+                           {&cfg.alert_sources, &correlator, &incidents, notify.get(), audit.get(),
+                            &commands});
   ingest.start();
   api.start();
+  // Requests nobody approved and commands nobody ran expire (each is audited).
+  boost::asio::steady_timer expiry(io);
+  std::function<void()> expire_loop = [&] {
+    expiry.expires_after(std::chrono::seconds(5));
+    expiry.async_wait([&](boost::system::error_code ec) {
+      if (ec) return;
+      try {
+        commands.tick();
+      } catch (const std::exception& e) {
+        spdlog::error("commands: expiry failed: {}", e.what());
+      }
+      expire_loop();
+    });
+  };
+  expire_loop();
   for (auto& l : syslog) l->start();
   for (auto& p : pollers) p->start();
 
@@ -197,6 +222,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
     for (auto& p : pollers) p->stop();
     ingest.stop();
     api.stop();
+    expiry.cancel();
   });
   spdlog::info("FireDrill collector {} ready: agents on {}:{}, API on https://{}:{}, data in {}",
                FIREDRILL_VERSION, cfg.agent_listen.host, ingest.port(), cfg.api_listen.host,

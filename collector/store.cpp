@@ -40,6 +40,7 @@ enum Cf : int {
   kNotifyPending,
   kNotifyState,
   kAudit,
+  kCommands,
   kCfCount
 };
 const char* const kCfNames[kCfCount] = {"default",         "agents",          "results",
@@ -48,7 +49,8 @@ const char* const kCfNames[kCfCount] = {"default",         "agents",          "r
                                         "runs_by_time",    "runs_open",       "alerts",
                                         "orphan_alerts",   "detection_events", "incidents",
                                         "incident_keys",   "incident_events", "notifications",
-                                        "notify_pending",  "notify_state",    "audit"};
+                                        "notify_pending",  "notify_state",    "audit",
+                                        "commands"};
 int table_cf(Table t) {
   return kRuns + static_cast<int>(t);
 }

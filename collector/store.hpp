@@ -107,6 +107,7 @@ enum class Table {
   notify_pending,   // channel '\0' delivery id -> "" while the delivery is pending
   notify_state,     // the notifier's cursor into incident_events and its status-mail state
   audit,            // 'e' + seq (big-endian) -> hash-chained entry, 'h' -> signed head
+  commands,         // command id (big-endian) -> request, approvals, signed command, outcome
 };
 
 // Big-endian keys sort in numeric order; signed times after flipping the sign bit.
