@@ -117,7 +117,6 @@ Agent::Agent(asio::io_context& io, AgentConfig cfg)
                                             identity_.command_key_file(),
                                             identity_.command_nonce_file(), identity_.agent_id,
                                             clock_, std::move(hooks));
-  uplink_->on_commands([this](common::Commands c) { actions_->on_commands(std::move(c)); });
 }
 
 void Agent::report_command(const common::ResultBody& b) {
@@ -169,6 +168,9 @@ void Agent::start(bool once, std::function<void()> on_done) {
   spdlog::info("agent {} starting: {} tests, collector {}, outbox seq {} ({} unsent)",
                identity_.agent_id, cfg_.tests.size(),
                cfg_.server.empty() ? identity_.server : cfg_.server, s.head_seq, s.pending);
+  // A long-running agent takes remote commands; `run --once` (tests, ad-hoc runs) does not.
+  if (!once)
+    uplink_->on_commands([this](common::Commands c) { actions_->on_commands(std::move(c)); });
   if (once) {
     auto check = [this, on_done] {
       if (tests_done_ && outbox_->stats().pending == 0 && on_done) on_done();
