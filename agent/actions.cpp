@@ -1,8 +1,8 @@
 #include "agent/actions.hpp"
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstring>
@@ -24,9 +24,9 @@ namespace {
 
 constexpr auto kPrivate = fs::perms::owner_read | fs::perms::owner_write;
 
-const char* const kUnitSuffixes[] = {".service", ".socket", ".target", ".timer", ".path",
-                                     ".mount",   ".automount", ".swap", ".slice", ".scope",
-                                     ".device"};
+const char* const kUnitSuffixes[] = {".service", ".socket", ".target",    ".timer",
+                                     ".path",    ".mount",  ".automount", ".swap",
+                                     ".slice",   ".scope",  ".device"};
 
 bool valid_name_chars(std::string_view name) {
   if (name.empty() || name.size() > 255 || name.front() == '-') return false;
@@ -42,19 +42,22 @@ ActionEntry load_entry(const common::ConfigNode& item) {
   e.name = mapped ? item.str("name") : item.scalar();
   std::string key = mapped ? "name" : "";
   if (!valid_name_chars(e.name))
-    item.fail(key, "'" + e.name + "' is not a valid name (1-255 of A-Z a-z 0-9 @ . _ : -, "
-                   "not starting with '-')");
+    item.fail(key, "'" + e.name +
+                       "' is not a valid name (1-255 of A-Z a-z 0-9 @ . _ : -, "
+                       "not starting with '-')");
   if (mapped) item.check_keys({"name", "exec"});
   if (mapped && item.has("exec")) {
     e.exec = item.str_list("exec");
-    if (e.exec.empty()) item.fail("exec", "give the program and its arguments, e.g. [/usr/sbin/nginx, -s, reload]");
+    if (e.exec.empty())
+      item.fail("exec", "give the program and its arguments, e.g. [/usr/sbin/nginx, -s, reload]");
     if (!fs::path(e.exec.front()).is_absolute())
       item.fail("exec", "the program '" + e.exec.front() + "' must be an absolute path");
     return e;
   }
   if (!valid_unit_name(e.name))
-    item.fail(key, "'" + e.name + "' is not a systemd unit name (it must end in a unit suffix "
-                   "such as .service; give `exec:` for anything else)");
+    item.fail(key, "'" + e.name +
+                       "' is not a systemd unit name (it must end in a unit suffix "
+                       "such as .service; give `exec:` for anything else)");
   e.unit = e.name;
   return e;
 }
@@ -175,8 +178,7 @@ CheckOutcome check_command(const common::Command& c, const CheckInputs& in) {
   auto refuse = [](std::string reason, std::string detail) {
     return CheckOutcome{std::move(reason), std::move(detail), nullptr};
   };
-  if (!in.command_key)
-    return refuse("bad_signature", "no command key is pinned on this agent");
+  if (!in.command_key) return refuse("bad_signature", "no command key is pinned on this agent");
   if (!in.command_key->verify(common::command_signing_bytes(c), c.signature))
     return refuse("bad_signature", "the signature does not verify with the pinned command key");
   if (c.agent_id != in.agent_id)
@@ -186,7 +188,8 @@ CheckOutcome check_command(const common::Command& c, const CheckInputs& in) {
                                  "; collector time here is up to " +
                                  common::format_time(in.collector_now_latest_ns));
   if (!valid_nonce(c.nonce)) return refuse("bad_nonce", "the nonce is not 16-128 hex digits");
-  if (in.nonces->seen(c.nonce)) return refuse("replayed_nonce", "nonce " + c.nonce + " was seen before");
+  if (in.nonces->seen(c.nonce))
+    return refuse("replayed_nonce", "nonce " + c.nonce + " was seen before");
   if (std::find(kCommandKinds.begin(), kCommandKinds.end(), c.kind) == kCommandKinds.end())
     return refuse("unknown_kind", "this agent does not know command kind '" + c.kind + "'");
   const ActionEntry* action = in.policy->find(c.kind, c.target);
@@ -196,7 +199,8 @@ CheckOutcome check_command(const common::Command& c, const CheckInputs& in) {
   std::set<std::string> approvers;
   for (const auto& a : c.approvals) {
     if (a == c.requester)
-      return refuse("not_approved", "the requester '" + c.requester + "' approved their own command");
+      return refuse("not_approved",
+                    "the requester '" + c.requester + "' approved their own command");
     if (!a.empty()) approvers.insert(a);
   }
   if (static_cast<int>(approvers.size()) < in.policy->min_approvals)
@@ -265,8 +269,12 @@ common::ResultBody command_result(const common::Command& c, const std::string& v
 struct ActionRunner::Impl {
   Impl(asio::any_io_executor ex, ActionPolicy policy, fs::path key_file, fs::path nonce_file,
        std::string agent_id, const ClockState& clock, Hooks hooks)
-      : ex(std::move(ex)), policy(std::move(policy)), key(std::move(key_file)),
-        nonces(std::move(nonce_file)), agent_id(std::move(agent_id)), clock(clock),
+      : ex(std::move(ex)),
+        policy(std::move(policy)),
+        key(std::move(key_file)),
+        nonces(std::move(nonce_file)),
+        agent_id(std::move(agent_id)),
+        clock(clock),
         hooks(std::move(hooks)) {}
 
   asio::any_io_executor ex;
@@ -357,14 +365,16 @@ void ActionRunner::on_commands(common::Commands msg) {
   try {
     switch (impl_->key.offer(msg.command_key_pem)) {
       case CommandKey::Offer::pinned_now:
-        spdlog::warn("pinned the collector's command key from its first Commands message "
-                     "(trust on first use over the CA-pinned channel): {}",
-                     impl_->key.file().string());
+        spdlog::warn(
+            "pinned the collector's command key from its first Commands message "
+            "(trust on first use over the CA-pinned channel): {}",
+            impl_->key.file().string());
         break;
       case CommandKey::Offer::mismatch:
-        spdlog::error("the collector sent a command key that differs from the pinned one in {}; "
-                      "its commands are checked against the pinned key",
-                      impl_->key.file().string());
+        spdlog::error(
+            "the collector sent a command key that differs from the pinned one in {}; "
+            "its commands are checked against the pinned key",
+            impl_->key.file().string());
         break;
       default:
         break;
@@ -378,8 +388,14 @@ void ActionRunner::on_commands(common::Commands msg) {
   asio::co_spawn(impl_->ex, Impl::drain(impl_), common::log_if_failed("command runner"));
 }
 
-asio::awaitable<void> ActionRunner::handle(common::Command c) { return impl_->handle(std::move(c)); }
-const CommandKey& ActionRunner::command_key() const { return impl_->key; }
-const NonceStore& ActionRunner::nonces() const { return impl_->nonces; }
+asio::awaitable<void> ActionRunner::handle(common::Command c) {
+  return impl_->handle(std::move(c));
+}
+const CommandKey& ActionRunner::command_key() const {
+  return impl_->key;
+}
+const NonceStore& ActionRunner::nonces() const {
+  return impl_->nonces;
+}
 
 }  // namespace firedrill::agent

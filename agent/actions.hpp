@@ -128,7 +128,7 @@ struct ActionOutcome {
   std::string verdict;  // executed | failed
   std::string reason;   // exit_<n>, timeout, signal_<n>, spawn_failed
   int exit_code = -1;
-  std::string output;   // stdout then stderr, capped at kMaxActionOutput
+  std::string output;  // stdout then stderr, capped at kMaxActionOutput
 };
 inline constexpr std::size_t kMaxActionOutput = 4096;
 boost::asio::awaitable<ActionOutcome> execute(boost::asio::any_io_executor ex,

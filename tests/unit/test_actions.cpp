@@ -78,7 +78,9 @@ ActionPolicy policy_with(std::vector<ActionEntry> entries, int min_approvals = 1
   return p;
 }
 
-ActionEntry unit_entry(const std::string& unit) { return {unit, unit, {}}; }
+ActionEntry unit_entry(const std::string& unit) {
+  return {unit, unit, {}};
+}
 
 // A command for kAgent that passes every check, signed with `key`.
 Command good_command(const Ed25519Key& key, std::int64_t now = firedrill::common::now_ns()) {
@@ -154,7 +156,8 @@ TEST_CASE("allowed_actions errors name the file, the line and the key") {
        "must be an absolute path"},
       {"allowed_actions:\n  restart_service:\n    - name: web\n      exec: []\n",
        "give the program"},
-      {"allowed_actions:\n  restart_service:\n    - name: web\n      exec: [/bin/true]\n      shell: x\n",
+      {"allowed_actions:\n  restart_service:\n    - name: web\n      exec: [/bin/true]\n      "
+       "shell: x\n",
        "shell"},
       {"allowed_actions:\n  restart_service: [a.service, a.service]\n", "listed twice"},
       {"allowed_actions:\n  min_approvals: 0\n", "min_approvals"},
@@ -332,8 +335,8 @@ TEST_CASE("NonceStore remembers nonces across reopen and prunes expired ones") {
 TEST_CASE("NonceStore skips a corrupt line instead of refusing to start") {
   TempDir tmp("actions-nonces");
   auto file = tmp / "command-nonces";
-  firedrill::common::write_file_atomic(file, std::string(32, 'a') + " 5\ngarbage\n" +
-                                                 std::string(32, 'b') + " 7\n");
+  firedrill::common::write_file_atomic(
+      file, std::string(32, 'a') + " 5\ngarbage\n" + std::string(32, 'b') + " 7\n");
   NonceStore s(file);
   CHECK(s.size() == 2);
   CHECK(s.seen(std::string(32, 'b')));
@@ -477,7 +480,8 @@ struct RunnerFixture {
                                           clock, std::move(hooks));
   }
   ActionPolicy exec_policy() {
-    return policy_with({{"nginx.service", "", {"/bin/sh", "-c", "touch '" + marker.string() + "'"}}});
+    return policy_with(
+        {{"nginx.service", "", {"/bin/sh", "-c", "touch '" + marker.string() + "'"}}});
   }
   firedrill::common::Commands commands(std::vector<Command> cs) {
     firedrill::common::Commands m;
@@ -489,7 +493,8 @@ struct RunnerFixture {
 
 }  // namespace
 
-TEST_CASE("the runner pins the key, acts once, reports, schedules the recheck and refuses a replay") {
+TEST_CASE(
+    "the runner pins the key, acts once, reports, schedules the recheck and refuses a replay") {
   RunnerFixture f;
   auto runner = f.make(f.exec_policy());
   auto c = good_command(f.key);

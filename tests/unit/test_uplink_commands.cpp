@@ -57,9 +57,8 @@ struct Pki {
 struct FakeCollector {
   using Stream = asio::ssl::stream<tcp::socket>;
   FakeCollector(asio::io_context& io, const Pki& pki, bool old)
-      : tls(common::make_server_context({pki.tmp / "server.pem", pki.tmp / "server.key",
-                                         pki.tmp / "ca.pem"},
-                                        true)),
+      : tls(common::make_server_context(
+            {pki.tmp / "server.pem", pki.tmp / "server.key", pki.tmp / "ca.pem"}, true)),
         acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
         old(old) {}
 
@@ -131,10 +130,9 @@ struct Fixture {
     o.backoff_initial = 50ms;
     o.backoff_max = 100ms;
     o.command_poll_interval = 200ms;
-    return std::make_unique<Uplink>(io.get_executor(), client_tls,
-                                    common::HostPort{"127.0.0.1", port}, kAgent,
-                                    common::Ed25519Key::from_private_pem(pki.agent_key.private_pem()),
-                                    *outbox, clock, o);
+    return std::make_unique<Uplink>(
+        io.get_executor(), client_tls, common::HostPort{"127.0.0.1", port}, kAgent,
+        common::Ed25519Key::from_private_pem(pki.agent_key.private_pem()), *outbox, clock, o);
   }
   void run(FakeCollector& fc) {
     asio::co_spawn(io, fc.serve(), [](std::exception_ptr) {});
