@@ -285,6 +285,10 @@ struct ActionRunner::Impl {
   const ClockState& clock;
   Hooks hooks;
   std::deque<common::Command> queue;
+  // Signatures of commands queued or running: a collector that offers a command again while
+  // it is still waiting here delivered it once, not twice (a later offer is refused as
+  // replayed_nonce). The signature, not the nonce: a forged copy must not shadow the original.
+  std::set<std::string> queued;
   bool draining = false;
 
   void report(const common::Command& c, const std::string& verdict, const std::string& reason,
@@ -342,11 +346,13 @@ struct ActionRunner::Impl {
       auto c = std::move(self->queue.front());
       self->queue.pop_front();
       auto id = c.id;
+      auto sig = common::to_hex(c.signature);
       try {
         co_await self->handle(std::move(c));
       } catch (const std::exception& e) {
         spdlog::error("command {}: {}", id, e.what());
       }
+      self->queued.erase(sig);
     }
     self->draining = false;
   }
@@ -382,7 +388,13 @@ void ActionRunner::on_commands(common::Commands msg) {
   } catch (const std::exception& e) {
     spdlog::error("cannot pin the collector's command key: {}", e.what());
   }
-  for (auto& c : msg.commands) impl_->queue.push_back(std::move(c));
+  for (auto& c : msg.commands) {
+    if (!impl_->queued.insert(common::to_hex(c.signature)).second) {
+      spdlog::debug("command {}: already waiting to be handled", c.id);
+      continue;
+    }
+    impl_->queue.push_back(std::move(c));
+  }
   if (impl_->draining || impl_->queue.empty()) return;
   impl_->draining = true;
   asio::co_spawn(impl_->ex, Impl::drain(impl_), common::log_if_failed("command runner"));

@@ -558,6 +558,23 @@ TEST_CASE("the runner reports refusals as results and keeps the pinned key again
   CHECK_FALSE(fs::exists(f.marker));
 }
 
+TEST_CASE("a command offered again while it waits is handled once") {
+  RunnerFixture f;
+  auto runner = f.make(f.exec_policy());
+  auto c = good_command(f.key);
+  runner->on_commands(f.commands({c, c}));
+  runner->on_commands(f.commands({c}));
+  f.io.run();
+  REQUIRE(f.reports.size() == 1);
+  CHECK(f.reports[0].verdict == "executed");
+  // Once handled, another offer is a replay, reported as such.
+  runner->on_commands(f.commands({c}));
+  f.io.restart();
+  f.io.run();
+  REQUIRE(f.reports.size() == 2);
+  CHECK(f.reports[1].reason == "replayed_nonce");
+}
+
 TEST_CASE("a recheck naming a test the agent lacks is reported, the action still runs") {
   RunnerFixture f;
   auto runner = f.make(f.exec_policy());
