@@ -1,6 +1,7 @@
 // The uplink's command polling against a small fake collector on loopback (mutual TLS with a
 // real collector CA): the poll right after connecting and then on the interval, and an older
-// collector that answers the poll with an error turning polling off without breaking delivery.
+// collector that answers the poll with an error turning polling off without breaking delivery;
+// and enrollment storing the collector's command key.
 #include <doctest/doctest.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -13,7 +14,11 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <thread>
 
+#include <sys/stat.h>
+
+#include "agent/identity.hpp"
 #include "agent/outbox.hpp"
 #include "agent/probe.hpp"
 #include "agent/uplink.hpp"
@@ -58,13 +63,20 @@ struct FakeCollector {
   using Stream = asio::ssl::stream<tcp::socket>;
   FakeCollector(asio::io_context& io, const Pki& pki, bool old)
       : tls(common::make_server_context(
-            {pki.tmp / "server.pem", pki.tmp / "server.key", pki.tmp / "ca.pem"}, true)),
+            {pki.tmp / "server.pem", pki.tmp / "server.key", pki.tmp / "ca.pem"},
+            false)),  // enrollment comes without a client certificate
         acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
-        old(old) {}
+        old(old),
+        pki(&pki) {}
 
   asio::ssl::context tls;
   tcp::acceptor acceptor;
   bool old;
+  // EnrollResp::command_key_pem for each enrollment in turn (set before serving: the test
+  // enrolls from another thread).
+  std::vector<std::string> enroll_keys;
+  std::size_t enrolls = 0;
+  const Pki* pki = nullptr;
   int sessions = 0, polls = 0, clock_exchanges = 0;
   std::function<void()> on_event;  // after each message handled
 
@@ -89,7 +101,14 @@ struct FakeCollector {
       auto m = common::decode_message(co_await common::read_frame(s));
       common::Message reply;
       bool close_after = false;
-      if (std::holds_alternative<common::Hello>(m)) {
+      if (auto* e = std::get_if<common::EnrollReq>(&m)) {
+        auto ca = firedrill::collector::CertificateAuthority::load(pki->tmp / "ca.pem",
+                                                                   pki->tmp / "ca.key");
+        reply = common::EnrollResp{kAgent, ca.issue_agent_cert(e->csr_pem, kAgent, 24h),
+                                   enrolls < enroll_keys.size() ? enroll_keys[enrolls] : ""};
+        ++enrolls;
+        close_after = true;
+      } else if (std::holds_alternative<common::Hello>(m)) {
         reply = common::HelloAck{1, common::kGenesisHash};
       } else if (auto* t = std::get_if<common::TimeReq>(&m)) {
         ++clock_exchanges;
@@ -196,4 +215,40 @@ TEST_CASE("an older collector's error turns polling off; the uplink reconnects a
   CHECK(dispatched == 0);
   CHECK(up->stats().command_polling_disabled);
   CHECK(up->stats().connected);
+}
+
+TEST_CASE("enrollment stores the collector's command key, 0600, and a re-enrollment replaces it") {
+  Fixture f;
+  FakeCollector fc(f.io, f.pki, false);
+  auto command_key = common::Ed25519Key::generate();
+  // The second enrollment: a collector without command keys.
+  fc.enroll_keys = {command_key.public_pem(), ""};
+  asio::co_spawn(f.io, fc.serve(), [](std::exception_ptr) {});
+  std::thread server([&] { f.io.run(); });
+  struct Join {
+    asio::io_context& io;
+    std::thread& t;
+    ~Join() {
+      io.stop();
+      t.join();
+    }
+  } join{f.io, server};
+
+  firedrill::agent::EnrollOptions o;
+  o.server = "127.0.0.1:" + std::to_string(fc.port());
+  o.token = "t";
+  o.ca_file = f.pki.tmp / "ca.pem";
+  o.state_dir = f.pki.tmp / "state";
+  auto id = firedrill::agent::enroll(o);
+  REQUIRE(std::filesystem::exists(id.command_key_file()));
+  auto pinned = common::Ed25519Key::from_public_pem(common::read_file(id.command_key_file()));
+  CHECK(pinned.public_raw() == command_key.public_raw());
+  struct stat st {};
+  REQUIRE(::stat(id.command_key_file().c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+
+  // No stale key of the earlier enrollment stays pinned.
+  o.force = true;
+  id = firedrill::agent::enroll(o);
+  CHECK_FALSE(std::filesystem::exists(id.command_key_file()));
 }
