@@ -293,8 +293,9 @@ struct ActionRunner::Impl {
 
   void report(const common::Command& c, const std::string& verdict, const std::string& reason,
               const ActionOutcome* action, const std::string& detail,
-              std::map<std::string, std::string> extra = {}) {
+              std::map<std::string, std::string> extra = {}, std::int64_t started_ns = 0) {
     auto body = command_result(c, verdict, reason, action, clock);
+    if (started_ns) body.started_ns = started_ns;
     if (!detail.empty()) body.evidence["detail"] = detail;
     body.evidence.merge(extra);
     hooks.report(body);
@@ -305,10 +306,9 @@ struct ActionRunner::Impl {
                    &nonces};
     auto check = check_command(c, in);
     // Once the nonce is known good, it is spent whatever follows: a refused command must not
-    // be replayable either (say, after the allowlist grows).
-    bool spend = check.ok() || (check.reason != "bad_signature" && check.reason != "wrong_agent" &&
-                                check.reason != "expired" && check.reason != "bad_nonce" &&
-                                check.reason != "replayed_nonce");
+    // be replayable either (say, after the allowlist grows). These are the checks after it.
+    bool spend = check.ok() || check.reason == "unknown_kind" ||
+                 check.reason == "not_allowlisted" || check.reason == "not_approved";
     if (spend) {
       try {
         nonces.remember(c.nonce, c.expires_ns, in.collector_now_latest_ns);
@@ -326,6 +326,7 @@ struct ActionRunner::Impl {
     }
     spdlog::info("command {}: {} {} (requested by {}, approved by {})", c.id, c.kind, c.target,
                  c.requester, join_approvals(c));
+    auto started_ns = common::now_ns();
     auto outcome = co_await execute(ex, policy, *check.action);
     spdlog::info("command {}: {} ({})", c.id, outcome.verdict, outcome.reason);
     std::map<std::string, std::string> extra;
@@ -338,7 +339,7 @@ struct ActionRunner::Impl {
         spdlog::warn("command {}: recheck test '{}' is not configured on this agent", c.id,
                      c.recheck_test);
     }
-    report(c, outcome.verdict, outcome.reason, &outcome, "", std::move(extra));
+    report(c, outcome.verdict, outcome.reason, &outcome, "", std::move(extra), started_ns);
   }
 
   static asio::awaitable<void> drain(std::shared_ptr<Impl> self) {
