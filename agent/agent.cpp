@@ -108,6 +108,23 @@ Agent::Agent(asio::io_context& io, AgentConfig cfg)
                                      std::move(key), *outbox_, clock_, cfg_.uplink);
   scheduler_ = std::make_unique<Scheduler>(io_.get_executor(), cfg_.tests,
                                            [this](const TestSpec& t) { return run_test(t); });
+  ActionRunner::Hooks hooks;
+  hooks.report = [this](const common::ResultBody& b) { report_command(b); };
+  hooks.recheck = [this](const std::string& id, std::chrono::milliseconds delay) {
+    return scheduler_->run_once_after(id, delay);
+  };
+  actions_ = std::make_unique<ActionRunner>(io_.get_executor(), cfg_.actions,
+                                            identity_.command_key_file(),
+                                            identity_.command_nonce_file(), identity_.agent_id,
+                                            clock_, std::move(hooks));
+}
+
+void Agent::report_command(const common::ResultBody& b) {
+  auto appended = outbox_->append({common::encode_body(b)});
+  if (appended == 0)
+    spdlog::error("command {}: its result ({} {}) was dropped: outbox full", b.test_id, b.verdict,
+                  b.reason);
+  uplink_->notify();
 }
 
 Agent::~Agent() {
@@ -151,6 +168,9 @@ void Agent::start(bool once, std::function<void()> on_done) {
   spdlog::info("agent {} starting: {} tests, collector {}, outbox seq {} ({} unsent)",
                identity_.agent_id, cfg_.tests.size(),
                cfg_.server.empty() ? identity_.server : cfg_.server, s.head_seq, s.pending);
+  // A long-running agent takes remote commands; `run --once` (tests, ad-hoc runs) does not.
+  if (!once)
+    uplink_->on_commands([this](common::Commands c) { actions_->on_commands(std::move(c)); });
   if (once) {
     auto check = [this, on_done] {
       if (tests_done_ && outbox_->stats().pending == 0 && on_done) on_done();

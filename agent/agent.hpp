@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 
+#include "agent/actions.hpp"
 #include "agent/config.hpp"
 #include "agent/identity.hpp"
 #include "agent/outbox.hpp"
@@ -46,6 +47,7 @@ class Agent {
 
  private:
   boost::asio::awaitable<void> run_test(const TestSpec& t);
+  void report_command(const common::ResultBody& b);
 
   boost::asio::io_context& io_;
   AgentConfig cfg_;
@@ -56,6 +58,7 @@ class Agent {
   ProbeSet probes_;
   std::unique_ptr<Uplink> uplink_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ActionRunner> actions_;  // remote commands the uplink receives
   bool tests_done_ = false;
   bool disabled_ = false;  // kill switch seen at the last run
   std::unique_ptr<boost::asio::steady_timer> start_timer_;

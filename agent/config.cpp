@@ -207,7 +207,7 @@ TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
 AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
   root.check_keys({"state_dir", "server", "log_level", "kill_switch", "outbox", "uplink",
-                   "allowlist", "tests"});
+                   "allowlist", "allowed_actions", "tests"});
   AgentConfig c;
   c.state_dir = root.str("state_dir");
   if (c.state_dir.is_relative()) c.state_dir = std::filesystem::absolute(file.parent_path() / c.state_dir);
@@ -223,13 +223,17 @@ AgentConfig AgentConfig::load(const std::filesystem::path& file) {
 
   auto up = root["uplink"];
   up.check_keys({"connect_timeout", "io_timeout", "backoff_initial", "backoff_max",
-                 "clock_sync_interval", "batch_max_results"});
+                 "clock_sync_interval", "batch_max_results", "command_poll"});
   auto& u = c.uplink;
   u.connect_timeout = up.duration("connect_timeout", u.connect_timeout);
   u.io_timeout = up.duration("io_timeout", u.io_timeout);
   u.backoff_initial = up.duration("backoff_initial", u.backoff_initial);
   u.backoff_max = up.duration("backoff_max", u.backoff_max);
   u.clock_sync_interval = up.duration("clock_sync_interval", u.clock_sync_interval);
+  u.command_poll_interval = up.duration("command_poll", u.command_poll_interval);
+  if (u.command_poll_interval < 0ms ||
+      (u.command_poll_interval > 0ms && u.command_poll_interval < 100ms))
+    up.fail("command_poll", "must be 0s (never) or at least 100ms");
   u.batch_max_results = static_cast<std::size_t>(
       up.integer("batch_max_results", static_cast<std::int64_t>(u.batch_max_results)));
   if (u.backoff_initial <= 0ms) up.fail("backoff_initial", "must be positive");
@@ -251,6 +255,7 @@ AgentConfig AgentConfig::load(const std::filesystem::path& file) {
     entries.insert(entries.end(), list.begin(), list.end());
   }
   c.allowlist = Allowlist::parse(entries);
+  c.actions = ActionPolicy::load(root["allowed_actions"]);
   std::set<std::string> ids;
   for (auto& t : root["tests"].items()) {
     c.tests.push_back(load_test(t, c.allowlist));

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/actions.hpp"
 #include "agent/allowlist.hpp"
 #include "common/net.hpp"
 
@@ -68,6 +69,9 @@ struct UplinkOptions {
   std::chrono::milliseconds backoff_initial = 1s;
   std::chrono::milliseconds backoff_max = 60s;
   std::chrono::milliseconds clock_sync_interval = 60s;
+  // When idle, ask the collector for commands this often (and right after connecting).
+  // 0 = never (config `uplink.command_poll: 0s`).
+  std::chrono::milliseconds command_poll_interval = 30s;
   std::size_t batch_max_results = 512;
   std::size_t batch_max_bytes = 512 * 1024;
 };
@@ -88,6 +92,7 @@ struct AgentConfig {
   std::uint64_t outbox_max_bytes = 64ull << 20;
   UplinkOptions uplink;
   Allowlist allowlist;
+  ActionPolicy actions;  // `allowed_actions:`: what a remote command may name (agent/actions.hpp)
   std::vector<TestSpec> tests;
 
   static AgentConfig load(const std::filesystem::path& file);

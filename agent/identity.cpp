@@ -3,6 +3,8 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <optional>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -135,6 +137,14 @@ Identity enroll(const EnrollOptions& opts) {
     throw EnrollError(err->code, "collector refused enrollment: " + err->message);
   auto* ok = std::get_if<common::EnrollResp>(&*reply);
   if (!ok) throw EnrollError("protocol", "unexpected reply '" + common::message_type_name(*reply) + "'");
+  std::optional<common::Ed25519Key> command_key;
+  if (!ok->command_key_pem.empty()) {
+    try {
+      command_key = common::Ed25519Key::from_public_pem(ok->command_key_pem);
+    } catch (const std::exception& e) {
+      throw EnrollError("protocol", std::string("the collector's command key does not parse: ") + e.what());
+    }
+  }
   auto cert = common::parse_cert_pem(ok->cert_pem);
   if (common::cert_public_key(cert.get()).public_raw() != key.public_raw())
     throw EnrollError("protocol", "the issued certificate is not for this agent's key");
@@ -145,6 +155,14 @@ Identity enroll(const EnrollOptions& opts) {
   common::write_file_atomic(opts.state_dir / "key.pem", key.private_pem(), priv);
   common::write_file_atomic(opts.state_dir / "cert.pem", ok->cert_pem, priv);
   common::write_file_atomic(opts.state_dir / "ca.pem", ca_pem, priv);
+  // A collector older than command keys sends none: the agent then pins the key of the first
+  // Commands message. A key of an earlier enrollment must not outlive it either way.
+  Identity paths;
+  paths.state_dir = opts.state_dir;
+  std::error_code ignored;
+  fs::remove(paths.command_key_file(), ignored);
+  if (command_key)
+    common::write_file_atomic(paths.command_key_file(), command_key->public_pem(), priv);
   common::write_file_atomic(opts.state_dir / "identity.yaml",
                             "# Written by firedrill-agent enroll; do not edit.\nagent_id: " +
                                 ok->agent_id + "\nserver: \"" + server.to_string() + "\"\n",

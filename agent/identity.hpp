@@ -17,6 +17,10 @@ struct Identity {
   std::filesystem::path cert_file() const { return state_dir / "cert.pem"; }
   std::filesystem::path ca_file() const { return state_dir / "ca.pem"; }
   std::filesystem::path outbox_dir() const { return state_dir / "outbox"; }
+  // The collector's command public key (0600), from enrollment or pinned on first use.
+  std::filesystem::path command_key_file() const { return state_dir / "command-key.pem"; }
+  // Nonces of commands already handled, kept until their expiry (agent/actions.hpp).
+  std::filesystem::path command_nonce_file() const { return state_dir / "command-nonces"; }
 
   // Throws std::runtime_error saying how to enroll when the directory holds no identity.
   static Identity load(const std::filesystem::path& state_dir);

@@ -8,7 +8,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <list>
+
+#include "common/log.hpp"
 
 namespace firedrill::agent {
 
@@ -92,6 +95,29 @@ void Scheduler::start(bool once, std::function<void()> on_all_done) {
                      if (--impl->remaining == 0 && impl->on_all_done) impl->on_all_done();
                    });
   }
+}
+
+bool Scheduler::run_once_after(const std::string& id, std::chrono::milliseconds delay) {
+  auto it = std::find_if(impl_->tests.begin(), impl_->tests.end(),
+                         [&](const TestSpec& t) { return t.id == id; });
+  if (it == impl_->tests.end() || impl_->stopping) return false;
+  auto timer = impl_->timers.emplace(impl_->timers.end(), impl_->ex);
+  timer->expires_after(delay);
+  // Parameters by value: the list keeps the timer where it is until the handler erases it.
+  auto once = [](std::shared_ptr<Impl> impl, TestSpec t,
+                 asio::steady_timer* timer) -> asio::awaitable<void> {
+    boost::system::error_code ec;
+    co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (impl->stopping) co_return;
+    spdlog::info("test {}: extra run (recheck)", t.id);
+    co_await impl->run(t);
+  };
+  asio::co_spawn(impl_->ex, once(impl_, *it, &*timer),
+                 [impl = impl_, timer, id](std::exception_ptr e) {
+                   common::log_if_failed("test " + id + ": recheck run failed")(e);
+                   impl->timers.erase(timer);
+                 });
+  return true;
 }
 
 void Scheduler::stop() {

@@ -31,6 +31,9 @@ class Scheduler {
   ~Scheduler();
   // once: run every test a single time (at once, no jitter) and report completion.
   void start(bool once = false, std::function<void()> on_all_done = {});
+  // One extra run of test `id` after `delay`, outside its grid (a command's recheck). False
+  // when there is no such test. Works whether or not start() was called.
+  bool run_once_after(const std::string& id, std::chrono::milliseconds delay);
   void stop();
 
  private:

@@ -33,6 +33,23 @@ struct Refused : std::runtime_error {
 };
 }  // namespace
 
+PollAnswer handle_poll_answer(const common::Message& m,
+                              const std::function<void(common::Commands)>& dispatch) {
+  if (auto* c = std::get_if<common::Commands>(&m)) {
+    dispatch(*c);
+    return PollAnswer::dispatched;
+  }
+  if (auto* err = std::get_if<common::ErrorMsg>(&m)) {
+    // What collectors before issue 6 answer to a message type they do not know.
+    if (err->code == "malformed_message" || err->code == "protocol_error" ||
+        err->code == "unexpected_message" || err->code == "unsupported")
+      return PollAnswer::unsupported;
+    throw Refused("collector refused: " + err->code + ": " + err->message);
+  }
+  throw std::runtime_error("unexpected '" + common::message_type_name(m) +
+                           "' from collector in answer to a command poll");
+}
+
 struct Uplink::Impl {
   Impl(asio::any_io_executor ex, asio::ssl::context& tls, common::HostPort server,
        std::string agent_id, common::Ed25519Key key, Outbox& outbox, ClockState& clock,
@@ -55,6 +72,8 @@ struct Uplink::Impl {
   UplinkStats stats;
   std::function<void()> drained;
   std::function<void()> connected;
+  std::function<void(common::Commands)> commands;
+  bool polling_disabled = false;  // for the life of the process: the collector cannot answer
   std::function<void()> close_socket;
   std::mt19937_64 rng{std::random_device{}()};
 
@@ -97,11 +116,15 @@ struct Uplink::Impl {
     }
   }
 
-  asio::awaitable<common::Message> read(Stream& s, common::Watchdog& wd) {
+  asio::awaitable<common::Message> read_any(Stream& s, common::Watchdog& wd) {
     wd.arm(opts.io_timeout);
     auto payload = co_await common::read_frame(s);
     wd.disarm();
-    auto m = common::decode_message(payload);
+    co_return common::decode_message(payload);
+  }
+
+  asio::awaitable<common::Message> read(Stream& s, common::Watchdog& wd) {
+    auto m = co_await read_any(s, wd);
     if (auto* err = std::get_if<common::ErrorMsg>(&m))
       throw Refused("collector refused: " + err->code + ": " + err->message);
     co_return m;
@@ -133,6 +156,28 @@ struct Uplink::Impl {
     clock.error_ns = sample.error_ns;
     spdlog::debug("clock offset to collector {:.3f} ms ± {:.3f} ms", sample.offset_ns / 1e6,
                   sample.error_ns / 1e6);
+  }
+
+  bool polling() const {
+    return commands && !polling_disabled && opts.command_poll_interval.count() > 0;
+  }
+
+  // False when the collector does not know the poll: it closes the session after its error,
+  // so the caller ends the session quietly and reconnects without polling.
+  asio::awaitable<bool> poll_commands(Stream& s, common::Watchdog& wd) {
+    common::CommandPoll poll;
+    co_await write(s, wd, poll);
+    auto m = co_await read_any(s, wd);
+    if (handle_poll_answer(m, commands) == PollAnswer::unsupported) {
+      polling_disabled = stats.command_polling_disabled = true;
+      auto& err = std::get<common::ErrorMsg>(m);
+      spdlog::warn("collector {} does not support command polling ({}: {}); remote commands "
+                   "are off until the agent restarts",
+                   server.to_string(), err.code, err.message);
+      co_return false;
+    }
+    ++stats.command_polls;
+    co_return true;
   }
 
   asio::awaitable<void> session(bool& was_connected) {
@@ -193,6 +238,7 @@ struct Uplink::Impl {
     stats.last_error.clear();
     if (connected) connected();
     auto next_sync = std::chrono::steady_clock::now() + opts.clock_sync_interval;
+    auto next_poll = std::chrono::steady_clock::now();  // the first poll right after connecting
 
     while (!stopping) {
       if (std::chrono::steady_clock::now() >= next_sync) {
@@ -204,7 +250,16 @@ struct Uplink::Impl {
       if (records.empty()) {
         was_connected = true;  // a healthy session: the next reconnect starts a fresh backoff
         if (drained) drained();
-        co_await sleep_until(next_sync);
+        if (polling() && std::chrono::steady_clock::now() >= next_poll) {
+          bool supported = co_await poll_commands(s, wd);
+          if (!supported) {
+            stats.connected = false;
+            co_return;
+          }
+          next_poll = std::chrono::steady_clock::now() + opts.command_poll_interval;
+          continue;  // the commands may have added results
+        }
+        co_await sleep_until(polling() ? std::min(next_sync, next_poll) : next_sync);
         continue;
       }
       common::Batch b;
@@ -250,6 +305,9 @@ void Uplink::stop() {
 void Uplink::notify() { impl_->wake_up(); }
 void Uplink::on_drained(std::function<void()> fn) { impl_->drained = std::move(fn); }
 void Uplink::on_connected(std::function<void()> fn) { impl_->connected = std::move(fn); }
+void Uplink::on_commands(std::function<void(common::Commands)> fn) {
+  impl_->commands = std::move(fn);
+}
 UplinkStats Uplink::stats() const { return impl_->stats; }
 
 }  // namespace firedrill::agent

@@ -13,13 +13,23 @@
 #include "agent/probe.hpp"
 #include "common/crypto.hpp"
 #include "common/net.hpp"
+#include "common/wire.hpp"
 
 namespace firedrill::agent {
+
+// What the uplink does with the answer to a CommandPoll, apart from the socket (a seam for
+// tests): Commands go to `dispatch`; an ErrorMsg saying the collector does not know the poll
+// (an older collector) is `unsupported`; any other error or message throws.
+enum class PollAnswer { dispatched, unsupported };
+PollAnswer handle_poll_answer(const common::Message& m,
+                              const std::function<void(common::Commands)>& dispatch);
 
 struct UplinkStats {
   bool connected = false;
   std::uint64_t connects = 0;
   std::uint64_t batches_acked = 0;
+  std::uint64_t command_polls = 0;  // answered polls
+  bool command_polling_disabled = false;  // the collector does not know CommandPoll
   std::string last_error;
 };
 
@@ -36,6 +46,10 @@ class Uplink {
   void on_drained(std::function<void()> fn);
   // Called after each successful hello and clock exchange.
   void on_connected(std::function<void()> fn);
+  // Receives each Commands answer. Without it (or with command_poll_interval 0) the uplink
+  // never polls. Polls go out right after connecting and then every command_poll_interval,
+  // only while no results wait to be sent.
+  void on_commands(std::function<void(common::Commands)> fn);
   UplinkStats stats() const;
 
  private:
