@@ -4,6 +4,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -45,7 +46,8 @@ int cmd_enroll(agent::EnrollOptions opts, const std::string& token_file) {
 
 int cmd_run(const fs::path& config_file, bool once, const std::string& log_level) {
   auto cfg = agent::AgentConfig::load(config_file);
-  common::setup_logging("agent", log_level.empty() ? cfg.log_level : log_level);
+  common::setup_logging("agent", log_level.empty() ? cfg.log_level : log_level,
+                        agent::platform::service_log_file());
   boost::asio::io_context io(1);
   agent::Agent a(io, cfg);
   agent::platform::ServiceHost host(io);  // systemd or the Windows SCM
@@ -211,6 +213,9 @@ int main(int argc, char** argv) {
   install_config->add_option("--to", config, "Where it goes")
       ->capture_default_str()
       ->default_val(default_config);
+  auto* configure_service = app.add_subcommand(
+      "configure-service", "Windows: have the Service Control Manager restart the agent 60 s "
+                           "after a failure (the installer's step)");
   auto* status = app.add_subcommand("status", "Print identity and outbox state as JSON "
                                               "(head seq, acked seq, unsent results, drops)");
   status->add_option("--config", config, "Agent configuration (YAML), to find the state directory")
@@ -239,6 +244,11 @@ int main(int argc, char** argv) {
       return cmd_enroll(eo, token_file);
     }
     if (*install_config) return cmd_install_config(config_from, config);
+    if (*configure_service) {
+      agent::platform::set_service_recovery("firedrill-agent");
+      std::cout << "firedrill-agent: restarts 60 s after a failure\n";
+      return 0;
+    }
     if (*status) return cmd_status(config);
     if (*tests) return cmd_tests(config);
     if (*run_once) return cmd_run_once(config, test_id, json);
@@ -247,6 +257,10 @@ int main(int argc, char** argv) {
         try {
           return cmd_run(config, false, log_level);
         } catch (const std::exception& e) {
+          // Before the log is set up (a bad config) there is only the SCM's exit code and
+          // this line, in agent.log when the service has no console.
+          auto log = agent::platform::service_log_file();
+          if (!log.empty()) std::ofstream(log, std::ios::app) << "firedrill-agent: " << e.what() << "\n";
           std::cerr << "firedrill-agent: " << e.what() << "\n";
           return 1;
         }

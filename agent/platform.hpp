@@ -57,5 +57,13 @@ class ServiceHost {
 // which must have started the process; its exit code becomes the service's). On POSIX, where
 // systemd starts `run` directly, it just calls body.
 int run_as_service(const std::string& name, const std::function<int()>& body);
+// Where the log goes when the agent runs as a service without a console: Windows under the
+// SCM, %ProgramData%\FireDrill\agent.log; otherwise empty (stderr; journald under systemd).
+std::filesystem::path service_log_file();
+
+// Windows: the SCM restarts the installed service `name` 60 s after it fails (a crash or a
+// non-zero exit), and forgets failures after a day. POSIX: systemd's unit does that
+// (Restart=on-failure); this throws std::runtime_error saying so.
+void set_service_recovery(const std::string& name);
 
 }  // namespace firedrill::agent::platform

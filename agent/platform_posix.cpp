@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <stdexcept>
 
 #include "agent/platform.hpp"
 #include "common/service.hpp"
@@ -92,5 +93,12 @@ void ServiceHost::stopping() {
 }
 
 int run_as_service(const std::string&, const std::function<int()>& body) { return body(); }
+
+std::filesystem::path service_log_file() { return {}; }
+
+void set_service_recovery(const std::string&) {
+  throw std::runtime_error("nothing to configure: systemd restarts the agent (Restart=on-failure "
+                           "in firedrill-agent.service)");
+}
 
 }  // namespace firedrill::agent::platform

@@ -13,6 +13,7 @@
 #include <csignal>
 #include <iostream>
 #include <mutex>
+#include <stdexcept>
 
 #include "agent/platform.hpp"
 #include "agent/win32.hpp"
@@ -175,12 +176,21 @@ DWORD WINAPI control_handler(DWORD control, DWORD, void*, void*) {
 
 void WINAPI service_main(DWORD, LPWSTR*) {
   auto& s = scm();
+
   s.handle = ::RegisterServiceCtrlHandlerExW(s.name.c_str(), control_handler, nullptr);
   if (!s.handle) {
     s.exit_code = 1;
     return;
   }
   report(SERVICE_START_PENDING, NO_ERROR, 30000);
+  // Restart on failure is the service's own setting, renewed at every start: it holds even
+  // if the installer could not set it, and before the first failure.
+  try {
+    std::string name(s.name.begin(), s.name.end());
+    set_service_recovery(name);
+  } catch (const std::exception& e) {
+    std::cerr << "firedrill-agent: " << e.what() << "\n";
+  }
   int rc = 1;
   try {
     rc = (*s.body)();
@@ -237,6 +247,13 @@ void ServiceHost::stopping() {
   impl_->signals.cancel();
 }
 
+fs::path service_log_file() {
+  if (!scm().handle) return {};
+  std::error_code ec;
+  fs::create_directories(program_data(), ec);
+  return program_data() / "agent.log";
+}
+
 int run_as_service(const std::string& name, const std::function<int()>& body) {
   auto& s = scm();
   s.name.assign(name.begin(), name.end());
@@ -253,6 +270,39 @@ int run_as_service(const std::string& name, const std::function<int()>& body) {
     return 2;
   }
   return s.exit_code;
+}
+
+void set_service_recovery(const std::string& name) {
+  struct ScHandle {
+    SC_HANDLE h;
+    ~ScHandle() {
+      if (h) ::CloseServiceHandle(h);
+    }
+  };
+  ScHandle manager{::OpenSCManagerW(nullptr, nullptr, SC_MANAGER_CONNECT)};
+  if (!manager.h)
+    throw std::runtime_error("cannot open the Service Control Manager: " + win32::message(::GetLastError()));
+  std::wstring wname(name.begin(), name.end());
+  ScHandle service{::OpenServiceW(manager.h, wname.c_str(), SERVICE_CHANGE_CONFIG | SERVICE_START)};
+  if (!service.h)
+    throw std::runtime_error("cannot open service " + name + ": " + win32::message(::GetLastError()));
+  SC_ACTION actions[3] = {{SC_ACTION_RESTART, 60'000}, {SC_ACTION_RESTART, 60'000},
+                          {SC_ACTION_RESTART, 60'000}};
+  SERVICE_FAILURE_ACTIONSW fa{};
+  fa.dwResetPeriod = 86'400;  // seconds
+  fa.cActions = 3;
+  fa.lpsaActions = actions;
+  if (!::ChangeServiceConfig2W(service.h, SERVICE_CONFIG_FAILURE_ACTIONS, &fa))
+    throw std::runtime_error("cannot set the recovery actions of " + name + ": " +
+                             win32::message(::GetLastError()));
+  // The agent reports a failed start (e.g. not enrolled yet) as SERVICE_STOPPED with a
+  // non-zero code, not as a crash: count that as a failure too.
+  // (wine 8 does not know this level: ERROR_INVALID_LEVEL, tolerated.)
+  SERVICE_FAILURE_ACTIONS_FLAG flag{TRUE};
+  if (!::ChangeServiceConfig2W(service.h, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &flag) &&
+      ::GetLastError() != ERROR_INVALID_LEVEL)
+    throw std::runtime_error("cannot set the failure-actions flag of " + name + ": " +
+                             win32::message(::GetLastError()));
 }
 
 }  // namespace firedrill::agent::platform
