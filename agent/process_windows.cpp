@@ -3,6 +3,7 @@
 // asynchronously, so the whole run is one blocking job on the probe pool (run_blocking).
 #include <windows.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -142,8 +143,15 @@ ProcessOutcome run_blocking_process(const std::vector<std::string>& argv,
         deadline - std::chrono::steady_clock::now());
     return static_cast<DWORD>(std::max<std::int64_t>(0, left.count()));
   };
-  std::thread err_reader([&] { drain(err_r, o.err, max_output); });
-  std::thread out_reader([&] { drain(out_r, o.out, max_output); });
+  std::atomic<int> draining{2};  // readers end when every holder of the write ends is gone
+  std::thread err_reader([&] {
+    drain(err_r, o.err, max_output);
+    --draining;
+  });
+  std::thread out_reader([&] {
+    drain(out_r, o.out, max_output);
+    --draining;
+  });
   bool fired = false;
   if (::WaitForSingleObject(pi.hProcess, remaining()) == WAIT_TIMEOUT) {
     fired = true;
@@ -151,13 +159,9 @@ ProcessOutcome run_blocking_process(const std::vector<std::string>& argv,
     ::TerminateProcess(pi.hProcess, 1);
     ::WaitForSingleObject(pi.hProcess, INFINITE);
   }
-  // The child exited; a grandchild may still hold the pipes until the deadline.
-  auto pipes_open = [&] {
-    DWORD avail = 0;
-    return ::PeekNamedPipe(out_r, nullptr, 0, nullptr, &avail, nullptr) ||
-           ::PeekNamedPipe(err_r, nullptr, 0, nullptr, &avail, nullptr);
-  };
-  while (!fired && pipes_open()) {
+  // The child exited; a grandchild may still hold the pipes until the deadline. (Not
+  // PeekNamedPipe: on a synchronous handle it waits behind the reader's blocked ReadFile.)
+  while (!fired && draining > 0) {
     if (remaining() == 0) {
       fired = true;
       if (job) ::TerminateJobObject(job.get(), 1);
