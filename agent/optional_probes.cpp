@@ -11,19 +11,26 @@
 
 namespace firedrill::agent {
 
-bool optional_probes_built() { return true; }
+bool optional_probes_built() {
+  return true;
+}
 
 void load_optional_params(const common::ConfigNode& t, const common::ConfigNode& params,
                           TestSpec& s, const Allowlist& allow) {
-  if (s.probe == "web_download") load_web_download(t, params, s, allow);
-  else if (s.probe == "http_beacon") load_http_beacon(t, params, s, allow);
-  else if (s.probe == "tls_policy") load_tls_policy(t, params, s, allow);
-  else if (s.probe == "http_check") load_http_check(t, params, s, allow);
-  else if (s.probe == "dns_lookup") load_dns_lookup(t, params, s, allow);
+  if (s.probe == "web_download")
+    load_web_download(t, params, s, allow);
+  else if (s.probe == "http_beacon")
+    load_http_beacon(t, params, s, allow);
+  else if (s.probe == "tls_policy")
+    load_tls_policy(t, params, s, allow);
+  else if (s.probe == "http_check")
+    load_http_check(t, params, s, allow);
+  else if (s.probe == "dns_lookup")
+    load_dns_lookup(t, params, s, allow);
 }
 
-void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex,
-                         const AgentConfig& cfg, const ClockState& clock) {
+void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex, const AgentConfig& cfg,
+                         const ClockState& clock) {
   probes["web_download"] = std::make_unique<WebDownloadProbe>(ex, cfg.allowlist, clock);
   probes["http_beacon"] = std::make_unique<HttpBeaconProbe>(ex, cfg.allowlist, clock);
   probes["tls_policy"] = std::make_unique<TlsPolicyProbe>(ex, cfg.allowlist, clock);
@@ -31,6 +38,8 @@ void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex,
   probes["dns_lookup"] = std::make_unique<DnsLookupProbe>(ex, cfg.allowlist, clock);
 }
 
-void init_optional_probe_libraries() { common::curl::global_init(); }
+void init_optional_probe_libraries() {
+  common::curl::global_init();
+}
 
 }  // namespace firedrill::agent

@@ -23,16 +23,16 @@ struct ClockState;
 using ProbeSet = std::map<std::string, std::unique_ptr<Probe>>;
 
 // The optional kinds, whether or not this build has them.
-inline const std::vector<std::string> kOptionalProbeKinds = {"web_download", "http_beacon",
-                                                             "tls_policy", "http_check", "dns_lookup"};
+inline const std::vector<std::string> kOptionalProbeKinds = {
+    "web_download", "http_beacon", "tls_policy", "http_check", "dns_lookup"};
 bool optional_probes_built();
 
 // Reads the params of an optional kind into `s`. For a kind this build lacks it fails with
 // file:line: "probe kind 'X' is not available in this build".
 void load_optional_params(const common::ConfigNode& t, const common::ConfigNode& params,
                           TestSpec& s, const Allowlist& allow);
-void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex,
-                         const AgentConfig& cfg, const ClockState& clock);
+void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex, const AgentConfig& cfg,
+                         const ClockState& clock);
 // Process-wide start of the libraries those kinds use (libcurl), on the calling thread.
 void init_optional_probe_libraries();
 

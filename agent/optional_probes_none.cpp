@@ -6,7 +6,9 @@
 
 namespace firedrill::agent {
 
-bool optional_probes_built() { return false; }
+bool optional_probes_built() {
+  return false;
+}
 
 void load_optional_params(const common::ConfigNode& t, const common::ConfigNode&, TestSpec& s,
                           const Allowlist&) {

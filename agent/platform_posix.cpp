@@ -15,9 +15,15 @@
 
 namespace firedrill::agent::platform {
 
-std::filesystem::path default_config_file() { return "/etc/firedrill/agent.yaml"; }
-std::filesystem::path default_state_dir() { return "/var/lib/firedrill-agent"; }
-std::filesystem::path default_kill_switch() { return "/etc/firedrill/disabled"; }
+std::filesystem::path default_config_file() {
+  return "/etc/firedrill/agent.yaml";
+}
+std::filesystem::path default_state_dir() {
+  return "/var/lib/firedrill-agent";
+}
+std::filesystem::path default_kill_switch() {
+  return "/etc/firedrill/disabled";
+}
 
 std::string hostname() {
   char h[256] = {0};
@@ -32,7 +38,9 @@ std::string os_description() {
 }
 
 namespace {
-FileStatus status_of(int err) { return {err, err ? std::strerror(err) : ""}; }
+FileStatus status_of(int err) {
+  return {err, err ? std::strerror(err) : ""};
+}
 }  // namespace
 
 FileStatus create_new_file(const std::filesystem::path& p, const std::string& content) {
@@ -85,20 +93,27 @@ void ServiceHost::on_stop(std::function<void(const std::string&)> handler) {
   });
 }
 
-void ServiceHost::ready(const std::string& status) { impl_->notifier.ready(status); }
+void ServiceHost::ready(const std::string& status) {
+  impl_->notifier.ready(status);
+}
 
 void ServiceHost::stopping() {
   impl_->notifier.stopping();
   impl_->signals.cancel();
 }
 
-int run_as_service(const std::string&, const std::function<int()>& body) { return body(); }
+int run_as_service(const std::string&, const std::function<int()>& body) {
+  return body();
+}
 
-std::filesystem::path service_log_file() { return {}; }
+std::filesystem::path service_log_file() {
+  return {};
+}
 
 void set_service_recovery(const std::string&) {
-  throw std::runtime_error("nothing to configure: systemd restarts the agent (Restart=on-failure "
-                           "in firedrill-agent.service)");
+  throw std::runtime_error(
+      "nothing to configure: systemd restarts the agent (Restart=on-failure "
+      "in firedrill-agent.service)");
 }
 
 }  // namespace firedrill::agent::platform

@@ -40,9 +40,15 @@ FileStatus status_of(DWORD code) {
 
 }  // namespace
 
-fs::path default_config_file() { return program_data() / "agent.yaml"; }
-fs::path default_state_dir() { return program_data() / "state"; }
-fs::path default_kill_switch() { return program_data() / "disabled"; }
+fs::path default_config_file() {
+  return program_data() / "agent.yaml";
+}
+fs::path default_state_dir() {
+  return program_data() / "state";
+}
+fs::path default_kill_switch() {
+  return program_data() / "disabled";
+}
 
 std::string hostname() {
   char h[256] = {0};
@@ -81,9 +87,9 @@ FileStatus create_new_file(const fs::path& p, const std::string& content) {
 }
 
 FileStatus read_file_head(const fs::path& p, std::string& out, std::size_t max) {
-  HANDLE h = ::CreateFileW(p.c_str(), GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
-                           nullptr, OPEN_EXISTING,
-                           FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, nullptr);
+  HANDLE h = ::CreateFileW(
+      p.c_str(), GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
+      OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, nullptr);
   if (h == INVALID_HANDLE_VALUE) {
     DWORD code = ::GetLastError();
     // A file being deleted (a scanner removing it) answers "access denied" until it is gone.
@@ -240,7 +246,9 @@ void ServiceHost::on_stop(std::function<void(const std::string&)> handler) {
   if (s.stop_requested) s.request_stop();  // asked before we were listening
 }
 
-void ServiceHost::ready(const std::string&) { report(SERVICE_RUNNING); }
+void ServiceHost::ready(const std::string&) {
+  report(SERVICE_RUNNING);
+}
 
 void ServiceHost::stopping() {
   report(SERVICE_STOP_PENDING, NO_ERROR, 10000);
@@ -281,13 +289,15 @@ void set_service_recovery(const std::string& name) {
   };
   ScHandle manager{::OpenSCManagerW(nullptr, nullptr, SC_MANAGER_CONNECT)};
   if (!manager.h)
-    throw std::runtime_error("cannot open the Service Control Manager: " + win32::message(::GetLastError()));
+    throw std::runtime_error("cannot open the Service Control Manager: " +
+                             win32::message(::GetLastError()));
   std::wstring wname(name.begin(), name.end());
   ScHandle service{::OpenServiceW(manager.h, wname.c_str(), SERVICE_CHANGE_CONFIG | SERVICE_START)};
   if (!service.h)
-    throw std::runtime_error("cannot open service " + name + ": " + win32::message(::GetLastError()));
-  SC_ACTION actions[3] = {{SC_ACTION_RESTART, 60'000}, {SC_ACTION_RESTART, 60'000},
-                          {SC_ACTION_RESTART, 60'000}};
+    throw std::runtime_error("cannot open service " + name + ": " +
+                             win32::message(::GetLastError()));
+  SC_ACTION actions[3] = {
+      {SC_ACTION_RESTART, 60'000}, {SC_ACTION_RESTART, 60'000}, {SC_ACTION_RESTART, 60'000}};
   SERVICE_FAILURE_ACTIONSW fa{};
   fa.dwResetPeriod = 86'400;  // seconds
   fa.cActions = 3;

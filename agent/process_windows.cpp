@@ -29,7 +29,9 @@ struct HandleCloser {
 };
 using Handle = std::unique_ptr<void, HandleCloser>;
 
-std::string win32_message(DWORD code) { return win32::message(code); }
+std::string win32_message(DWORD code) {
+  return win32::message(code);
+}
 // What a refused start means for a verdict: a policy or a scanner said no (EACCES), the
 // program is not there (ENOENT), or something else went wrong (EIO).
 int errno_for_spawn(DWORD code) {
@@ -183,7 +185,9 @@ ProcessOutcome run_blocking_process(const std::vector<std::string>& argv,
 
 }  // namespace
 
-std::string signal_name(int signal) { return "signal " + std::to_string(signal); }
+std::string signal_name(int signal) {
+  return "signal " + std::to_string(signal);
+}
 
 std::optional<fs::path> find_executable(const std::string& name) {
   if (name.find_first_of("/\\") != std::string::npos)
@@ -211,7 +215,9 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
                                             std::size_t max_output) {
   (void)ex;
   // Owns copies of everything: it runs to its own bounded end even if this frame is destroyed.
-  auto job = [argv, timeout, max_output] { return run_blocking_process(argv, timeout, max_output); };
+  auto job = [argv, timeout, max_output] {
+    return run_blocking_process(argv, timeout, max_output);
+  };
   co_return co_await run_blocking(job);
 }
 

@@ -10,15 +10,16 @@
 namespace firedrill::agent::win32 {
 
 // Not in every SDK's headers (mingw-w64 lacks them); values from winerror.h.
-constexpr DWORD kErrorVirusInfected = 225;  // "the file contains a virus or potentially unwanted software"
-constexpr DWORD kErrorVirusDeleted = 226;   // "... and was deleted"
+constexpr DWORD kErrorVirusInfected =
+    225;  // "the file contains a virus or potentially unwanted software"
+constexpr DWORD kErrorVirusDeleted = 226;  // "... and was deleted"
 constexpr DWORD kErrorNoSaferUiByPolicy = 786;
 
 inline std::string message(DWORD code) {
   char* text = nullptr;
-  DWORD n = ::FormatMessageA(FORMAT_MESSAGE_ALLOCATE_BUFFER | FORMAT_MESSAGE_FROM_SYSTEM |
-                                 FORMAT_MESSAGE_IGNORE_INSERTS,
-                             nullptr, code, 0, reinterpret_cast<char*>(&text), 0, nullptr);
+  DWORD n = ::FormatMessageA(
+      FORMAT_MESSAGE_ALLOCATE_BUFFER | FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+      nullptr, code, 0, reinterpret_cast<char*>(&text), 0, nullptr);
   std::string s = n && text ? std::string(text, n) : "unknown error";
   if (text) ::LocalFree(text);
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '.'))

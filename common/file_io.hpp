@@ -15,7 +15,8 @@ enum class Mode {
   create_truncate,  // created if missing, emptied if present
 };
 
-constexpr auto kOwnerOnly = std::filesystem::perms::owner_read | std::filesystem::perms::owner_write;
+constexpr auto kOwnerOnly =
+    std::filesystem::perms::owner_read | std::filesystem::perms::owner_write;
 
 // A descriptor, or -1 with errno set. `perms` are the mode bits of a created file on POSIX
 // (applied exactly, whatever the umask); on Windows a file inherits its directory's ACL.

@@ -11,10 +11,18 @@ namespace firedrill::common::file_io {
 int open(const std::filesystem::path& p, Mode mode, std::filesystem::perms perms) {
   int flags = O_CLOEXEC;
   switch (mode) {
-    case Mode::read: flags |= O_RDONLY; break;
-    case Mode::read_write: flags |= O_RDWR; break;
-    case Mode::append: flags |= O_WRONLY | O_CREAT | O_APPEND; break;
-    case Mode::create_truncate: flags |= O_WRONLY | O_CREAT | O_TRUNC; break;
+    case Mode::read:
+      flags |= O_RDONLY;
+      break;
+    case Mode::read_write:
+      flags |= O_RDWR;
+      break;
+    case Mode::append:
+      flags |= O_WRONLY | O_CREAT | O_APPEND;
+      break;
+    case Mode::create_truncate:
+      flags |= O_WRONLY | O_CREAT | O_TRUNC;
+      break;
   }
   int fd = ::open(p.c_str(), flags, static_cast<mode_t>(perms));
   if (fd >= 0 && mode == Mode::create_truncate)
@@ -22,17 +30,27 @@ int open(const std::filesystem::path& p, Mode mode, std::filesystem::perms perms
   return fd;
 }
 
-int close(int fd) { return ::close(fd); }
+int close(int fd) {
+  return ::close(fd);
+}
 
 std::int64_t pread(int fd, void* buf, std::size_t n, std::uint64_t offset) {
   return ::pread(fd, buf, n, static_cast<off_t>(offset));
 }
 
-std::int64_t write(int fd, const void* buf, std::size_t n) { return ::write(fd, buf, n); }
+std::int64_t write(int fd, const void* buf, std::size_t n) {
+  return ::write(fd, buf, n);
+}
 
-int sync_data(int fd) { return ::fdatasync(fd); }
-int sync(int fd) { return ::fsync(fd); }
-int truncate(int fd, std::uint64_t size) { return ::ftruncate(fd, static_cast<off_t>(size)); }
+int sync_data(int fd) {
+  return ::fdatasync(fd);
+}
+int sync(int fd) {
+  return ::fsync(fd);
+}
+int truncate(int fd, std::uint64_t size) {
+  return ::ftruncate(fd, static_cast<off_t>(size));
+}
 
 int size(int fd, std::uint64_t& out) {
   struct stat st {};
@@ -58,6 +76,8 @@ void make_private_dir(const std::filesystem::path& dir) {
   std::filesystem::permissions(dir, std::filesystem::perms::owner_all);
 }
 
-void make_config_dir(const std::filesystem::path& dir) { std::filesystem::create_directories(dir); }
+void make_config_dir(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+}
 
 }  // namespace firedrill::common::file_io

@@ -19,15 +19,25 @@ namespace firedrill::common::file_io {
 int open(const std::filesystem::path& p, Mode mode, std::filesystem::perms) {
   int flags = _O_BINARY | _O_NOINHERIT;
   switch (mode) {
-    case Mode::read: flags |= _O_RDONLY; break;
-    case Mode::read_write: flags |= _O_RDWR; break;
-    case Mode::append: flags |= _O_WRONLY | _O_CREAT | _O_APPEND; break;
-    case Mode::create_truncate: flags |= _O_WRONLY | _O_CREAT | _O_TRUNC; break;
+    case Mode::read:
+      flags |= _O_RDONLY;
+      break;
+    case Mode::read_write:
+      flags |= _O_RDWR;
+      break;
+    case Mode::append:
+      flags |= _O_WRONLY | _O_CREAT | _O_APPEND;
+      break;
+    case Mode::create_truncate:
+      flags |= _O_WRONLY | _O_CREAT | _O_TRUNC;
+      break;
   }
   return ::_wopen(p.c_str(), flags, _S_IREAD | _S_IWRITE);
 }
 
-int close(int fd) { return ::_close(fd); }
+int close(int fd) {
+  return ::_close(fd);
+}
 
 std::int64_t pread(int fd, void* buf, std::size_t n, std::uint64_t offset) {
   // ReadFile with an offset does not move a shared position: safe beside other readers.
@@ -54,8 +64,12 @@ std::int64_t write(int fd, const void* buf, std::size_t n) {
   return ::_write(fd, buf, chunk);
 }
 
-int sync_data(int fd) { return ::_commit(fd); }  // FlushFileBuffers: data and size
-int sync(int fd) { return ::_commit(fd); }
+int sync_data(int fd) {
+  return ::_commit(fd);
+}  // FlushFileBuffers: data and size
+int sync(int fd) {
+  return ::_commit(fd);
+}
 int truncate(int fd, std::uint64_t size) {
   errno_t e = ::_chsize_s(fd, static_cast<__int64>(size));
   if (e == 0) return 0;
@@ -76,7 +90,8 @@ void sync_dir(const std::filesystem::path&) {}
 void replace(const std::filesystem::path& from, const std::filesystem::path& to) {
   if (!::MoveFileExW(from.c_str(), to.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH))
     throw std::filesystem::filesystem_error(
-        "rename", from, to, std::error_code(static_cast<int>(::GetLastError()), std::system_category()));
+        "rename", from, to,
+        std::error_code(static_cast<int>(::GetLastError()), std::system_category()));
 }
 
 namespace {
@@ -92,9 +107,9 @@ void set_protected_acl(const std::filesystem::path& dir, const wchar_t* sddl, co
   PACL dacl = nullptr;
   ::GetSecurityDescriptorDacl(sd, &present, &dacl, &defaulted);
   std::wstring name = dir.wstring();
-  DWORD rc = ::SetNamedSecurityInfoW(name.data(), SE_FILE_OBJECT,
-                                     DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
-                                     nullptr, nullptr, dacl, nullptr);
+  DWORD rc = ::SetNamedSecurityInfoW(
+      name.data(), SE_FILE_OBJECT, DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+      nullptr, nullptr, dacl, nullptr);
   ::LocalFree(sd);
   if (rc != ERROR_SUCCESS)
     throw std::filesystem::filesystem_error(

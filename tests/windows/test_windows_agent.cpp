@@ -25,7 +25,9 @@ std::string enroll(Collector& c, const fs::path& state_dir) {
 
 }  // namespace
 
-TEST_CASE("the Windows agent enrolls under wine, runs tcp_connect and eicar_drop, and its signed results verify") {
+TEST_CASE(
+    "the Windows agent enrolls under wine, runs tcp_connect and eicar_drop, and its signed results "
+    "verify") {
   Collector c;
   OpenPort open;
   TempDir tmp("wine-agent");
@@ -52,8 +54,8 @@ TEST_CASE("the Windows agent enrolls under wine, runs tcp_connect and eicar_drop
       << "  - id: encoded\n    kind: encoded_command\n    every: 1h\n    technique: T1027\n"
       << "    expect: {prevent: true}\n    params: {interpreter: powershell.exe}\n";
 
-  auto run = wine({windows_agent().string(), "run", "--config", winpath(tmp / "agent.yaml"), "--once"},
-                  180s);
+  auto run = wine(
+      {windows_agent().string(), "run", "--config", winpath(tmp / "agent.yaml"), "--once"}, 180s);
   INFO("agent: " << run.out << run.err);
   REQUIRE(run.rc == 0);
 
@@ -81,8 +83,8 @@ TEST_CASE("the Windows agent enrolls under wine, runs tcp_connect and eicar_drop
   CHECK(eicar["reason"] == "intact");
   CHECK(eicar["evidence"]["cleanup"] == "removed");
   CHECK(eicar["evidence"]["cleanup_verified"] == "true");
-  CHECK(eicar["evidence"]["file"].get<std::string>().find(eicar["marker"].get<std::string>() + "-eicar.com") !=
-        std::string::npos);
+  CHECK(eicar["evidence"]["file"].get<std::string>().find(eicar["marker"].get<std::string>() +
+                                                          "-eicar.com") != std::string::npos);
   CHECK(fs::is_empty(tmp / "drop"));
 
   // wine's powershell.exe is a stub that prints nothing: the encoded command ran, and nothing
@@ -91,7 +93,8 @@ TEST_CASE("the Windows agent enrolls under wine, runs tcp_connect and eicar_drop
   INFO(enc.dump(2));
   CHECK(enc["verdict"] == "inconclusive");
   CHECK(enc["reason"] == "no_marker_output");
-  CHECK(enc["evidence"]["command_line"].get<std::string>().find("-EncodedCommand") != std::string::npos);
+  CHECK(enc["evidence"]["command_line"].get<std::string>().find("-EncodedCommand") !=
+        std::string::npos);
 
   // The collector knows this agent as a Windows host.
   auto agents = c.api_get("/api/v1/agents")["agents"];
@@ -99,15 +102,19 @@ TEST_CASE("the Windows agent enrolls under wine, runs tcp_connect and eicar_drop
   CHECK(agents[0]["os"].get<std::string>().rfind("Windows", 0) == 0);
 }
 
-TEST_CASE("the Windows agent refuses the libcurl and c-ares probe kinds when it loads its configuration") {
+TEST_CASE(
+    "the Windows agent refuses the libcurl and c-ares probe kinds when it loads its "
+    "configuration") {
   TempDir tmp("wine-agent");
-  for (std::string kind : {"web_download", "http_beacon", "tls_policy", "http_check", "dns_lookup"}) {
+  for (std::string kind :
+       {"web_download", "http_beacon", "tls_policy", "http_check", "dns_lookup"}) {
     std::ofstream(tmp / "agent.yaml", std::ios::trunc)
         << "state_dir: state\ntests:\n  - id: t\n    kind: " << kind << "\n    every: 1h\n";
     auto r = wine({windows_agent().string(), "tests", "--config", winpath(tmp / "agent.yaml")});
     INFO(kind << ": " << r.out << r.err);
     CHECK(r.rc != 0);
-    CHECK(r.err.find("probe kind '" + kind + "' is not available in this build") != std::string::npos);
+    CHECK(r.err.find("probe kind '" + kind + "' is not available in this build") !=
+          std::string::npos);
     CHECK(r.err.find("agent.yaml:4: key 'tests[0].kind'") != std::string::npos);  // file:line
   }
 }

@@ -12,7 +12,9 @@ using namespace firedrill::test;
 
 namespace {
 
-fs::path msi() { return FIREDRILL_WINDOWS_MSI; }
+fs::path msi() {
+  return FIREDRILL_WINDOWS_MSI;
+}
 
 std::string table(const fs::path& package, const std::string& name) {
   auto r = run_command({"/usr/bin/msiinfo", "export", package.string(), name});
@@ -52,7 +54,8 @@ struct OwnPrefix {
     server({"-w"});
   }
   void server(const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {"/usr/bin/env", "WINEPREFIX=" + path.string(), "/usr/bin/wineserver"};
+    std::vector<std::string> argv = {"/usr/bin/env", "WINEPREFIX=" + path.string(),
+                                     "/usr/bin/wineserver"};
     argv.insert(argv.end(), args.begin(), args.end());
     run_command(argv, 30s);
   }
@@ -66,14 +69,20 @@ struct OwnPrefix {
   void stop_service() {
     auto r = run({"sc", "stop", "firedrill-agent"});
     INFO(r.out << r.err);
-    CHECK(wait_until([&] { return has(run({"sc", "query", "firedrill-agent"}).out, "STOPPED"); }, 60s));
+    CHECK(wait_until(
+        [&] {
+          return has(run({"sc", "query", "firedrill-agent"}).out, "STOPPED");
+        },
+        60s));
   }
   fs::path path;
 };
 
 }  // namespace
 
-TEST_CASE("the MSI's tables: the exe, the auto-start service, silent enrollment, a config template and MajorUpgrade") {
+TEST_CASE(
+    "the MSI's tables: the exe, the auto-start service, silent enrollment, a config template and "
+    "MajorUpgrade") {
   auto files = table(msi(), "File");
   CHECK(has(files, "firedrill-agent.exe"));
   CHECK(has(files, "agent.yaml.default"));
@@ -89,7 +98,9 @@ TEST_CASE("the MSI's tables: the exe, the auto-start service, silent enrollment,
   CHECK(has(control, "AgentServiceStop\tfiredrill-agent\t162\t\t1"));
   auto actions = table(msi(), "CustomAction");
   // 3090: an exe from the package's own file, deferred, not impersonated (LocalSystem).
-  CHECK(has(actions, "Enroll\t3090\tAgentExe\tenroll --server \"[SERVER]\" --token \"[TOKEN]\" --ca \"[CA_FILE]\""));
+  CHECK(has(actions,
+            "Enroll\t3090\tAgentExe\tenroll --server \"[SERVER]\" --token \"[TOKEN]\" --ca "
+            "\"[CA_FILE]\""));
   CHECK(has(actions, "InstallDefaultConfig\t3090\tAgentExe\tinstall-config --from"));
   auto sequence = table(msi(), "InstallExecuteSequence");
   CHECK(has(sequence, "Enroll\tNOT REMOVE AND SERVER AND TOKEN AND CA_FILE"));
@@ -101,7 +112,9 @@ TEST_CASE("the MSI's tables: the exe, the auto-start service, silent enrollment,
   CHECK(has(table(msi(), "Property"), "MsiHiddenProperties\tTOKEN"));
 }
 
-TEST_CASE("the MSI installs under wine with silent enrollment, the service runs, an upgrade keeps config and identity, uninstall keeps the state") {
+TEST_CASE(
+    "the MSI installs under wine with silent enrollment, the service runs, an upgrade keeps config "
+    "and identity, uninstall keeps the state") {
   Collector c;
   TempDir tmp("wine-msi");
   OwnPrefix p(tmp / "prefix");
@@ -112,7 +125,8 @@ TEST_CASE("the MSI installs under wine with silent enrollment, the service runs,
                         "TOKEN=" + c.create_token(), "CA_FILE=" + winpath(c.ca_pem())});
   REQUIRE_MESSAGE(install.rc == 0, install.out << install.err);
   CHECK(fs::exists(exe));
-  CHECK(read(data / "agent.yaml") == read(fs::path(FIREDRILL_SOURCE_DIR) / "packaging/msi/agent.yaml"));
+  CHECK(read(data / "agent.yaml") ==
+        read(fs::path(FIREDRILL_SOURCE_DIR) / "packaging/msi/agent.yaml"));
   REQUIRE(fs::exists(data / "state/identity.yaml"));
   auto identity = read(data / "state/identity.yaml");
   auto agents = c.api_get("/api/v1/agents")["agents"];
@@ -121,14 +135,20 @@ TEST_CASE("the MSI installs under wine with silent enrollment, the service runs,
   CHECK(identity.find(id) != std::string::npos);
 
   // The SCM started the service, and it runs the agent with the installed configuration.
-  CHECK(wait_until([&] { return has(p.run({"sc", "query", "firedrill-agent"}).out, "RUNNING"); }, 60s));
-  CHECK(wait_until([&] { return has(read(data / "agent.log"), "agent " + id + " starting"); }, 60s));
+  CHECK(wait_until(
+      [&] {
+        return has(p.run({"sc", "query", "firedrill-agent"}).out, "RUNNING");
+      },
+      60s));
+  CHECK(
+      wait_until([&] { return has(read(data / "agent.log"), "agent " + id + " starting"); }, 60s));
 
   SUBCASE("a major upgrade keeps the edited config and the identity; uninstall keeps the state") {
     std::ofstream(data / "agent.yaml", std::ios::app) << "# edited by the admin\n";
     auto edited = read(data / "agent.yaml");
-    auto next = run_command({fs::path(FIREDRILL_SOURCE_DIR).append("packaging/msi/build-msi").string(),
-                             windows_agent().string(), tmp.path().string(), "99.0.0"});
+    auto next =
+        run_command({fs::path(FIREDRILL_SOURCE_DIR).append("packaging/msi/build-msi").string(),
+                     windows_agent().string(), tmp.path().string(), "99.0.0"});
     REQUIRE_MESSAGE(next.rc == 0, next.err);
     p.stop_service();
     auto upgrade = p.run({"msiexec", "/i", winpath(tmp / "firedrill-agent-99.0.0-x64.msi"), "/qn"});
@@ -137,7 +157,11 @@ TEST_CASE("the MSI installs under wine with silent enrollment, the service runs,
     CHECK(read(data / "state/identity.yaml") == identity);
     CHECK(fs::exists(exe));
     // The upgrade started the service again, still the same agent: no second enrollment.
-    CHECK(wait_until([&] { return has(p.run({"sc", "query", "firedrill-agent"}).out, "RUNNING"); }, 60s));
+    CHECK(wait_until(
+        [&] {
+          return has(p.run({"sc", "query", "firedrill-agent"}).out, "RUNNING");
+        },
+        60s));
     CHECK(c.api_get("/api/v1/agents")["agents"].size() == 1);
 
     p.stop_service();
