@@ -1,7 +1,8 @@
 // The cross-built Windows agent (firedrill-agent.exe) under wine64 against a real Linux
 // collector on loopback. wine has no Defender and only a stub powershell.exe, so the honest
-// verdicts here are "nothing prevented it" and "the interpreter printed nothing": the tests
-// check exactly that, and that the results arrive signed and verify.
+// verdicts here are "nothing prevented it", "the interpreter printed nothing" and, for the
+// absent PowerShell 7, "not applicable": the tests check exactly that, and that the results
+// arrive signed and verify.
 #include <doctest/doctest.h>
 
 #include <fstream>
@@ -52,7 +53,9 @@ TEST_CASE(
       << "    expect: {prevent: true}\n"
       << "    params: {directory: '" << winpath(tmp / "drop") << "', observe: 1s}\n"
       << "  - id: encoded\n    kind: encoded_command\n    every: 1h\n    technique: T1027\n"
-      << "    expect: {prevent: true}\n    params: {interpreter: powershell.exe}\n";
+      << "    expect: {prevent: true}\n    params: {interpreter: powershell.exe}\n"
+      << "  - id: pwsh\n    kind: encoded_command\n    every: 1h\n"
+      << "    params: {interpreter: pwsh}\n";
 
   auto run = wine(
       {windows_agent().string(), "run", "--config", winpath(tmp / "agent.yaml"), "--once"}, 180s);
@@ -62,7 +65,7 @@ TEST_CASE(
   auto r = c.cli({"results", "--agent", id, "--json"});
   REQUIRE_MESSAGE(r.rc == 0, r.err);
   auto results = nlohmann::json::parse(r.out);
-  REQUIRE(results.size() == 4);
+  REQUIRE(results.size() == 5);
   std::map<std::string, nlohmann::json> by_test;
   for (auto& x : results) {
     INFO(x.dump(2));
@@ -95,6 +98,10 @@ TEST_CASE(
   CHECK(enc["reason"] == "no_marker_output");
   CHECK(enc["evidence"]["command_line"].get<std::string>().find("-EncodedCommand") !=
         std::string::npos);
+
+  // No PowerShell 7 under wine: a missing interpreter is not a block.
+  CHECK(by_test["pwsh"]["verdict"] == "not_applicable");
+  CHECK(by_test["pwsh"]["reason"] == "interpreter_missing");
 
   // The collector knows this agent as a Windows host.
   auto agents = c.api_get("/api/v1/agents")["agents"];
