@@ -6,15 +6,11 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
-#include "agent/probe_dns_lookup.hpp"
+#include "agent/optional_probes.hpp"
 #include "agent/probe_eicar_drop.hpp"
 #include "agent/probe_encoded_command.hpp"
-#include "agent/probe_http_beacon.hpp"
-#include "agent/probe_http_check.hpp"
 #include "agent/probe_tcp_connect.hpp"
 #include "agent/probe_tcp_listen.hpp"
-#include "agent/probe_tls_policy.hpp"
-#include "agent/probe_web_download.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
@@ -30,11 +26,7 @@ ProbeSet make_probes(asio::any_io_executor ex, const AgentConfig& cfg, const Clo
   probes["tcp_listen"] = std::make_unique<TcpListenProbe>(ex, clock);
   probes["eicar_drop"] = std::make_unique<EicarDropProbe>(ex, clock);
   probes["encoded_command"] = std::make_unique<EncodedCommandProbe>(ex, clock);
-  probes["web_download"] = std::make_unique<WebDownloadProbe>(ex, cfg.allowlist, clock);
-  probes["http_beacon"] = std::make_unique<HttpBeaconProbe>(ex, cfg.allowlist, clock);
-  probes["tls_policy"] = std::make_unique<TlsPolicyProbe>(ex, cfg.allowlist, clock);
-  probes["http_check"] = std::make_unique<HttpCheckProbe>(ex, cfg.allowlist, clock);
-  probes["dns_lookup"] = std::make_unique<DnsLookupProbe>(ex, cfg.allowlist, clock);
+  add_optional_probes(probes, ex, cfg, clock);
   return probes;
 }
 

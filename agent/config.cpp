@@ -6,11 +6,8 @@
 
 #include <boost/asio/ip/address_v4.hpp>
 
-#include "agent/probe_dns_lookup.hpp"
-#include "agent/probe_http_beacon.hpp"
-#include "agent/probe_http_check.hpp"
-#include "agent/probe_tls_policy.hpp"
-#include "agent/probe_web_download.hpp"
+#include "agent/optional_probes.hpp"
+#include "agent/platform.hpp"
 #include "common/config.hpp"
 
 namespace firedrill::agent {
@@ -154,11 +151,7 @@ void load_params(const common::ConfigNode& t, TestSpec& s, const Allowlist& allo
       params.fail("interpreter", "'" + s.interpreter + "' is not one of sh, pwsh, powershell.exe");
     if (!t.has("timeout")) s.timeout = 30s;
   }
-  else if (s.probe == "web_download") load_web_download(t, params, s, allow);
-  else if (s.probe == "http_beacon") load_http_beacon(t, params, s, allow);
-  else if (s.probe == "tls_policy") load_tls_policy(t, params, s, allow);
-  else if (s.probe == "http_check") load_http_check(t, params, s, allow);
-  else if (s.probe == "dns_lookup") load_dns_lookup(t, params, s, allow);
+  else load_optional_params(t, params, s, allow);  // the kinds built on libcurl and c-ares
   if (s.summary.empty())
     s.summary = s.probe == "tcp_connect"  ? std::to_string(s.targets.size()) + " target(s)"
                 : s.probe == "eicar_drop" ? s.directory.string()
@@ -214,7 +207,7 @@ AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   c.server = root.str("server", "");
   if (!c.server.empty()) endpoint(root, "server", c.server);
   c.log_level = root.str("log_level", c.log_level);
-  c.kill_switch = root.str("kill_switch", c.kill_switch.string());
+  c.kill_switch = root.str("kill_switch", platform::default_kill_switch().string());
 
   auto outbox = root["outbox"];
   outbox.check_keys({"max_bytes"});

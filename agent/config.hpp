@@ -86,7 +86,7 @@ std::vector<common::HostPort> expand_targets(const std::string& spec, std::size_
 struct AgentConfig {
   std::filesystem::path state_dir;
   // While this file exists no probe runs (results say so); delivery continues.
-  std::filesystem::path kill_switch = "/etc/firedrill/disabled";
+  std::filesystem::path kill_switch;  // default: platform::default_kill_switch()
   std::string server;  // host:port; empty = the one recorded at enrollment
   std::string log_level = "info";
   std::uint64_t outbox_max_bytes = 64ull << 20;

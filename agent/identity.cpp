@@ -1,8 +1,5 @@
 #include "agent/identity.hpp"
 
-#include <sys/utsname.h>
-#include <unistd.h>
-
 #include <optional>
 
 #include <boost/asio/co_spawn.hpp>
@@ -12,8 +9,10 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "agent/platform.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
+#include "common/file_io.hpp"
 #include "common/frame.hpp"
 #include "common/net.hpp"
 #include "common/tls.hpp"
@@ -44,17 +43,8 @@ Identity Identity::load(const fs::path& state_dir) {
 
 namespace {
 
-std::string os_description() {
-  struct utsname u {};
-  if (uname(&u) != 0) return "unknown";
-  return std::string(u.sysname) + " " + u.release + " " + u.machine;
-}
-
-std::string hostname() {
-  char h[256] = {0};
-  gethostname(h, sizeof h - 1);
-  return h;
-}
+using platform::hostname;
+using platform::os_description;
 
 asio::awaitable<common::Message> exchange(asio::ssl::context& ctx, common::HostPort server,
                                           common::EnrollReq req, std::chrono::milliseconds timeout,
@@ -149,8 +139,7 @@ Identity enroll(const EnrollOptions& opts) {
   if (common::cert_public_key(cert.get()).public_raw() != key.public_raw())
     throw EnrollError("protocol", "the issued certificate is not for this agent's key");
 
-  fs::create_directories(opts.state_dir);
-  fs::permissions(opts.state_dir, fs::perms::owner_all);
+  common::file_io::make_private_dir(opts.state_dir);  // 0700; Windows: SYSTEM and Administrators
   auto priv = fs::perms::owner_read | fs::perms::owner_write;
   common::write_file_atomic(opts.state_dir / "key.pem", key.private_pem(), priv);
   common::write_file_atomic(opts.state_dir / "cert.pem", ok->cert_pem, priv);

@@ -1,10 +1,10 @@
 // firedrill-agent: `enroll` once with a token, then `run` the scheduled tests as a service.
 #include <CLI/CLI.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -12,9 +12,11 @@
 #include "agent/config.hpp"
 #include "agent/identity.hpp"
 #include "agent/outbox.hpp"
-#include "common/service.hpp"
+#include "agent/platform.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
+#include "common/crypto.hpp"
+#include "common/file_io.hpp"
 #include "common/log.hpp"
 
 using namespace firedrill;
@@ -44,17 +46,16 @@ int cmd_enroll(agent::EnrollOptions opts, const std::string& token_file) {
 
 int cmd_run(const fs::path& config_file, bool once, const std::string& log_level) {
   auto cfg = agent::AgentConfig::load(config_file);
-  common::setup_logging("agent", log_level.empty() ? cfg.log_level : log_level);
+  common::setup_logging("agent", log_level.empty() ? cfg.log_level : log_level,
+                        agent::platform::service_log_file());
   boost::asio::io_context io(1);
   agent::Agent a(io, cfg);
-  common::ServiceNotifier notifier(io);
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  agent::platform::ServiceHost host(io);  // systemd or the Windows SCM
   boost::asio::steady_timer grace(io);
   int rc = 0;
-  auto shutdown = [&](const char* why) {
+  auto shutdown = [&](const std::string& why) {
     spdlog::info("{}; stopping", why);
-    notifier.stopping();
-    signals.cancel();
+    host.stopping();
     a.stop();
     // Probes in flight finish within their timeout; never hang on the way out.
     grace.expires_after(std::chrono::seconds(5));
@@ -62,18 +63,30 @@ int cmd_run(const fs::path& config_file, bool once, const std::string& log_level
       if (!ec) io.stop();
     });
   };
-  signals.async_wait([&](boost::system::error_code ec, int sig) {
-    if (!ec) shutdown(sig == SIGTERM ? "received SIGTERM" : "received SIGINT");
-  });
+  host.on_stop(shutdown);
   a.start(once, [&] {
     auto s = a.outbox().stats();
     spdlog::info("all tests ran once and {} results are acknowledged by the collector", s.acked_seq);
     grace.cancel();
     shutdown("done (--once)");
   });
-  notifier.ready("running " + std::to_string(cfg.tests.size()) + " tests");
+  host.ready("running " + std::to_string(cfg.tests.size()) + " tests");
   io.run();
   return rc;
+}
+
+// The MSI's first-install step: the default configuration, only where none exists yet.
+int cmd_install_config(const fs::path& from, const fs::path& to) {
+  if (fs::exists(to)) {
+    std::cout << to.string() << " exists; left as it is\n";
+    return 0;
+  }
+  common::file_io::make_config_dir(to.parent_path());
+  common::write_file_atomic(to, common::read_file(from, 1 << 20),
+                            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                                fs::perms::others_read);
+  std::cout << "wrote " << to.string() << " from " << from.string() << "\n";
+  return 0;
 }
 
 int cmd_status(const fs::path& config_file) {
@@ -153,6 +166,7 @@ int main(int argc, char** argv) {
                "results to the collector."};
   app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
   app.require_subcommand(1);
+  const std::string default_config = agent::platform::default_config_file().string();
 
   auto* enroll = app.add_subcommand("enroll", "Enroll with a collector using a single-use token: "
                                               "creates this agent's key and certificate");
@@ -168,7 +182,7 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   enroll->add_option("--state-dir", eo.state_dir, "Where the identity is kept (created 0700)")
       ->capture_default_str()
-      ->default_val("/var/lib/firedrill-agent");
+      ->default_val(agent::platform::default_state_dir().string());
   enroll->add_flag("--force", eo.force, "Replace an existing identity in the state directory");
 
   auto* run = app.add_subcommand("run", "Run the scheduled tests and deliver results "
@@ -178,27 +192,46 @@ int main(int argc, char** argv) {
   std::string log_level;
   run->add_option("--config", config, "Agent configuration (YAML: state_dir, allowlist, tests; see README)")
       ->capture_default_str()
-      ->default_val("/etc/firedrill/agent.yaml");
+      ->default_val(default_config);
   run->add_flag("--once", once, "Run every test once, wait until the collector acked all results, "
                                 "then exit");
   run->add_option("--log-level", log_level, "Override log_level from the config "
                                             "(trace, debug, info, warn, error)");
+  auto* service = app.add_subcommand(
+      "service", "Run as a Windows service (the Service Control Manager starts this; elsewhere "
+                 "the same as `run`)");
+  service->add_option("--config", config, "Agent configuration (YAML)")
+      ->capture_default_str()
+      ->default_val(default_config);
+  service->add_option("--log-level", log_level, "Override log_level from the config");
+  auto* install_config = app.add_subcommand(
+      "install-config", "Write a default configuration unless one exists (the installer's step)");
+  fs::path config_from;
+  install_config->add_option("--from", config_from, "The default configuration to copy")
+      ->required()
+      ->check(CLI::ExistingFile);
+  install_config->add_option("--to", config, "Where it goes")
+      ->capture_default_str()
+      ->default_val(default_config);
+  auto* configure_service = app.add_subcommand(
+      "configure-service", "Windows: have the Service Control Manager restart the agent 60 s "
+                           "after a failure (the installer's step)");
   auto* status = app.add_subcommand("status", "Print identity and outbox state as JSON "
                                               "(head seq, acked seq, unsent results, drops)");
   status->add_option("--config", config, "Agent configuration (YAML), to find the state directory")
       ->capture_default_str()
-      ->default_val("/etc/firedrill/agent.yaml");
+      ->default_val(default_config);
   auto* tests = app.add_subcommand("tests", "List the configured tests (validates the config)");
   tests->add_option("--config", config, "Agent configuration (YAML)")
       ->capture_default_str()
-      ->default_val("/etc/firedrill/agent.yaml");
+      ->default_val(default_config);
   auto* run_once = app.add_subcommand(
       "run-once", "Run one test now and print its result (local only: not sent to the collector)");
   std::string test_id;
   bool json = false;
   run_once->add_option("--config", config, "Agent configuration (YAML)")
       ->capture_default_str()
-      ->default_val("/etc/firedrill/agent.yaml");
+      ->default_val(default_config);
   run_once->add_option("--test", test_id, "Id of the test to run")->required();
   run_once->add_flag("--json", json, "Print each result as one JSON line");
   CLI11_PARSE(app, argc, argv);
@@ -210,9 +243,28 @@ int main(int argc, char** argv) {
       }
       return cmd_enroll(eo, token_file);
     }
+    if (*install_config) return cmd_install_config(config_from, config);
+    if (*configure_service) {
+      agent::platform::set_service_recovery("firedrill-agent");
+      std::cout << "firedrill-agent: restarts 60 s after a failure\n";
+      return 0;
+    }
     if (*status) return cmd_status(config);
     if (*tests) return cmd_tests(config);
     if (*run_once) return cmd_run_once(config, test_id, json);
+    if (*service)
+      return agent::platform::run_as_service("firedrill-agent", [&] {
+        try {
+          return cmd_run(config, false, log_level);
+        } catch (const std::exception& e) {
+          // Before the log is set up (a bad config) there is only the SCM's exit code and
+          // this line, in agent.log when the service has no console.
+          auto log = agent::platform::service_log_file();
+          if (!log.empty()) std::ofstream(log, std::ios::app) << "firedrill-agent: " << e.what() << "\n";
+          std::cerr << "firedrill-agent: " << e.what() << "\n";
+          return 1;
+        }
+      });
     return cmd_run(config, once, log_level);
   } catch (const std::exception& e) {
     std::cerr << "firedrill-agent: " << e.what() << "\n";

@@ -1,9 +1,5 @@
 #include "agent/outbox.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
@@ -11,9 +7,11 @@
 #include <stdexcept>
 
 #include "common/clock.hpp"
+#include "common/file_io.hpp"
 
 namespace firedrill::agent {
 namespace fs = std::filesystem;
+namespace fio = common::file_io;
 
 namespace {
 
@@ -45,7 +43,7 @@ std::string segment_name(std::uint64_t first_seq) {
 
 void pread_all(int fd, char* buf, std::size_t n, std::uint64_t off, const fs::path& p) {
   while (n > 0) {
-    ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(off));
+    auto r = fio::pread(fd, buf, n, off);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) sys_fail("reading outbox segment " + p.string());
     buf += r;
@@ -54,13 +52,7 @@ void pread_all(int fd, char* buf, std::size_t n, std::uint64_t off, const fs::pa
   }
 }
 
-void fsync_dir(const fs::path& dir) {
-  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (d >= 0) {
-    ::fsync(d);
-    ::close(d);
-  }
-}
+void fsync_dir(const fs::path& dir) { fio::sync_dir(dir); }
 
 }  // namespace
 
@@ -68,7 +60,7 @@ Outbox::Outbox(OutboxOptions opts, std::string agent_id)
     : opts_(std::move(opts)), agent_id_(std::move(agent_id)) {}
 
 Outbox::~Outbox() {
-  if (fd_ >= 0) ::close(fd_);
+  if (fd_ >= 0) fio::close(fd_);
 }
 
 std::unique_ptr<Outbox> Outbox::open(const OutboxOptions& opts, const std::string& agent_id) {
@@ -77,8 +69,7 @@ std::unique_ptr<Outbox> Outbox::open(const OutboxOptions& opts, const std::strin
     if (fs::exists(opts.dir)) ob->load();  // else: nothing was ever written
     return ob;
   }
-  fs::create_directories(opts.dir);
-  fs::permissions(opts.dir, fs::perms::owner_all);
+  fio::make_private_dir(opts.dir);
   auto owner_file = opts.dir / "agent_id";
   if (fs::exists(owner_file)) {
     auto owner = common::read_file(owner_file, 256);
@@ -91,8 +82,7 @@ std::unique_ptr<Outbox> Outbox::open(const OutboxOptions& opts, const std::strin
       spdlog::warn("outbox {} belongs to agent {}, not {}; moving it to {}", opts.dir.string(),
                    owner, agent_id, aside.string());
       fs::rename(opts.dir, aside);
-      fs::create_directories(opts.dir);
-      fs::permissions(opts.dir, fs::perms::owner_all);
+      fio::make_private_dir(opts.dir);
     }
   }
   if (!fs::exists(owner_file)) common::write_file_atomic(owner_file, agent_id + "\n");
@@ -137,11 +127,10 @@ void Outbox::load() {
 }
 
 void Outbox::load_segment(Segment& seg, bool is_last) {
-  int fd = ::open(seg.path.c_str(), (opts_.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  int fd = fio::open(seg.path, opts_.read_only ? fio::Mode::read : fio::Mode::read_write);
   if (fd < 0) sys_fail("opening " + seg.path.string());
-  struct stat st {};
-  ::fstat(fd, &st);
-  std::uint64_t size = static_cast<std::uint64_t>(st.st_size), off = 0;
+  std::uint64_t size = 0, off = 0;
+  fio::size(fd, size);
   std::string rec;
   auto torn = [&](const std::string& why) {
     if (opts_.read_only) {  // a running agent may be appending right now: just stop reading
@@ -149,14 +138,14 @@ void Outbox::load_segment(Segment& seg, bool is_last) {
       return;
     }
     if (!is_last) {
-      ::close(fd);
+      fio::close(fd);
       throw std::runtime_error("outbox segment " + seg.path.string() + " is corrupt at offset " +
                                std::to_string(off) + ": " + why);
     }
     spdlog::warn("outbox: truncating a torn record at {}:{} ({}); it was never sent",
                  seg.path.string(), off, why);
-    if (::ftruncate(fd, static_cast<off_t>(off)) != 0) sys_fail("truncating " + seg.path.string());
-    ::fsync(fd);
+    if (fio::truncate(fd, off) != 0) sys_fail("truncating " + seg.path.string());
+    fio::sync(fd);
     size = off;
   };
   while (off < size) {
@@ -200,7 +189,7 @@ void Outbox::load_segment(Segment& seg, bool is_last) {
     off += len;
   }
   seg.size = size;
-  ::close(fd);
+  fio::close(fd);
 }
 
 void Outbox::open_current() {
@@ -209,13 +198,13 @@ void Outbox::open_current() {
     segments_[first] = Segment{first, opts_.dir / segment_name(first)};
   }
   auto& cur = segments_.rbegin()->second;
-  fd_ = ::open(cur.path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  fd_ = fio::open(cur.path, fio::Mode::append, fio::kOwnerOnly);
   if (fd_ < 0) sys_fail("opening " + cur.path.string());
   fsync_dir(opts_.dir);
 }
 
 void Outbox::roll_segment() {
-  ::close(fd_);
+  fio::close(fd_);
   fd_ = -1;
   auto first = head_seq_ + 1;
   segments_[first] = Segment{first, opts_.dir / segment_name(first)};
@@ -272,16 +261,16 @@ void Outbox::flush(const std::string& buf) {
     std::size_t off = 0;
     try {
       while (off < buf.size()) {
-        ssize_t n = ::write(fd_, buf.data() + off, buf.size() - off);
+        auto n = fio::write(fd_, buf.data() + off, buf.size() - off);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) sys_fail("appending to the outbox");
         off += static_cast<std::size_t>(n);
       }
-      if (::fdatasync(fd_) != 0) sys_fail("syncing the outbox");
+      if (fio::sync_data(fd_) != 0) sys_fail("syncing the outbox");
     } catch (...) {
       // Nothing of this append counts: cut the file back and forget the records in memory,
       // so the chain in memory is always the chain on disk.
-      if (::ftruncate(fd_, static_cast<off_t>(cur.size)) != 0)
+      if (fio::truncate(fd_, cur.size) != 0)
         spdlog::error("outbox: could not truncate {} after a failed append", cur.path.string());
       while (!index_.empty() && index_.back().segment == cur.first_seq &&
              index_.back().offset >= cur.size) {
@@ -344,16 +333,16 @@ std::size_t Outbox::append(const std::vector<std::string>& bodies) {
 
 common::ResultRecord Outbox::read_record(const Index& ix) const {
   const auto& seg = segments_.at(ix.segment);
-  int fd = ::open(seg.path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = fio::open(seg.path, fio::Mode::read);
   if (fd < 0) sys_fail("opening " + seg.path.string());
   std::string rec(ix.size, '\0');
   try {
     pread_all(fd, rec.data(), ix.size, ix.offset, seg.path);
   } catch (...) {
-    ::close(fd);
+    fio::close(fd);
     throw;
   }
-  ::close(fd);
+  fio::close(fd);
   common::ResultRecord r;
   r.agent_id = agent_id_;
   r.seq = get_be(rec.data() + 4, 8);

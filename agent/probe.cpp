@@ -7,9 +7,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "agent/optional_probes.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
-#include "common/curl.hpp"
 
 namespace firedrill::agent {
 
@@ -23,7 +23,7 @@ boost::asio::thread_pool& blocking_pool() {
   // run first and the threads' OpenSSL error state would leak (LeakSanitizer saw it).
   static const bool libraries_ready = [] {
     OPENSSL_init_ssl(0, nullptr);
-    common::curl::global_init();
+    init_optional_probe_libraries();  // libcurl, where the build has it
     return true;
   }();
   (void)libraries_ready;

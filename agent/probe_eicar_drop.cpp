@@ -1,9 +1,5 @@
 #include "agent/probe_eicar_drop.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -12,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "agent/platform.hpp"
 #include "common/clock.hpp"
 
 namespace firedrill::agent {
@@ -36,38 +33,27 @@ namespace {
 
 enum class FileState { intact, gone, altered, unreadable, error };
 
-FileState inspect(const fs::path& p, const std::string& expected) {
-  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) {
-    if (errno == ENOENT) return FileState::gone;
+// `err` receives the failure of an `error` state (a reason that is no defence).
+FileState inspect(const fs::path& p, const std::string& expected, int& err) {
+  std::string got;
+  auto st = platform::read_file_head(p, got, expected.size() + 1);
+  if (st.opened) return FileState::unreadable;  // opened, then the read was refused
+  if (st.error != 0) {
+    if (st.error == ENOENT) return FileState::gone;
     // Only a refusal is a defence; running out of descriptors or an I/O error is not.
-    return errno == EACCES || errno == EPERM ? FileState::unreadable : FileState::error;
+    if (st.error == EACCES || st.error == EPERM) return FileState::unreadable;
+    err = st.error;
+    return FileState::error;
   }
-  std::string got(expected.size() + 1, '\0');
-  ssize_t n = ::read(fd, got.data(), got.size());
-  ::close(fd);
-  if (n < 0) return FileState::unreadable;
-  got.resize(static_cast<std::size_t>(n));
   return got == expected ? FileState::intact : FileState::altered;
-}
-
-// Writes content to a new file (never following or replacing an existing one); 0 or errno.
-int write_new(const fs::path& p, const std::string& content) {
-  int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return errno;
-  ssize_t n = ::write(fd, content.data(), content.size());
-  int err = n == static_cast<ssize_t>(content.size()) ? 0 : (n < 0 ? errno : EIO);
-  if (::close(fd) != 0 && err == 0) err = errno;
-  return err;
 }
 
 // Removes p if present and confirms it is gone: "removed", "already gone" or the failure.
 std::string clean_up(const fs::path& p) {
-  bool existed = ::unlink(p.c_str()) == 0;
-  int err = errno;
-  struct stat st {};
-  if (::lstat(p.c_str(), &st) == 0)
-    return std::string("FAILED: still present after unlink (") + std::strerror(existed ? 0 : err) + ")";
+  auto rm = platform::remove_file(p);
+  bool existed = rm.error == 0;
+  if (platform::exists_no_follow(p))
+    return "FAILED: still present after unlink (" + (existed ? std::string(std::strerror(0)) : rm.detail) + ")";
   return existed ? "removed" : "already gone";
 }
 
@@ -83,10 +69,11 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
   // Positive control: the same steps with a benign twin must work, or nothing can be concluded.
   auto control = dir / (marker + "-control.txt");
   std::string control_text = "FireDrill control file for run " + marker + "\n";
-  if (int e = write_new(control, control_text); e != 0) {
+  int control_err = 0;
+  if (auto w = platform::create_new_file(control, control_text); w.error != 0) {
     o.control_ok = false;
-    o.control_detail = "cannot write " + control.string() + ": " + std::strerror(e);
-  } else if (inspect(control, control_text) != FileState::intact) {
+    o.control_detail = "cannot write " + control.string() + ": " + w.detail;
+  } else if (inspect(control, control_text, control_err) != FileState::intact) {
     o.control_ok = false;
     o.control_detail = "benign file did not read back intact";
   }
@@ -98,6 +85,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
 
   auto drop = dir / (marker + "-eicar.com");  // the marker is where a detector sees it: the name
   std::string cleanup = "not written";
+  std::string write_detail;  // the OS's words for a refused write (Windows: the Win32 error)
   if (o.control_ok) {
     auto eicar = eicar_test_string();
     auto t0 = std::chrono::steady_clock::now();
@@ -107,18 +95,21 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
       fs::path path;
       bool armed = true;
       ~RemoveIfAbandoned() {
-        if (armed) ::unlink(path.c_str());
+        if (armed) platform::remove_file(path);
       }
     } guard{drop};
-    o.write_errno = write_new(drop, eicar);
+    auto written = platform::create_new_file(drop, eicar);
+    o.write_errno = written.error;
+    write_detail = written.detail;
     if (o.write_errno == 0) {
       // Observe: poll the file until a defence acts or the observation window ends.
       boost::asio::steady_timer timer(ex_);
       auto deadline = t0 + test.observe;
       for (;;) {
-        auto st = inspect(drop, eicar);
+        int inspect_err = 0;
+        auto st = inspect(drop, eicar, inspect_err);
         if (st == FileState::error) {
-          o.inspect_errno = errno ? errno : EIO;
+          o.inspect_errno = inspect_err ? inspect_err : EIO;
           break;
         }
         if (st != FileState::intact) {
@@ -148,7 +139,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
                                          : o.control_detail},
                 {"cleanup", cleanup},
                 {"cleanup_verified", cleanup.rfind("FAILED", 0) == 0 ? "false" : "true"}};
-  if (o.write_errno) b.evidence["write_error"] = std::strerror(o.write_errno);
+  if (o.write_errno) b.evidence["write_error"] = write_detail;
   if (o.inspect_errno) b.evidence["observe_error"] = std::strerror(o.inspect_errno);
   if (o.removal_ms >= 0) b.evidence["time_to_action_ms"] = std::to_string(o.removal_ms);
   if (cleanup.rfind("FAILED", 0) == 0) {

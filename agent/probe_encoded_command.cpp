@@ -1,10 +1,10 @@
 #include "agent/probe_encoded_command.hpp"
 
 #include <openssl/evp.h>
-#include <signal.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstring>
 
 #include "common/clock.hpp"
@@ -79,7 +79,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EncodedCommandProbe::run
                   {"stdout", o.out.substr(0, 512)},
                   {"stderr", o.err.substr(0, 512)}};
     if (o.exited) b.evidence["exit_code"] = std::to_string(o.exit_code);
-    if (o.signal) b.evidence["signal"] = strsignal(o.signal);
+    if (o.signal) b.evidence["signal"] = signal_name(o.signal);
     if (o.spawn_errno) b.evidence["spawn_error"] = std::strerror(o.spawn_errno);
   }
   finish_result(b, clock_);

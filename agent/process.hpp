@@ -26,6 +26,12 @@ struct ProcessOutcome {
 // bit, whether or not policy will let it run.
 std::optional<std::filesystem::path> find_executable(const std::string& name);
 
+// "Killed", "Terminated" ... for evidence (POSIX signals; Windows has none).
+std::string signal_name(int signal);
+
+// POSIX: posix_spawn in its own process group (a timeout kills the group). Windows:
+// CreateProcess with the argv quoted for CommandLineToArgvW, in a job object (a timeout
+// terminates the job), on the blocking pool.
 boost::asio::awaitable<ProcessOutcome> run_process(boost::asio::any_io_executor ex,
                                                    std::vector<std::string> argv,
                                                    std::chrono::milliseconds timeout,

@@ -24,11 +24,17 @@ std::string format_time(std::int64_t ns) {
     secs -= 1;
     ms = static_cast<int>((1'000'000'000 + ns % 1'000'000'000) / 1'000'000);
   }
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
+  // The civil calendar of <chrono> (UTC), the same on every platform (no gmtime_r on Windows).
+  using namespace std::chrono;
+  sys_seconds tp{seconds{secs}};
+  auto day = floor<days>(tp);
+  year_month_day ymd{day};
+  hh_mm_ss hms{tp - day};
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<int>(ymd.year()),
+                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+                static_cast<int>(hms.seconds().count()), ms);
   return buf;
 }
 
@@ -75,9 +81,13 @@ std::int64_t parse_since(const std::string& text, std::int64_t now) {
   } else {
     throw bad();
   }
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
-  return (static_cast<std::int64_t>(timegm(&tm)) - offset_s) * 1'000'000'000 + frac_ns;
+  // Like timegm (no such call on Windows): an out-of-range day (Feb 31) runs on into March.
+  using namespace std::chrono;
+  auto date = sys_days{year{tm.tm_year} / month{static_cast<unsigned>(tm.tm_mon)} /
+                       day{static_cast<unsigned>(tm.tm_mday)}};
+  std::int64_t secs = date.time_since_epoch().count() * 86'400 + tm.tm_hour * 3600 +
+                      tm.tm_min * 60 + tm.tm_sec;
+  return (secs - offset_s) * 1'000'000'000 + frac_ns;
 }
 
 ClockSample clock_sample(std::int64_t t1, std::int64_t t2, std::int64_t t3, std::int64_t t4) {

@@ -1,16 +1,15 @@
 #include "common/crypto.hpp"
 
-#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+
+#include "common/file_io.hpp"
 
 namespace firedrill::common {
 namespace {
@@ -197,28 +196,27 @@ bool Ed25519Key::verify(std::span<const std::uint8_t> msg,
 
 void write_file_atomic(const std::filesystem::path& path, std::string_view content,
                        std::filesystem::perms perms) {
+  namespace fio = file_io;
   auto tmp = path;
   tmp += ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                  static_cast<mode_t>(perms));
+  int fd = fio::open(tmp, fio::Mode::create_truncate, perms);
   if (fd < 0) throw std::runtime_error("cannot write " + tmp.string() + ": " + std::strerror(errno));
-  ::fchmod(fd, static_cast<mode_t>(perms));  // umask must not widen or narrow what we asked for
   std::size_t off = 0;
   while (off < content.size()) {
-    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
+    auto n = fio::write(fd, content.data() + off, content.size() - off);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       int e = errno;
-      ::close(fd);
+      fio::close(fd);
       std::error_code ignored;
       std::filesystem::remove(tmp, ignored);
       throw std::runtime_error("cannot write " + tmp.string() + ": " + std::strerror(e));
     }
     off += static_cast<std::size_t>(n);
   }
-  int sync_rc = ::fsync(fd);
+  int sync_rc = fio::sync(fd);
   int sync_errno = errno;
-  if (::close(fd) != 0 && sync_rc == 0) {
+  if (fio::close(fd) != 0 && sync_rc == 0) {
     sync_rc = -1;
     sync_errno = errno;
   }
@@ -227,13 +225,8 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
     std::filesystem::remove(tmp, ignored);
     throw std::runtime_error("cannot sync " + tmp.string() + ": " + std::strerror(sync_errno));
   }
-  std::filesystem::rename(tmp, path);
-  int dfd = ::open(path.parent_path().empty() ? "." : path.parent_path().c_str(),
-                   O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  fio::replace(tmp, path);
+  fio::sync_dir(path.parent_path());
 }
 
 std::string read_file(const std::filesystem::path& path, std::size_t max_bytes) {

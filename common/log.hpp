@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <exception>
+#include <filesystem>
 #include <string>
 
 namespace firedrill::common {
@@ -21,6 +22,9 @@ inline auto log_if_failed(std::string what) {
 }
 
 // level: trace, debug, info, warn, error. Throws std::invalid_argument for other words.
-void setup_logging(const std::string& program, const std::string& level);
+// `file`: log there instead of stderr (a Windows service has no console), rotated at 10 MiB,
+// three files kept.
+void setup_logging(const std::string& program, const std::string& level,
+                   const std::filesystem::path& file = {});
 
 }  // namespace firedrill::common

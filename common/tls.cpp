@@ -21,10 +21,10 @@ void base_options(ssl::context& ctx) {
 
 void load_cert_and_key(ssl::context& ctx, const std::filesystem::path& cert,
                        const std::filesystem::path& key) {
-  if (SSL_CTX_use_certificate_chain_file(ctx.native_handle(), cert.c_str()) != 1)
+  if (SSL_CTX_use_certificate_chain_file(ctx.native_handle(), cert.string().c_str()) != 1)
     throw std::runtime_error("cannot load certificate " + cert.string() + ": " +
                              openssl_error_string());
-  if (SSL_CTX_use_PrivateKey_file(ctx.native_handle(), key.c_str(), SSL_FILETYPE_PEM) != 1)
+  if (SSL_CTX_use_PrivateKey_file(ctx.native_handle(), key.string().c_str(), SSL_FILETYPE_PEM) != 1)
     throw std::runtime_error("cannot load private key " + key.string() + ": " +
                              openssl_error_string());
   if (SSL_CTX_check_private_key(ctx.native_handle()) != 1)
@@ -33,7 +33,7 @@ void load_cert_and_key(ssl::context& ctx, const std::filesystem::path& cert,
 }
 
 void load_ca(ssl::context& ctx, const std::filesystem::path& ca) {
-  if (SSL_CTX_load_verify_locations(ctx.native_handle(), ca.c_str(), nullptr) != 1)
+  if (SSL_CTX_load_verify_locations(ctx.native_handle(), ca.string().c_str(), nullptr) != 1)
     throw std::runtime_error("cannot load CA certificate " + ca.string() + ": " +
                              openssl_error_string());
 }

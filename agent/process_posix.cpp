@@ -48,6 +48,8 @@ std::optional<std::filesystem::path> find_executable(const std::string& name) {
   return std::nullopt;
 }
 
+std::string signal_name(int signal) { return ::strsignal(signal); }
+
 namespace {
 
 asio::awaitable<void> read_all(asio::posix::stream_descriptor& d, std::string& sink,

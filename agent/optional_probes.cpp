@@ -1,0 +1,45 @@
+#include "agent/optional_probes.hpp"
+
+#include "agent/agent.hpp"
+#include "agent/probe_dns_lookup.hpp"
+#include "agent/probe_http_beacon.hpp"
+#include "agent/probe_http_check.hpp"
+#include "agent/probe_tls_policy.hpp"
+#include "agent/probe_web_download.hpp"
+#include "common/config.hpp"
+#include "common/curl.hpp"
+
+namespace firedrill::agent {
+
+bool optional_probes_built() {
+  return true;
+}
+
+void load_optional_params(const common::ConfigNode& t, const common::ConfigNode& params,
+                          TestSpec& s, const Allowlist& allow) {
+  if (s.probe == "web_download")
+    load_web_download(t, params, s, allow);
+  else if (s.probe == "http_beacon")
+    load_http_beacon(t, params, s, allow);
+  else if (s.probe == "tls_policy")
+    load_tls_policy(t, params, s, allow);
+  else if (s.probe == "http_check")
+    load_http_check(t, params, s, allow);
+  else if (s.probe == "dns_lookup")
+    load_dns_lookup(t, params, s, allow);
+}
+
+void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex, const AgentConfig& cfg,
+                         const ClockState& clock) {
+  probes["web_download"] = std::make_unique<WebDownloadProbe>(ex, cfg.allowlist, clock);
+  probes["http_beacon"] = std::make_unique<HttpBeaconProbe>(ex, cfg.allowlist, clock);
+  probes["tls_policy"] = std::make_unique<TlsPolicyProbe>(ex, cfg.allowlist, clock);
+  probes["http_check"] = std::make_unique<HttpCheckProbe>(ex, cfg.allowlist, clock);
+  probes["dns_lookup"] = std::make_unique<DnsLookupProbe>(ex, cfg.allowlist, clock);
+}
+
+void init_optional_probe_libraries() {
+  common::curl::global_init();
+}
+
+}  // namespace firedrill::agent
