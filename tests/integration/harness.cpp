@@ -270,6 +270,7 @@ std::string Agent::config_header(const std::string& server) const {
   o << "outbox:\n  max_bytes: " << outbox_max_ << "\n"
     << "uplink:\n  backoff_initial: 50ms\n  backoff_max: 500ms\n  connect_timeout: 5s\n"
     << "  io_timeout: 20s\n  batch_max_results: " << batch_max_results_ << "\n";
+  if (!command_poll_.empty()) o << "  command_poll: " << command_poll_ << "\n";
   return o.str();
 }
 

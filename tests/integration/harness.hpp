@@ -115,6 +115,8 @@ class Agent {
   void write_config_yaml(const std::string& allowlist_and_tests);
   // Smaller batches make delivery take many round trips (to kill something mid-flight).
   void set_batch_max_results(int n) { batch_max_results_ = n; }
+  // How often the agent asks for commands (uplink.command_poll; the agent's default if empty).
+  void set_command_poll(const std::string& every) { command_poll_ = every; }
   // `prefix` runs the agent under another program, e.g. {"faketime", "-f", "+30s"}.
   void start(const std::vector<std::string>& extra = {},
              const std::vector<std::string>& prefix = {});
@@ -136,6 +138,7 @@ class Agent {
   std::string id_;
   std::string outbox_max_;
   int batch_max_results_ = 512;
+  std::string command_poll_;
   int starts_ = 0;
 };
 
