@@ -902,6 +902,11 @@ std::optional<Response> dispatch_commands(State& st, const Request& req, std::st
       r.reason = detail::string_field(body, "reason").value_or("");
       r.requester = who.name;
       r.recheck_test = detail::string_field(body, "recheck_test").value_or("");
+      if (auto inc = body.find("incident_id"); inc != body.end() && !inc->is_null()) {
+        if (!inc->is_number_unsigned())
+          throw HttpError(http::status::bad_request, "'incident_id' must be an incident number");
+        r.incident_id = inc->get<std::uint64_t>();
+      }
       if (auto ra = detail::string_field(body, "recheck_after"); ra && !ra->empty()) {
         try {
           r.recheck_after_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(

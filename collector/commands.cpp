@@ -369,6 +369,14 @@ void CommandEngine::results_stored(const std::string& agent_id,
       continue;
     }
     if (command_final(c->state) && c->state != CommandState::expired) continue;  // already known
+    // Only a command that was handed to this agent, and only with the nonce it was signed with.
+    auto nonce = b.evidence.find("nonce");
+    if (c->delivered_ns == 0 || nonce == b.evidence.end() || nonce->second != c->command.nonce) {
+      spdlog::warn("agent {} reported an outcome for {} that was never delivered to it or with "
+                   "another nonce; ignored",
+                   agent_id, b.test_id);
+      continue;
+    }
     c->state = *parse_command_state(state_of_verdict(b.verdict));
     c->finished_ns = now_();
     c->outcome_reason = b.reason;

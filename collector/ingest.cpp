@@ -479,7 +479,12 @@ struct IngestServer::Impl {
       std::vector<common::ResultBody> outcomes;
       for (auto& b : bodies)
         if (b && b->kind == "command") outcomes.push_back(std::move(*b));
-      if (!outcomes.empty()) commands_->results_stored(agent_id, outcomes);
+      try {
+        if (!outcomes.empty()) commands_->results_stored(agent_id, outcomes);
+      } catch (const std::exception& e) {
+        // The results are stored and acked either way; the command's record says what it can.
+        spdlog::error("agent {}: recording command outcomes failed: {}", agent_id, e.what());
+      }
     }
     stats_.results_stored += rs.size() - check.first_fresh;
     ++stats_.batches_stored;

@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -870,10 +871,10 @@ std::string ehlo_name() {
 void send_mail(const ChannelConfig& ch, const std::vector<std::string>& to, const Mail& m,
                const std::string& message_id, std::int64_t now_ns, const std::atomic<bool>& stopping) {
   curl::global_init();
+  char errbuf[CURL_ERROR_SIZE] = {0};  // before the handle: libcurl may use it until cleanup
   curl::EasyPtr easy(curl_easy_init());
   if (!easy) throw std::runtime_error("cannot create a libcurl handle");
   CURL* c = easy.get();
-  char errbuf[CURL_ERROR_SIZE] = {0};
   // The URL's path is the name we greet the server with (EHLO); without one libcurl would
   // invent it.
   std::string url = ch.url;
@@ -939,7 +940,7 @@ void send_mail(const ChannelConfig& ch, const std::vector<std::string>& to, cons
   curl::set(c, CURLOPT_XFERINFODATA, &stopping);
   CURLcode rc = curl_easy_perform(c);
   if (rc != CURLE_OK)
-    throw Notifier::SendError("mail to " + ch.url + " failed: " +
+    throw Notifier::SendError("mail to " + curl::url_origin(ch.url) + " failed: " +
                               (errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc)));
 }
 
@@ -1140,6 +1141,8 @@ struct Notifier::Impl {
       r = ch.http->send({true, m.url, m.headers, m.body, "", ""});
     } catch (const curl::TransferError& e) {
       throw SendError(e.what());
+    } catch (const curl::Aborted&) {
+      throw SendError("stopped while sending");  // send_once sees `stopping` and leaves it pending
     }
     if (r.status >= 200 && r.status <= 299) return;
     std::string msg = "HTTP " + std::to_string(r.status) + " from " + c.name;
@@ -1167,12 +1170,31 @@ struct Notifier::Impl {
       return true;
     });
     std::size_t sent = 0;
+    // Per incident, messages go out in the order they were made: while an earlier one waits
+    // for its retry, later ones for the same incident wait too (a PagerDuty resolve must not
+    // overtake its trigger).
+    std::set<std::uint64_t> held;
     for (auto id : ids) {
       if (stopping) break;
       auto v = store.get(Table::notifications, id_key(id));
       if (!v) continue;
-      Delivery d = decode_delivery(*v);
-      if (d.state != DeliveryState::pending || d.next_attempt_ns > now()) continue;
+      Delivery d;
+      try {
+        d = decode_delivery(*v);
+      } catch (const StoreError& e) {
+        // One bad record must not block the channel: it is failed, with the reason.
+        spdlog::error("notify: message {} on {} is unreadable, failing it: {}", id, name, e.what());
+        WriteSet ws;
+        ws.erase(Table::notify_pending, pending_key(name, id));
+        store.commit(std::move(ws));
+        continue;
+      }
+      if (d.state != DeliveryState::pending) continue;
+      if (d.incident_id && held.count(d.incident_id)) continue;
+      if (d.next_attempt_ns > now()) {
+        if (d.incident_id) held.insert(d.incident_id);
+        continue;
+      }
       d.attempts += 1;
       try {
         deliver(ch, d);
@@ -1188,6 +1210,7 @@ struct Notifier::Impl {
       } catch (const std::exception& e) {
         failed(d, e.what(), 0ms, true);
       }
+      if (d.state == DeliveryState::pending && d.incident_id) held.insert(d.incident_id);
       WriteSet ws;
       put(ws, d);
       store.commit(std::move(ws));
@@ -1245,6 +1268,8 @@ struct Notifier::Impl {
         send_once(name);
       } catch (const std::exception& e) {
         spdlog::error("notify: channel {}: {}", name, e.what());
+      } catch (...) {
+        spdlog::error("notify: channel {}: unexpected failure", name);
       }
     } while (wait(period, true));
   }

@@ -40,6 +40,16 @@ void append(SlistPtr& list, const std::string& line) {
   list.reset(l);
 }
 
+std::string url_origin(std::string_view url) {
+  auto scheme = url.find("://");
+  if (scheme == std::string_view::npos) return "(a URL)";
+  auto start = scheme + 3;
+  auto end = url.find_first_of("/?#", start);
+  std::string_view authority = url.substr(start, end == std::string_view::npos ? url.npos : end - start);
+  if (auto at = authority.rfind('@'); at != std::string_view::npos) authority.remove_prefix(at + 1);
+  return std::string(url.substr(0, start)) + std::string(authority);
+}
+
 std::string printable(std::string_view s, std::size_t cap) {
   std::string out;
   for (char c : s.substr(0, cap))
@@ -111,7 +121,8 @@ HttpResponse HttpClient::send(const HttpRequest& r) {
   Transfer t;
   t.max_body = o_.max_response_bytes;
   t.stopping = o_.stopping;
-  char errbuf[CURL_ERROR_SIZE] = {0};
+  char* errbuf = errbuf_;
+  errbuf[0] = 0;
   const long timeout_ms = static_cast<long>(o_.timeout.count());
   set(c, CURLOPT_URL, r.url.c_str());
   // Only the web: a config typo must not turn into file:// or gopher:// access.
@@ -154,10 +165,10 @@ HttpResponse HttpClient::send(const HttpRequest& r) {
   CURLcode rc = curl_easy_perform(c);
   if (rc == CURLE_ABORTED_BY_CALLBACK && o_.stopping && o_.stopping->load()) throw Aborted{};
   if (t.overflow || rc == CURLE_FILESIZE_EXCEEDED)
-    throw TransferError("response from " + r.url + " exceeds " +
+    throw TransferError("response from " + url_origin(r.url) + " exceeds " +
                         std::to_string(o_.max_response_bytes >> 20) + " MiB");
   if (rc != CURLE_OK)
-    throw TransferError("cannot reach " + r.url + ": " +
+    throw TransferError("cannot reach " + url_origin(r.url) + ": " +
                         (errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc)));
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &t.resp.status);
   return std::move(t.resp);

@@ -35,6 +35,10 @@ std::string percent_encode(std::string_view s, std::string_view keep = "");
 // Appends to a header list (curl_slist_append's ownership dance); throws on allocation failure.
 void append(SlistPtr& list, const std::string& line);
 
+// scheme://host[:port] of a URL: what error messages and logs may show. The path, query and
+// any user:password can be secrets (a Slack or Teams webhook URL is a credential).
+std::string url_origin(std::string_view url);
+
 // Control characters become spaces and long text is cut, so a peer's answer can go into a log
 // line or an error message.
 std::string printable(std::string_view s, std::size_t cap = 300);
@@ -69,8 +73,8 @@ struct Aborted {};
 
 // One easy handle, reused so keep-alive connections are reused; one thread at a time.
 // Only http and https, no redirects (they would carry credentials elsewhere), peer and host
-// verified, response bodies capped. A transport failure throws TransferError naming the URL;
-// any HTTP status is returned.
+// verified, response bodies capped. A transport failure throws TransferError naming the URL's
+// origin (never its path or query); any HTTP status is returned.
 class HttpClient {
  public:
   struct Options {
@@ -83,8 +87,9 @@ class HttpClient {
   HttpResponse send(const HttpRequest& r);
 
  private:
-  EasyPtr curl_;
   Options o_;
+  char errbuf_[CURL_ERROR_SIZE] = {0};  // libcurl may write to it until the handle is cleaned up
+  EasyPtr curl_;                        // declared after errbuf_: destroyed before it
 };
 
 // Retry-After is either delta-seconds or an HTTP-date (RFC 9110 section 10.2.3); the wait it

@@ -104,6 +104,10 @@ TEST_CASE("a command runs only after someone other than the requester approves i
   outcome.verdict = "executed";
   outcome.reason = "exit_0";
   outcome.evidence = {{"exit_code", "0"}, {"nonce", k.nonce}};
+  auto wrong_nonce = outcome;
+  wrong_nonce.evidence["nonce"] = std::string(32, '0');
+  f.engine->results_stored("agt-web01", {wrong_nonce});  // not the nonce it was signed with
+  CHECK(f.engine->get(c.id)->state == CommandState::delivered);
   f.engine->results_stored("agt-other", {outcome});  // not that agent's command: ignored
   CHECK(f.engine->get(c.id)->state == CommandState::delivered);
   f.engine->results_stored("agt-web01", {outcome});
