@@ -130,7 +130,7 @@ TEST_CASE("agent kill -9 while appending and while sending loses and duplicates 
   CHECK(c.security_events().empty());
 }
 
-TEST_CASE("while the collector is down results wait in the outbox; past the cap drops are counted and reported") {
+TEST_CASE("while the collector is down results wait in the outbox, past the cap drops are counted and reported") {
   Collector c;
   OpenPort open;
   Agent a(c, "64KiB");

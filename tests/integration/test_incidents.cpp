@@ -100,7 +100,7 @@ TEST_CASE("a failed prevention and a missed alert open critical incidents that a
   CHECK_MESSAGE(table.out.find("no alert for smb-should-be-blocked") != std::string::npos, table.out);
 }
 
-TEST_CASE("incidents leave the collector by mail and signed webhook; the CLI shows every message") {
+TEST_CASE("incidents leave the collector by mail and signed webhook, the CLI shows every message") {
   SmtpSink sink;
   SiemMock hook({{"POST /hook", {{{"status", 500}, {"body", "receiver restarting"}},
                                  {{"status", 200}, {"body", "ok"}}}}});

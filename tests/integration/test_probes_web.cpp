@@ -305,9 +305,7 @@ TEST_CASE("web_download: a URL off the allowlist stops the agent at load with fi
   CHECK(contains(r.err + r.out, "127.0.0.1:9 is not on the allowlist"));
 }
 
-TEST_CASE(
-    "http_beacon: reaches the origin unless a proxy rule refuses it; a broken path is "
-    "inconclusive") {
+TEST_CASE("http_beacon: reaches the origin unless a proxy rule refuses it, a broken path is inconclusive") {
   TempDir tmp("probes-web");
   Nginx origin(tmp.path());
   Squid strict(tmp.path(), true);

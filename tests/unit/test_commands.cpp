@@ -121,7 +121,7 @@ TEST_CASE("a command runs only after someone other than the requester approves i
   CHECK(f.audit->verify().ok());
 }
 
-TEST_CASE("two approvals: distinct people, then signed; denial and expiry are final") {
+TEST_CASE("two approvals: distinct people, then signed, denial and expiry are final") {
   Fixture f(2);
   auto c = f.request();
   auto one = f.engine->approve(c.id, "anna");

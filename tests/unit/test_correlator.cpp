@@ -203,7 +203,7 @@ TEST_CASE("an alert carrying the exact marker makes the run alerted, with its la
   }
 }
 
-TEST_CASE("an alert after the SLA makes the run late; a negative latency is a clock anomaly") {
+TEST_CASE("an alert after the SLA makes the run late, a negative latency is a clock anomaly") {
   Fixture fx;
   auto t0 = now_ns();
   fx.add_run(make_run("fdr-bbbbbbbbbb", t0, 3600 * kSec));
@@ -271,8 +271,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE(
-    "no alert by the SLA: overdue, then missed at the grace deadline; a late alert reclassifies") {
+TEST_CASE("no alert by the SLA: overdue, then missed at the grace deadline, a late alert reclassifies") {
   CorrelationConfig cfg;
   cfg.grace = 1s;
   Fixture fx(cfg);
@@ -400,7 +399,7 @@ TEST_CASE("a long alert that waited for its run across a restart still matches i
   CHECK(waiting == 0);
 }
 
-TEST_CASE("run records round-trip every field; JSON records of older databases still decode") {
+TEST_CASE("run records round-trip every field, JSON records of older databases still decode") {
   Run r;
   r.marker = "fdr-abcdefghij";
   r.agent_id = "agent-1";

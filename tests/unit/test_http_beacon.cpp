@@ -68,7 +68,7 @@ TEST_CASE("the beacon's marker goes where the template says, or becomes the last
   CHECK(beacon_url("http://c2.lab", "fdr-a") == "http://c2.lab/fdr-a");
 }
 
-TEST_CASE("beacon verdicts: any answer from the origin means it got out; a refusal does not") {
+TEST_CASE("beacon verdicts: any answer from the origin means it got out, a refusal does not") {
   FetchResult connect_denied = failure(Transport::reset);
   connect_denied.connect_status = 403;
   struct Row {

@@ -99,8 +99,7 @@ TEST_CASE("a repeated signal adds an occurrence to the open incident instead of 
   }
 }
 
-TEST_CASE(
-    "a resolved incident that recurs reopens with a note; a closed one opens a new incident") {
+TEST_CASE("a resolved incident that recurs reopens with a note, a closed one opens a new incident") {
   Fixture f;
   f.engine->apply(failing());
   f.engine->ack(1, "alice");
@@ -243,7 +242,7 @@ TEST_CASE("an SLA breach fires exactly once per timer, also after reopening the 
   CHECK(f.engine->get(1)->ack_sla.breached_ns != 0);  // stays on the record
 }
 
-TEST_CASE("untouched low incidents are auto-closed; touched ones and criticals are not") {
+TEST_CASE("untouched low incidents are auto-closed, touched ones and criticals are not") {
   Fixture f;
   auto low = [&](const std::string& test, Severity sev = Severity::low) {
     return f.engine->apply(failing(IncidentKind::latency_regression, test, "a", sev))->id;

@@ -296,7 +296,7 @@ TEST_CASE("a resolve never overtakes its trigger while the trigger waits for a r
   CHECK(json::parse(std::string(reqs[2]["body"]))["event_action"] == "resolve");
 }
 
-TEST_CASE("Slack, Teams and TheHive receive their documented shapes; routes filter severities") {
+TEST_CASE("Slack, Teams and TheHive receive their documented shapes, routes filter severities") {
   SiemMock peer({{"POST /slack", {{{"status", 200}, {"body", "ok"}}}},
                  {"POST /teams", {{{"status", 200}, {"body", "1"}}}},
                  {"POST /api/v1/alert", {{{"status", 201}, {"json", {{"_id", "~123"}}}}}}});

@@ -351,7 +351,7 @@ tests:
   }
 }
 
-TEST_CASE("tcp_listen reads its addresses and window; the timeout covers the window") {
+TEST_CASE("tcp_listen reads its addresses and window, the timeout covers the window") {
   auto t = SchemaFile("  - id: dmz-rx\n    kind: tcp_listen\n"
                       "    params: {listen: [\"127.0.0.1:8080\", \"127.0.0.1:8443\"], window: 2m}\n")
                .only_test();

@@ -190,7 +190,7 @@ TEST_CASE("the uplink polls right after connecting and then every command_poll_i
   CHECK_FALSE(up->stats().command_polling_disabled);
 }
 
-TEST_CASE("an older collector's error turns polling off; the uplink reconnects and stays up") {
+TEST_CASE("an older collector's error turns polling off, the uplink reconnects and stays up") {
   Fixture f;
   FakeCollector fc(f.io, f.pki, true);
   auto up = f.uplink(fc.port());
