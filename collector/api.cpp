@@ -752,16 +752,24 @@ json post_incident_action(State& st, const Request& req, const ApiToken& who, st
   return incident_json(i, engine.now(), true);
 }
 
-std::optional<Response> dispatch_incidents(State& st, const Request& req, std::string_view path,
-                                           std::string_view query) {
-  constexpr std::string_view kBase = "/api/v1/incidents";
-  if (path.substr(0, kBase.size()) != kBase) return std::nullopt;
-  auto rest = path.substr(kBase.size());
+// <base>[/<first>[/<action>]] -> {first, action}; nullopt when the path is not under base.
+std::optional<std::pair<std::string_view, std::string_view>> resource_path(std::string_view path,
+                                                                         std::string_view base) {
+  if (path.substr(0, base.size()) != base) return std::nullopt;
+  auto rest = path.substr(base.size());
   if (!rest.empty() && rest[0] != '/') return std::nullopt;
   if (!rest.empty()) rest.remove_prefix(1);
   auto slash = rest.find('/');
-  auto first = rest.substr(0, slash);
-  auto action = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+  return std::pair{rest.substr(0, slash),
+                   slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1)};
+}
+
+std::optional<Response> dispatch_incidents(State& st, const Request& req, std::string_view path,
+                                           std::string_view query) {
+  constexpr std::string_view kBase = "/api/v1/incidents";
+  auto parts = resource_path(path, kBase);
+  if (!parts) return std::nullopt;
+  auto [first, action] = *parts;
   bool is_post = !action.empty();
   auto method = is_post ? http::verb::post : http::verb::get;
   if (req.method() != method) {
@@ -859,13 +867,9 @@ CommandEngine& command_engine(State& st) {
 std::optional<Response> dispatch_commands(State& st, const Request& req, std::string_view path,
                                           std::string_view query) {
   constexpr std::string_view kBase = "/api/v1/commands";
-  if (path.substr(0, kBase.size()) != kBase) return std::nullopt;
-  auto rest = path.substr(kBase.size());
-  if (!rest.empty() && rest[0] != '/') return std::nullopt;
-  if (!rest.empty()) rest.remove_prefix(1);
-  auto slash = rest.find('/');
-  auto first = rest.substr(0, slash);
-  auto action = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+  auto parts = resource_path(path, kBase);
+  if (!parts) return std::nullopt;
+  auto [first, action] = *parts;
   bool is_post = req.method() == http::verb::post;
   if (req.method() != http::verb::get && !is_post) {
     auto res = detail::error_response(http::status::method_not_allowed,

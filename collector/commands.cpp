@@ -36,6 +36,20 @@ std::optional<std::uint64_t> parse_command_name(const std::string& s) {
   return std::stoull(s.substr(4));
 }
 
+// What the agent receives, without nonce, times and signature: the record's own fields.
+common::Command command_fields(const CommandRecord& c) {
+  common::Command k;
+  k.id = command_name(c.id);
+  k.agent_id = c.agent_id;
+  k.kind = c.kind;
+  k.target = c.target;
+  k.requester = c.requester;
+  for (const auto& [who, t] : c.approvals) k.approvals.push_back(who);
+  k.recheck_test = c.recheck_test;
+  k.recheck_after_ns = c.recheck_after_ns;
+  return k;
+}
+
 std::string state_of_verdict(const std::string& v) {
   if (v == "executed") return "executed";
   if (v == "refused") return "refused";
@@ -104,17 +118,10 @@ CommandRecord decode(const std::string& s) {
     c.outcome_evidence = j.value("outcome_evidence", std::map<std::string, std::string>{});
     if (c.approved_ns) {
       auto& k = c.command;
-      k.id = command_name(c.id);
-      k.agent_id = c.agent_id;
-      k.kind = c.kind;
-      k.target = c.target;
-      k.requester = c.requester;
-      for (const auto& [who, t] : c.approvals) k.approvals.push_back(who);
+      k = command_fields(c);
       k.nonce = j.value("nonce", "");
       k.issued_ns = j.value("issued_ns", std::int64_t{0});
       k.expires_ns = j.value("expires_ns", std::int64_t{0});
-      k.recheck_test = c.recheck_test;
-      k.recheck_after_ns = c.recheck_after_ns;
       if (!common::from_hex(j.value("signature", ""), k.signature))
         throw StoreError("command record with a corrupt signature");
     }
@@ -249,20 +256,12 @@ CommandRecord CommandEngine::request(const CommandRequest& r) {
 
 CommandRecord CommandEngine::sign(CommandRecord c) {
   auto& k = c.command;
-  k = {};
-  k.id = command_name(c.id);
-  k.agent_id = c.agent_id;
-  k.kind = c.kind;
-  k.target = c.target;
-  k.requester = c.requester;
-  for (const auto& [who, t] : c.approvals) k.approvals.push_back(who);
+  k = command_fields(c);
   std::array<std::uint8_t, 16> nonce{};
   common::random_bytes(nonce);
   k.nonce = common::to_hex(nonce);
   k.issued_ns = now_();
   k.expires_ns = k.issued_ns + policy_.command_ttl.count() * kNsPerMs;
-  k.recheck_test = c.recheck_test;
-  k.recheck_after_ns = c.recheck_after_ns;
   auto bytes = common::command_signing_bytes(k);
   k.signature = key_.sign(bytes);
   return c;
