@@ -28,8 +28,10 @@
 
 #include "collector/chain.hpp"
 #include "collector/hooks.hpp"
+#include "collector/html.hpp"
 #include "collector/incidents.hpp"
 #include "collector/report.hpp"
+#include "collector/watchdog.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
@@ -402,6 +404,10 @@ json post_api_token(State& st, const Request& req, const ApiToken& who) {
   if (!name || name->empty()) throw HttpError(http::status::bad_request, "'name' is required");
   if (name->size() > 128)
     throw HttpError(http::status::bad_request, "'name' is longer than 128 characters");
+  // The collector's own actors: a person named like them could pass for them in the audit log
+  // (and a "watchdog" token's requests would be taken for the watchdog's own).
+  if (*name == "system" || *name == Watchdog::kRequester)
+    throw HttpError(http::status::bad_request, "'" + *name + "' is reserved for the collector itself");
   if (!role_text) throw HttpError(http::status::bad_request, "'role' is required");
   auto role = parse_role(*role_text);
   if (!role)
@@ -945,6 +951,115 @@ std::optional<Response> dispatch_commands(State& st, const Request& req, std::st
                                out, &req);
 }
 
+// ---- one-time approval links ----------------------------------------------------------------
+// GET /approve/<token> shows what would happen and a form; only the form's POST decides. No
+// API token: the signed, expiring, single-use link is the credential (CommandEngine checks it).
+
+Response html_response(http::status status, const std::string& title, const std::string& body,
+                       const Request& req) {
+  Response res{status, req.version()};
+  res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+  res.set(http::field::content_type, "text/html; charset=utf-8");
+  res.set(http::field::cache_control, "no-store");
+  res.set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'");
+  res.set("X-Frame-Options", "DENY");
+  res.set("Referrer-Policy", "no-referrer");
+  res.set("X-Content-Type-Options", "nosniff");
+  res.keep_alive(req.keep_alive());
+  res.body() = html_page(title, "<h2>" + html_escape(title) + "</h2>\n" + body);
+  res.prepare_payload();
+  return res;
+}
+
+std::string command_facts_html(const CommandRecord& c, std::size_t approvals_required) {
+  std::vector<std::pair<std::string, std::string>> f{
+      {"Command", "cmd-" + std::to_string(c.id)},
+      {"What will happen", "The agent " + c.agent_id + " will restart " + c.target +
+                               " (if its own allowlist permits it)"},
+      {"Requested by", c.requester + " at " + common::format_time(c.requested_ns)},
+      {"Reason", c.reason},
+      {"Approvals so far", std::to_string(c.approvals.size()) + " of " + std::to_string(approvals_required)},
+      {"State", command_state_name(c.state)},
+      {"Decide before", common::format_time(c.request_expires_ns)}};
+  if (c.incident_id) f.push_back({"Incident", "#" + std::to_string(c.incident_id)});
+  if (!c.recheck_test.empty())
+    f.push_back({"Then", "re-run " + c.recheck_test + " after " +
+                             std::to_string(c.recheck_after_ns / 1'000'000'000) + " s"});
+  std::string out = "<table cellpadding=\"4\">\n";
+  for (const auto& [k, v] : f)
+    out += "<tr><th align=\"left\">" + html_escape(k) + "</th><td>" + html_escape(v) + "</td></tr>\n";
+  return out + "</table>\n";
+}
+
+std::optional<Response> dispatch_approval_link(State& st, const Request& req, std::string_view path) {
+  constexpr std::string_view kBase = "/approve/";
+  if (path.substr(0, kBase.size()) != kBase) return std::nullopt;
+  if (!st.alerting.commands)
+    return html_response(http::status::service_unavailable, "Approvals are not available",
+                         "<p>This collector has no command engine.</p>", req);
+  auto& engine = *st.alerting.commands;
+  std::string token(path.substr(kBase.size()));
+  ApprovalLink link;
+  try {
+    link = engine.check_link(token);
+  } catch (const CommandError& e) {
+    spdlog::warn("api: refused an approval link: {}", e.what());
+    return html_response(http::status::not_found, "Not a valid approval link",
+                         "<p>" + html_escape(e.what()) + "</p>", req);
+  }
+  const auto required = engine.policy().approvals_required;
+  if (req.method() == http::verb::get || req.method() == http::verb::head) {
+    auto c = engine.get(link.command_id);
+    if (!c)
+      return html_response(http::status::not_found, "No such command",
+                           "<p>The command this link was made for does not exist.</p>", req);
+    bool used = std::find(c->used_links.begin(), c->used_links.end(), link.link_id) != c->used_links.end();
+    bool expired = common::now_ns() >= link.expires_ns;
+    std::string body = "<p>For <b>" + html_escape(link.approver) + "</b>. Opening this page changed nothing.</p>\n" +
+                       command_facts_html(*c, required);
+    if (used || expired || c->state != CommandState::awaiting_approval) {
+      std::string why = used ? "This link was already used." : expired ? "This link has expired."
+                                                                       : "This request is no longer waiting for approval.";
+      return html_response(http::status::ok, "Restart request cmd-" + std::to_string(c->id),
+                           body + "<p><b>" + html_escape(why) + "</b> Nothing can be decided with it.</p>\n", req);
+    }
+    body += "<form method=\"post\"><input type=\"hidden\" name=\"decision\" value=\"approve\">"
+            "<button type=\"submit\">Approve the restart</button></form>\n"
+            "<form method=\"post\"><input type=\"hidden\" name=\"decision\" value=\"deny\">"
+            "<p><label>Why deny? <input type=\"text\" name=\"reason\" maxlength=\"1000\" required></label> "
+            "<button type=\"submit\">Deny</button></p></form>\n"
+            "<p>This link works once and expires at " + html_escape(common::format_time(link.expires_ns)) + ".</p>\n";
+    return html_response(http::status::ok, "Approve a restart? (cmd-" + std::to_string(c->id) + ")", body, req);
+  }
+  if (req.method() != http::verb::post) {
+    auto res = html_response(http::status::method_not_allowed, "Method not allowed",
+                             "<p>Open the link, then confirm on the page.</p>", req);
+    res.set(http::field::allow, "GET, POST");
+    return res;
+  }
+  auto form = detail::parse_query(req.body(), {"decision", "reason"});
+  auto decision = detail::param(form, "decision", "");
+  try {
+    CommandRecord c;
+    std::string title;
+    if (decision == "approve") {
+      c = engine.approve_by_link(token);
+      title = c.state == CommandState::approved
+                  ? "Approved: cmd-" + std::to_string(c.id) + " is signed and goes to the agent at its next poll"
+                  : "Approval recorded: cmd-" + std::to_string(c.id) + " waits for more approvers";
+    } else if (decision == "deny") {
+      c = engine.deny_by_link(token, detail::param(form, "reason", ""));
+      title = "Denied: cmd-" + std::to_string(c.id) + " will not run";
+    } else {
+      return html_response(http::status::bad_request, "Nothing decided",
+                           "<p>The form must say decision=approve or decision=deny.</p>", req);
+    }
+    return html_response(http::status::ok, title, command_facts_html(c, required), req);
+  } catch (const CommandError& e) {
+    return html_response(http::status::conflict, "Nothing decided", "<p>" + html_escape(e.what()) + "</p>", req);
+  }
+}
+
 struct Route {
   std::string_view path;
   http::verb method;
@@ -1032,6 +1147,7 @@ Response dispatch(State& st, const Request& req) {
     if (req.method() == http::verb::head) res.content_length(p->body.size());
     return res;
   }
+  if (auto res = dispatch_approval_link(st, req, path)) return std::move(*res);
   if (auto res = dispatch_incidents(st, req, path, query)) return std::move(*res);
   if (auto res = dispatch_commands(st, req, path, query)) return std::move(*res);
   const auto& all = routes();
@@ -1176,7 +1292,7 @@ awaitable<Response> handle_offloaded(State& st, const Request& req, const std::s
 // all of it) run on the worker thread.
 bool is_offloaded_path(std::string_view target) {
   for (std::string_view base :
-       {"/api/v1/incidents", "/api/v1/notifications", "/api/v1/audit", "/api/v1/commands"})
+       {"/api/v1/incidents", "/api/v1/notifications", "/api/v1/audit", "/api/v1/commands", "/approve"})
     if (target.substr(0, base.size()) == base &&
         (target.size() == base.size() || target[base.size()] == '/' || target[base.size()] == '?'))
       return true;

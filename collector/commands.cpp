@@ -84,7 +84,8 @@ std::string encode(const CommandRecord& c) {
               {"expires_ns", k.expires_ns},
               {"signature", common::to_hex(k.signature)},
               {"outcome_reason", c.outcome_reason},
-              {"outcome_evidence", c.outcome_evidence}}
+              {"outcome_evidence", c.outcome_evidence},
+              {"used_links", c.used_links}}
       .dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -116,6 +117,7 @@ CommandRecord decode(const std::string& s) {
     c.recheck_after_ns = j.value("recheck_after_ns", std::int64_t{0});
     c.outcome_reason = j.value("outcome_reason", "");
     c.outcome_evidence = j.value("outcome_evidence", std::map<std::string, std::string>{});
+    c.used_links = j.value("used_links", std::vector<std::string>{});
     if (c.approved_ns) {
       auto& k = c.command;
       k = command_fields(c);
@@ -173,6 +175,7 @@ json command_json(const CommandRecord& c) {
   json j = json::parse(encode(c));
   j.erase("v");
   j.erase("signature");
+  j.erase("used_links");  // link ids are not secrets, but they are of no use to a reader
   j["command_id"] = command_name(c.id);
   for (const char* name : {"requested", "request_expires", "approved", "delivered", "finished"}) {
     auto ns = j.value(std::string(name) + "_ns", std::int64_t{0});
@@ -269,7 +272,12 @@ CommandRecord CommandEngine::sign(CommandRecord c) {
 
 CommandRecord CommandEngine::approve(std::uint64_t id, const std::string& approver) {
   std::lock_guard lock(mu_);
-  auto c = load(id);
+  return approve_locked(load(id), approver, "");
+}
+
+CommandRecord CommandEngine::approve_locked(CommandRecord c, const std::string& approver,
+                                            const std::string& link_id) {
+  const auto id = c.id;
   if (c.state != CommandState::awaiting_approval)
     throw CommandError("command #" + std::to_string(id) + " is " + command_state_name(c.state) +
                        ", not awaiting approval");
@@ -286,6 +294,11 @@ CommandRecord CommandEngine::approve(std::uint64_t id, const std::string& approv
     if (who == approver) throw CommandError(approver + " has already approved command #" + std::to_string(id));
   c.approvals.emplace_back(approver, now);
   json detail = {{"approvals", c.approvals.size()}, {"approvals_required", policy_.approvals_required}};
+  if (!link_id.empty()) {
+    c.used_links.push_back(link_id);
+    detail["via"] = "approval link";
+    detail["link_id"] = link_id;
+  }
   if (c.approvals.size() >= policy_.approvals_required) {
     c = sign(std::move(c));
     c.state = CommandState::approved;
@@ -299,9 +312,13 @@ CommandRecord CommandEngine::approve(std::uint64_t id, const std::string& approv
 
 CommandRecord CommandEngine::deny(std::uint64_t id, const std::string& who, const std::string& reason) {
   std::lock_guard lock(mu_);
-  auto c = load(id);
+  return deny_locked(load(id), who, reason, "");
+}
+
+CommandRecord CommandEngine::deny_locked(CommandRecord c, const std::string& who,
+                                         const std::string& reason, const std::string& link_id) {
   if (c.state != CommandState::awaiting_approval)
-    throw CommandError("command #" + std::to_string(id) + " is " + command_state_name(c.state) +
+    throw CommandError("command #" + std::to_string(c.id) + " is " + command_state_name(c.state) +
                        ", not awaiting approval");
   if (reason.empty()) throw CommandError("a denial needs a reason");
   if (reason.size() > kMaxReason) throw CommandError("the reason is longer than 1000 characters");
@@ -309,8 +326,98 @@ CommandRecord CommandEngine::deny(std::uint64_t id, const std::string& who, cons
   c.denied_by = who;
   c.deny_reason = reason;
   c.finished_ns = now_();
-  save(c, who, "command_denied", {{"reason", reason}});
+  json detail = {{"reason", reason}};
+  if (!link_id.empty()) {
+    c.used_links.push_back(link_id);
+    detail["via"] = "approval link";
+    detail["link_id"] = link_id;
+  }
+  save(c, who, "command_denied", std::move(detail));
   return c;
+}
+
+// ---- approval links ------------------------------------------------------------------------
+
+namespace {
+constexpr std::string_view kLinkTag = "firedrill-approval-link-v1\n";
+constexpr std::size_t kMaxLinkToken = 2048;
+
+std::vector<std::uint8_t> link_signing_bytes(std::string_view payload) {
+  std::vector<std::uint8_t> b(kLinkTag.begin(), kLinkTag.end());
+  b.insert(b.end(), payload.begin(), payload.end());
+  return b;
+}
+}  // namespace
+
+std::string CommandEngine::approval_link(std::uint64_t id, const std::string& approver,
+                                         const std::string& link_id,
+                                         std::chrono::milliseconds ttl) const {
+  CommandRecord c;
+  {
+    std::lock_guard lock(mu_);
+    c = load(id);
+  }
+  std::int64_t expires = c.request_expires_ns;
+  if (ttl.count() > 0) expires = std::min(expires, c.requested_ns + ttl.count() * kNsPerMs);
+  std::string payload =
+      json{{"c", id}, {"a", approver}, {"l", link_id}, {"x", expires}}.dump();
+  auto sig = key_.sign(link_signing_bytes(payload));
+  return common::base64url_encode(payload) + "." +
+         common::base64url_encode({reinterpret_cast<const char*>(sig.data()), sig.size()});
+}
+
+ApprovalLink CommandEngine::check_link(const std::string& token) const {
+  const CommandError bad("not a valid approval link (damaged, or not made by this collector)");
+  auto dot = token.find('.');
+  if (token.size() > kMaxLinkToken || dot == std::string::npos) throw bad;
+  auto payload = common::base64url_decode(std::string_view(token).substr(0, dot));
+  auto sig = common::base64url_decode(std::string_view(token).substr(dot + 1));
+  if (!payload || !sig) throw bad;
+  if (!key_.verify(link_signing_bytes(*payload),
+                   {reinterpret_cast<const std::uint8_t*>(sig->data()), sig->size()}))
+    throw bad;
+  json j = json::parse(*payload, nullptr, false);
+  ApprovalLink l;
+  try {
+    l.command_id = j.at("c").get<std::uint64_t>();
+    l.approver = j.at("a").get<std::string>();
+    l.link_id = j.at("l").get<std::string>();
+    l.expires_ns = j.at("x").get<std::int64_t>();
+  } catch (const json::exception&) {
+    throw bad;
+  }
+  if (l.approver.empty() || l.link_id.empty()) throw bad;
+  return l;
+}
+
+CommandRecord CommandEngine::link_target(const ApprovalLink& l, const std::string& decision) {
+  auto c = load(l.command_id);
+  std::string why;
+  if (std::find(c.used_links.begin(), c.used_links.end(), l.link_id) != c.used_links.end())
+    why = "this approval link was already used";
+  else if (now_() >= l.expires_ns)
+    why = "this approval link expired at " + common::format_time(l.expires_ns);
+  else if (c.state != CommandState::awaiting_approval)
+    why = "command #" + std::to_string(c.id) + " is " + command_state_name(c.state) +
+          ", not awaiting approval";
+  if (why.empty()) return c;
+  if (audit_)
+    audit_->append(l.approver, "approval_link_refused", command_name(c.id),
+                   {{"link_id", l.link_id}, {"decision", decision}, {"why", why}});
+  spdlog::warn("command {}: approval link of {} refused: {}", command_name(c.id), l.approver, why);
+  throw CommandError(why);
+}
+
+CommandRecord CommandEngine::approve_by_link(const std::string& token) {
+  auto l = check_link(token);
+  std::lock_guard lock(mu_);
+  return approve_locked(link_target(l, "approve"), l.approver, l.link_id);
+}
+
+CommandRecord CommandEngine::deny_by_link(const std::string& token, const std::string& reason) {
+  auto l = check_link(token);
+  std::lock_guard lock(mu_);
+  return deny_locked(link_target(l, "deny"), l.approver, reason, l.link_id);
 }
 
 std::size_t CommandEngine::tick() {
@@ -394,6 +501,18 @@ std::optional<CommandRecord> CommandEngine::get(std::uint64_t id) const {
   } catch (const CommandError&) {
     return std::nullopt;
   }
+}
+
+std::vector<CommandRecord> CommandEngine::find(
+    const std::function<bool(const CommandRecord&)>& pred) const {
+  std::lock_guard lock(mu_);
+  std::vector<CommandRecord> out;
+  store_.scan(Table::commands, "", [&](std::string_view, std::string_view v) {
+    auto c = decode(std::string(v));
+    if (pred(c)) out.push_back(std::move(c));
+    return true;
+  });
+  return out;
 }
 
 std::vector<CommandRecord> CommandEngine::list(std::optional<CommandState> state, std::size_t limit) const {

@@ -68,6 +68,7 @@ struct CommandRecord {
   common::Command command;  // once approved: what the agent receives, signed
   std::string outcome_reason;
   std::map<std::string, std::string> outcome_evidence;
+  std::vector<std::string> used_links;  // approval links already used (their link ids)
 };
 nlohmann::json command_json(const CommandRecord& c);
 
@@ -76,6 +77,17 @@ struct CommandRequest {
   std::uint64_t incident_id = 0;
   std::string recheck_test;
   std::int64_t recheck_after_ns = 0;
+};
+
+// A one-time approval link's content (see CommandEngine::approval_link). The token in the URL
+// is base64url(payload JSON) "." base64url(Ed25519 signature by the command key over a domain
+// tag and the payload), so it cannot be forged, widened to another command or approver, or
+// extended; `link_id` makes it single use (the command record keeps the ids used).
+struct ApprovalLink {
+  std::uint64_t command_id = 0;
+  std::string approver;
+  std::string link_id;
+  std::int64_t expires_ns = 0;
 };
 
 class CommandEngine {
@@ -90,6 +102,18 @@ class CommandEngine {
   // Expires requests past their approval time and commands past their expiry; returns how many.
   std::size_t tick();
 
+  // One-time approval links. approval_link() mints the token for `approver` (expiring with the
+  // request, or sooner with `ttl`); the same arguments give the same token, so a notification
+  // retried renders the same link. check_link() verifies signature and shape only (throws
+  // CommandError "not a valid approval link"); the decisions re-check everything else: expiry,
+  // single use, the approver not being the requester, the request still waiting. A valid link
+  // that is refused (used twice, expired, already decided) is audited as approval_link_refused.
+  std::string approval_link(std::uint64_t id, const std::string& approver, const std::string& link_id,
+                            std::chrono::milliseconds ttl = {}) const;
+  ApprovalLink check_link(const std::string& token) const;
+  CommandRecord approve_by_link(const std::string& token);
+  CommandRecord deny_by_link(const std::string& token, const std::string& reason);
+
   // For the agent session: the signed commands waiting for this agent (now delivered) and the
   // key to check them with.
   common::Commands poll(const std::string& agent_id);
@@ -98,6 +122,8 @@ class CommandEngine {
 
   std::optional<CommandRecord> get(std::uint64_t id) const;
   std::vector<CommandRecord> list(std::optional<CommandState> state, std::size_t limit) const;
+  // Every command `pred` accepts, oldest first (a scan: commands are few).
+  std::vector<CommandRecord> find(const std::function<bool(const CommandRecord&)>& pred) const;
   const std::string& key_pem() const { return key_pem_; }
   const CommandPolicy& policy() const { return policy_; }
 
@@ -106,6 +132,11 @@ class CommandEngine {
   void save(const CommandRecord& c, const std::string& actor, const std::string& action,
             nlohmann::json detail);
   CommandRecord sign(CommandRecord c);
+  CommandRecord approve_locked(CommandRecord c, const std::string& approver, const std::string& link_id);
+  CommandRecord deny_locked(CommandRecord c, const std::string& who, const std::string& reason,
+                            const std::string& link_id);
+  // The command a link may decide, or a CommandError (audited) saying why not.
+  CommandRecord link_target(const ApprovalLink& l, const std::string& decision);
 
   Store& store_;
   common::Ed25519Key key_;

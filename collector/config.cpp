@@ -9,7 +9,7 @@ namespace firedrill::collector {
 CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
   root.check_keys({"data_dir", "agent_listen", "api_listen", "tls", "log_level", "limits",
-                   "enrollment", "correlation", "incidents", "notify", "commands", "alert_sources"});
+                   "enrollment", "correlation", "incidents", "notify", "commands", "watch", "alert_sources"});
   CollectorConfig c;
   c.data_dir = root.str("data_dir", file.parent_path().string());
   if (c.data_dir.is_relative()) c.data_dir = std::filesystem::absolute(file.parent_path() / c.data_dir);
@@ -59,6 +59,7 @@ CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   c.incidents = IncidentPolicy::load(root["incidents"]);
   c.notify = NotifyConfig::load(root["notify"], file.parent_path());
   c.commands = CommandPolicy::load(root["commands"]);
+  c.watch = WatchPolicy::load(root["watch"]);
   c.alert_sources = load_alert_sources(root, file.parent_path());
   return c;
 }

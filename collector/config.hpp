@@ -11,6 +11,7 @@
 #include "collector/correlator.hpp"
 #include "collector/incidents.hpp"
 #include "collector/notify.hpp"
+#include "collector/watchdog.hpp"
 #include "common/net.hpp"
 
 namespace firedrill::collector {
@@ -34,6 +35,7 @@ struct CollectorConfig {
   IncidentPolicy incidents;  // `incidents:` severities per kind, SLA per severity, auto-close
   NotifyConfig notify;       // `notify:` channels, routes, retries, status mails
   CommandPolicy commands;    // `commands:` approvals required, request and command lifetimes
+  WatchPolicy watch;         // `watch:` restart a watched service when its health check fails
   std::vector<AlertSourceConfig> alert_sources;
 
   std::filesystem::path db_dir() const { return data_dir / "db"; }

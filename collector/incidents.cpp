@@ -437,6 +437,7 @@ std::string encode_incident(const Incident& i) {
                {"reopen_count", i.reopen_count},
                {"opened_ns", i.opened_ns},
                {"reopened_ns", i.reopened_ns},
+               {"last_failure_ns", i.last_failure_ns},
                {"updated_ns", i.updated_ns},
                {"acknowledged_ns", i.acknowledged_ns},
                {"resolved_ns", i.resolved_ns},
@@ -473,6 +474,7 @@ Incident decode_incident(const std::string& s) {
     i.reopen_count = j.value("reopen_count", 0u);
     i.opened_ns = j.value("opened_ns", std::int64_t{0});
     i.reopened_ns = j.value("reopened_ns", std::int64_t{0});
+    i.last_failure_ns = j.value("last_failure_ns", std::int64_t{0});
     i.updated_ns = j.value("updated_ns", std::int64_t{0});
     i.acknowledged_ns = j.value("acknowledged_ns", std::int64_t{0});
     i.resolved_ns = j.value("resolved_ns", std::int64_t{0});
@@ -690,12 +692,14 @@ std::optional<Incident> IncidentEngine::apply_locked(const Signal& s, Txn& t) {
     i.marker = s.marker;
     i.occurrences = 1;
     i.opened_ns = t.now;
+    i.last_failure_ns = s.time_ns;
     restart_timers(i);
     t.keys[s.key] = i.id;
     return t.record(i, kSystem, "opened", s.detail);
   }
   auto& i = *cur;
   ++i.occurrences;
+  i.last_failure_ns = std::max(i.last_failure_ns, s.time_ns);
   if (!s.marker.empty()) i.marker = s.marker;
   if (i.active()) return t.record(i, kSystem, "occurrence", s.detail);
   // Resolved and seen again: the same incident, reopened for a fresh triage.
@@ -824,6 +828,19 @@ Incident IncidentEngine::resume(std::uint64_t id, const std::string& actor) {
     resume_timer(i.ack_sla, t.now);
     resume_timer(i.resolve_sla, t.now);
     i = t.record(i, actor, "resumed", "was paused: " + why);
+  });
+}
+
+Incident IncidentEngine::escalate(std::uint64_t id, const std::string& actor,
+                                  const std::string& reason) {
+  auto why = required_text(reason, "reason", kMaxText);
+  return human(id, actor, [&](Incident& i, Txn& t) {
+    require_active(i, "escalate");
+    std::string detail = why;
+    if (i.severity != Severity::critical)
+      detail += " (severity " + severity_name(i.severity) + " -> critical)";
+    i.severity = Severity::critical;
+    i = t.record(i, actor, "escalated", detail);
   });
 }
 

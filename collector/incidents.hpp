@@ -185,6 +185,7 @@ struct Incident {
   std::uint32_t reopen_count = 0;
   std::int64_t opened_ns = 0, reopened_ns = 0, updated_ns = 0;
   std::int64_t acknowledged_ns = 0, resolved_ns = 0, closed_ns = 0;
+  std::int64_t last_failure_ns = 0;  // the newest failing signal's own time (a result's arrival)
   bool touched = false;  // a human acknowledged or noted the current opening
   std::string resolution;
   std::string pause_reason;  // non-empty while the SLA timers are paused
@@ -203,7 +204,8 @@ Incident decode_incident(const std::string& s);  // throws StoreError
 
 // One change, in the order it happened: what notifiers consume.
 // what: opened, reopened, occurrence, acknowledged, noted, assigned, resolved, auto_resolved,
-// closed, auto_closed, sla_breached (detail: "acknowledge" or "resolve"), paused, resumed.
+// closed, auto_closed, sla_breached (detail: "acknowledge" or "resolve"), paused, resumed,
+// escalated.
 struct IncidentEvent {
   std::uint64_t seq = 0;  // gap-free from 1
   std::int64_t time_ns = 0;
@@ -250,6 +252,9 @@ class IncidentEngine {
   // SLA timers stand still while paused (e.g. a restart waits for approval).
   Incident pause(std::uint64_t id, const std::string& actor, const std::string& reason);
   Incident resume(std::uint64_t id, const std::string& actor);
+  // Something that should have fixed it did not (the watchdog's restart, say): raised to
+  // critical (its SLA timers keep running as they were) and announced as "escalated".
+  Incident escalate(std::uint64_t id, const std::string& actor, const std::string& reason);
 
   // Fires due SLA breaches (once per timer, persisted) and auto-closes untouched
   // low/informational incidents older than auto_close_after.

@@ -182,10 +182,20 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   std::unique_ptr<collector::Notifier> notify;
   if (!cfg.notify.empty()) {
     notify = std::make_unique<collector::Notifier>(*store, incidents, cfg.notify);
+    notify->set_commands(&commands, audit.get());  // approval requests reach approvers
     notify->start();
     for (const auto& c : cfg.notify.channels)
       spdlog::info("notify: channel {} ({})", c.name, collector::channel_type_name(c.type));
   }
+
+  // The watchdog turns a watched service's failing health check into a restart request and
+  // follows it through (pause while waiting, escalate when it did not help).
+  collector::Watchdog watchdog(incidents, commands, cfg.watch);
+  watchdog.start();
+  for (const auto& r : cfg.watch.rules)
+    spdlog::info("watch: {} -> restart {} (recheck after {}, at most {} per {})", r.test, r.target,
+                 common::format_duration(r.recheck_after), r.max_restarts,
+                 common::format_duration(r.window));
 
   boost::asio::io_context io(1);
   collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator, &commands);
@@ -251,6 +261,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   }
   notifier.ready("serving agents on port " + std::to_string(ingest.port()));
   io.run();
+  watchdog.stop();
   if (notify) notify->stop();
   incident_feed.stop();
   correlator.stop();

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "collector/html.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 #include "common/curl.hpp"
@@ -102,6 +103,7 @@ std::string event_title(const std::string& ev, const std::string& what) {
   if (ev == "opened") return "Opened";
   if (ev == "acknowledged") return "Acknowledged";
   if (ev == "breached") return "SLA breached";
+  if (ev == "escalated") return "Escalated";
   if (ev == "resolved") return what == "closed" || what == "auto_closed" ? "Closed" : "Resolved";
   return "Updated";
 }
@@ -111,21 +113,6 @@ std::string one_line(std::string s, std::size_t cap = 300) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
   if (s.size() > cap) s = s.substr(0, cap - 3) + "...";
   return s;
-}
-
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
 }
 
 // Slack mrkdwn: only &, < and > are control characters.
@@ -262,15 +249,22 @@ ChannelConfig load_channel(const common::ConfigNode& n, const std::filesystem::p
     for (const auto& s : n.str_list("events")) {
       std::optional<NotifyEvent> ev;
       for (auto e : {NotifyEvent::opened, NotifyEvent::acknowledged, NotifyEvent::breached,
-                     NotifyEvent::resolved, NotifyEvent::updated})
+                     NotifyEvent::resolved, NotifyEvent::updated, NotifyEvent::escalated,
+                     NotifyEvent::approval})
         if (notify_event_name(e) == s) ev = e;
-      if (!ev) n.fail("events", "'" + s + "' is not opened, acknowledged, breached, resolved or updated");
+      if (!ev)
+        n.fail("events", "'" + s +
+                             "' is not opened, acknowledged, breached, resolved, updated, "
+                             "escalated or approval");
       c.events.insert(*ev);
     }
     if (c.events.empty()) n.fail("events", "is empty: the channel would never be used");
   }
   if (c.type == ChannelType::thehive && c.events != std::set{NotifyEvent::opened})
     n.fail("events", "a thehive channel takes only 'opened' (TheHive alerts are created, not updated)");
+  if (c.type == ChannelType::pagerduty && c.events.count(NotifyEvent::approval))
+    n.fail("events", "a pagerduty channel cannot take 'approval' (it pages about incidents); use "
+                     "notify.approvals for approvers' mails");
   if (n.has("ca_file")) {
     c.ca_file = common::resolve_path(base, n.str("ca_file"));
     std::error_code ec;
@@ -346,11 +340,6 @@ std::string html_table(const std::vector<std::pair<std::string, std::string>>& f
   for (const auto& [k, v] : f)
     out += "<tr><th align=\"left\">" + html_escape(k) + "</th><td>" + html_escape(v) + "</td></tr>\n";
   return out + "</table>\n";
-}
-
-std::string html_page(const std::string& title, const std::string& body) {
-  return "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html_escape(title) +
-         "</title></head><body>\n" + body + "</body></html>\n";
 }
 
 const std::vector<std::string> kCsvColumns{
@@ -617,6 +606,8 @@ std::string notify_event_name(NotifyEvent e) {
     case NotifyEvent::breached: return "breached";
     case NotifyEvent::resolved: return "resolved";
     case NotifyEvent::updated: return "updated";
+    case NotifyEvent::escalated: return "escalated";
+    case NotifyEvent::approval: return "approval";
   }
   return "?";
 }
@@ -629,6 +620,7 @@ std::optional<NotifyEvent> notify_event_of(const std::string& w) {
     return NotifyEvent::resolved;
   if (w == "noted" || w == "assigned" || w == "occurrence" || w == "paused" || w == "resumed")
     return NotifyEvent::updated;
+  if (w == "escalated") return NotifyEvent::escalated;
   return std::nullopt;
 }
 
@@ -663,7 +655,7 @@ const ChannelConfig* NotifyConfig::channel(const std::string& name) const {
 NotifyConfig NotifyConfig::load(const common::ConfigNode& node, const std::filesystem::path& base_dir) {
   NotifyConfig c;
   if (!node.defined()) return c;
-  node.check_keys({"channels", "retry", "status_mail", "collector_name", "link_base"});
+  node.check_keys({"channels", "retry", "status_mail", "approvals", "collector_name", "link_base"});
   c.collector_name = node.str("collector_name", c.collector_name);
   static const std::regex name_re("^[A-Za-z0-9_.-]{1,64}$");
   if (!std::regex_match(c.collector_name, name_re))
@@ -686,20 +678,48 @@ NotifyConfig NotifyConfig::load(const common::ConfigNode& node, const std::files
   if (c.retry.initial <= 0ms) r.fail("initial", "must be positive");
   if (c.retry.max < c.retry.initial) r.fail("max", "must not be below initial");
   if (c.retry.give_up_after < c.retry.initial) r.fail("give_up_after", "must not be below initial");
+  // `channel:` of a section that sends mail: an email channel defined above.
+  auto email_channel = [&](const common::ConfigNode& n) {
+    auto name = n.str("channel");
+    const ChannelConfig* ch = c.channel(name);
+    if (!ch) n.fail("channel", "no channel named '" + name + "' under notify.channels");
+    if (ch->type != ChannelType::email) n.fail("channel", "'" + name + "' is not an email channel");
+    return name;
+  };
   auto s = node["status_mail"];
   if (s.defined()) {
     s.check_keys({"channel", "every", "to"});
     StatusMailConfig st;
-    st.channel = s.str("channel");
-    const ChannelConfig* ch = c.channel(st.channel);
-    if (!ch) s.fail("channel", "no channel named '" + st.channel + "' under notify.channels");
-    if (ch->type != ChannelType::email) s.fail("channel", "'" + st.channel + "' is not an email channel");
+    st.channel = email_channel(s);
     st.every = s.duration("every", st.every);
     if (st.every < 1s) s.fail("every", "must be at least 1s");
     st.to = s.str_list("to");
     for (const auto& a : st.to)
       if (!valid_address(a)) s.fail("to", "'" + a + "' is not a mail address");
     c.status = std::move(st);
+  }
+  auto ap = node["approvals"];
+  if (ap.defined()) {
+    ap.check_keys({"channel", "approvers", "link_ttl"});
+    ApprovalMailConfig a;
+    a.channel = email_channel(ap);
+    a.link_ttl = ap.duration("link_ttl", a.link_ttl);
+    if (a.link_ttl < 0ms) ap.fail("link_ttl", "must not be negative");
+    if (!ap.has("approvers")) ap.fail("approvers", "is required: who gets approval mails");
+    for (const auto& item : ap["approvers"].items()) {
+      item.check_keys({"name", "email"});
+      Approver who{item.str("name"), item.str("email")};
+      if (who.name.empty() || who.name.size() > 64) item.fail("name", "must be 1-64 characters");
+      if (!valid_address(who.email)) item.fail("email", "'" + who.email + "' is not a mail address");
+      for (const auto& other : a.approvers)
+        if (other.name == who.name) item.fail("name", "approver '" + who.name + "' is listed twice");
+      a.approvers.push_back(std::move(who));
+    }
+    if (a.approvers.empty()) ap.fail("approvers", "needs at least one approver");
+    if (c.link_base.empty())
+      ap.fail("channel", "approval mails need notify.link_base (the collector's API address the "
+                         "links point to)");
+    c.approvals = std::move(a);
   }
   return c;
 }
@@ -783,10 +803,100 @@ json all_clear_snapshot(const std::vector<std::uint64_t>& last_ids, std::int64_t
   return {{"kind", "all_clear"}, {"since_ns", since_ns}, {"time_ns", now_ns}, {"incidents", last_ids}};
 }
 
+json approval_snapshot(const CommandRecord& c, std::size_t approvals_required, std::int64_t now_ns) {
+  json cmd = command_json(c);
+  cmd["approvals_required"] = approvals_required;
+  return {{"kind", "approval"}, {"time_ns", now_ns}, {"command", std::move(cmd)}};
+}
+
+namespace {
+
+// "restart nginx.service on agent web-01"
+std::string action_words(const json& cmd) {
+  std::string verb = str(cmd, "kind") == "restart_service" ? "restart" : str(cmd, "kind");
+  return verb + " " + str(cmd, "target") + " on agent " + str(cmd, "agent_id");
+}
+
+std::vector<std::pair<std::string, std::string>> approval_facts(const json& cmd) {
+  std::vector<std::pair<std::string, std::string>> f{
+      {"What will happen", "The agent " + str(cmd, "agent_id") + " will " +
+                               (str(cmd, "kind") == "restart_service" ? "restart the service " : str(cmd, "kind") + " ") +
+                               str(cmd, "target") + ", if its own allowlist permits it"},
+      {"Requested by", str(cmd, "requester") + " at " + human_time(num(cmd, "requested_ns"))},
+      {"Reason", one_line(str(cmd, "reason"), 1000)},
+      {"Approvals", std::to_string(cmd.value("approvals", json::array()).size()) + " of " +
+                        std::to_string(num(cmd, "approvals_required"))},
+      {"Decide before", human_time(num(cmd, "request_expires_ns"))}};
+  if (num(cmd, "incident_id")) f.push_back({"Incident", "#" + std::to_string(num(cmd, "incident_id"))});
+  if (!str(cmd, "recheck_test").empty())
+    f.push_back({"Then", "re-run " + str(cmd, "recheck_test") + " after " +
+                             human_duration(num(cmd, "recheck_after_ns"))});
+  return f;
+}
+
+std::string approval_headline(const json& cmd) {
+  return "Approval needed: " + action_words(cmd) + " (" + str(cmd, "command_id") + ")";
+}
+
+Mail approval_mail(const json& snap) {
+  const json& cmd = snap.at("command");
+  std::string id = std::to_string(num(cmd, "id"));
+  Mail m;
+  m.subject = "[FireDrill] " + approval_headline(cmd);
+  auto f = approval_facts(cmd);
+  std::string link = str(snap, "link");
+  std::string who = str(snap, "approver");
+  std::string how = "With the CLI: firedrill approve " + id + "   or   firedrill deny " + id + " \"why\"";
+  m.text = approval_headline(cmd) + "\n\n" + text_block(f, "");
+  std::string html = "<h2>" + html_escape(approval_headline(cmd)) + "</h2>\n" + html_table(f);
+  if (!link.empty()) {
+    std::string words = "This link is for " + who +
+                        " alone and works once. Opening it shows the request and changes nothing; "
+                        "you approve or deny on that page.";
+    m.text += "\nReview and decide: " + link + "\n" + words + "\n";
+    html += "<p><a href=\"" + html_escape(link) + "\">Review and decide</a></p>\n<p>" +
+            html_escape(words) + "</p>\n";
+  }
+  m.text += "\n" + how + "\n";
+  html += "<p>" + html_escape(how) + "</p>\n";
+  m.html = html_page(m.subject, html);
+  return m;
+}
+
+json approval_slack_body(const json& snap) {
+  const json& cmd = snap.at("command");
+  std::string text = approval_headline(cmd) + ". Requested by " + str(cmd, "requester") + ": " +
+                     one_line(str(cmd, "reason"), 500) + ". Approve with `firedrill approve " +
+                     std::to_string(num(cmd, "id")) + "` (approvers also get a personal link by mail).";
+  return {{"text", slack_escape(text)}};
+}
+
+json approval_teams_body(const json& snap) {
+  const json& cmd = snap.at("command");
+  json facts = json::array();
+  for (const auto& [k, v] : approval_facts(cmd)) facts.push_back({{"title", k}, {"value", v}});
+  json card = {{"$schema", "http://adaptivecards.io/schemas/adaptive-card.json"},
+               {"type", "AdaptiveCard"},
+               {"version", "1.4"},
+               {"body", json::array({{{"type", "TextBlock"}, {"size", "Large"}, {"weight", "Bolder"},
+                                      {"wrap", true}, {"text", approval_headline(cmd)}},
+                                     {{"type", "FactSet"}, {"facts", facts}},
+                                     {{"type", "TextBlock"}, {"wrap", true},
+                                      {"text", "Approve with: firedrill approve " +
+                                                   std::to_string(num(cmd, "id"))}}})}};
+  return {{"type", "message"},
+          {"attachments", json::array({{{"contentType", "application/vnd.microsoft.card.adaptive"},
+                                        {"contentUrl", nullptr},
+                                        {"content", card}}})}};
+}
+
+}  // namespace
+
 Mail render_mail(const json& snapshot, const NotifyConfig& cfg) {
   std::string kind = str(snapshot, "kind");
   if (kind == "status") return status_mail(snapshot);
   if (kind == "all_clear") return all_clear_mail(snapshot);
+  if (kind == "approval") return approval_mail(snapshot);
   return incident_mail(snapshot, cfg);
 }
 
@@ -806,11 +916,22 @@ std::string pagerduty_dedup_key(const NotifyConfig& cfg, std::uint64_t incident_
 
 HttpMessage render_http(const ChannelConfig& ch, const json& snap, const NotifyConfig& cfg,
                         std::int64_t now_s) {
-  if (str(snap, "kind") != "incident")
-    throw std::invalid_argument("only incident notifications go to " + channel_type_name(ch.type));
+  const std::string kind = str(snap, "kind");
+  const bool approval = kind == "approval";
+  if (kind != "incident" && !(approval && (ch.type == ChannelType::slack || ch.type == ChannelType::teams ||
+                                           ch.type == ChannelType::webhook)))
+    throw std::invalid_argument("a " + kind + " notification cannot go to " + channel_type_name(ch.type));
   HttpMessage m;
   m.url = ch.url;
   m.headers.push_back("Content-Type: application/json");
+  if (approval && ch.type == ChannelType::slack) {
+    m.body = dump(approval_slack_body(snap));
+    return m;
+  }
+  if (approval && ch.type == ChannelType::teams) {
+    m.body = dump(approval_teams_body(snap));
+    return m;
+  }
   switch (ch.type) {
     case ChannelType::slack: m.body = dump(slack_body(snap, cfg)); break;
     case ChannelType::teams: m.body = dump(teams_body(snap, cfg)); break;
@@ -989,9 +1110,75 @@ struct Notifier::Impl {
   std::atomic<std::uint64_t> next_id{1};
   std::uint64_t cursor = 1;
   StatusState status;
+  CommandEngine* commands = nullptr;  // approval requests (with audit)
+  const AuditLog* audit = nullptr;
+  std::uint64_t audit_cursor = 1;  // the next audit entry to look at
 
   static constexpr const char* kCursorKey = "cursor";
   static constexpr const char* kStatusKey = "status";
+  static constexpr const char* kApprovalsKey = "approvals_cursor";
+
+  void set_commands(CommandEngine* c, const AuditLog* a) {
+    commands = c;
+    audit = a;
+    if (!commands || !audit) return;
+    if (auto v = store.get(Table::notify_state, kApprovalsKey); v && v->size() == 8) {
+      audit_cursor = get_be64(v->data());
+    } else {  // first start: requests made before approvals were notified are not announced
+      audit_cursor = audit->head_seq() + 1;
+      WriteSet ws;
+      ws.put(Table::notify_state, kApprovalsKey, id_key(audit_cursor));
+      store.commit(std::move(ws));
+    }
+  }
+
+  // Approval requests: the audit log's command_requested entries, in order.
+  std::size_t approvals_round() {
+    if (!commands || !audit) return 0;
+    bool wanted = cfg.approvals.has_value();
+    for (const auto& ch : cfg.channels) wanted = wanted || ch.events.count(NotifyEvent::approval);
+    std::size_t created = 0;
+    for (;;) {
+      auto entries = audit->list(audit_cursor, 0, kEventPage);
+      if (entries.empty()) break;
+      WriteSet ws;
+      std::uint64_t id = next_id, c = audit_cursor;
+      std::int64_t t = now();
+      for (const auto& e : entries) {
+        c = e.seq + 1;
+        if (!wanted || e.action != "command_requested" || e.subject.rfind("cmd-", 0) != 0) continue;
+        std::optional<CommandRecord> cmd;
+        try {
+          cmd = commands->get(std::stoull(e.subject.substr(4)));
+        } catch (const std::exception&) {
+        }
+        if (!cmd) continue;
+        json snap = approval_snapshot(*cmd, commands->policy().approvals_required, t);
+        auto add = [&](const std::string& channel, const std::string& approver, const std::string& email) {
+          Delivery d = make(channel, "approval", t, id++);
+          d.event = "approval";
+          d.snapshot = snap;
+          d.snapshot["delivery_id"] = d.id;
+          if (!approver.empty()) {
+            d.snapshot["approver"] = approver;
+            d.snapshot["to"] = json::array({email});
+          }
+          put(ws, d);
+        };
+        if (cfg.approvals)
+          for (const auto& a : cfg.approvals->approvers)
+            if (a.name != cmd->requester) add(cfg.approvals->channel, a.name, a.email);
+        for (const auto& ch : cfg.channels)
+          if (ch.events.count(NotifyEvent::approval)) add(ch.name, "", "");
+      }
+      ws.put(Table::notify_state, kApprovalsKey, id_key(c));
+      store.commit(std::move(ws));
+      created += id - next_id;
+      next_id = id;
+      audit_cursor = c;
+    }
+    return created;
+  }
 
   void load_state() {
     if (auto last = store.last_key(Table::notifications); last && last->size() == 8)
@@ -1071,6 +1258,7 @@ struct Notifier::Impl {
       next_id = id;
       cursor = c;
     }
+    created += approvals_round();
     created += status_round();
     if (created) poke();
     return created;
@@ -1128,8 +1316,19 @@ struct Notifier::Impl {
     const ChannelConfig& c = *ch.cfg;
     if (c.type == ChannelType::email) {
       std::vector<std::string> to = c.to;
-      if (d.kind != "incident" && cfg.status && !cfg.status->to.empty()) to = cfg.status->to;
-      send_mail(c, to, render_mail(d.snapshot, cfg),
+      json snap = d.snapshot;
+      if ((d.kind == "status" || d.kind == "all_clear") && cfg.status && !cfg.status->to.empty())
+        to = cfg.status->to;
+      if (d.kind == "approval" && snap.contains("approver")) {
+        to = snap.value("to", std::vector<std::string>{});
+        // The link is minted now (the same one on every retry) and never stored.
+        if (commands && !cfg.link_base.empty())
+          snap["link"] = cfg.link_base + "/approve/" +
+                         commands->approval_link(static_cast<std::uint64_t>(num(snap["command"], "id")),
+                                                 str(snap, "approver"), "d" + std::to_string(d.id),
+                                                 cfg.approvals ? cfg.approvals->link_ttl : 0ms);
+      }
+      send_mail(c, to, render_mail(snap, cfg),
                 "<firedrill-" + std::to_string(d.id) + "." + std::to_string(d.created_ns) + "@" +
                     cfg.collector_name + ">",
                 now(), stopping);
@@ -1220,6 +1419,9 @@ struct Notifier::Impl {
 
   static std::string about(const Delivery& d) {
     if (d.kind == "incident") return "incident #" + std::to_string(d.incident_id) + " " + d.event;
+    if (d.kind == "approval")
+      return "approval request cmd-" + std::to_string(num(d.snapshot.value("command", json::object()), "id")) +
+             (d.snapshot.contains("approver") ? " for " + str(d.snapshot, "approver") : std::string());
     return d.kind == "status" ? "status mail " + std::to_string(d.snapshot.value("number", 0))
                               : "all-clear mail";
   }
@@ -1300,6 +1502,9 @@ void Notifier::stop() {
     if (ch.thread.joinable()) ch.thread.join();
 }
 
+void Notifier::set_commands(CommandEngine* commands, const AuditLog* audit) {
+  impl_->set_commands(commands, audit);
+}
 std::size_t Notifier::poll_once() { return impl_->poll_once(); }
 std::size_t Notifier::send_once(const std::string& channel) { return impl_->send_once(channel); }
 const NotifyConfig& Notifier::config() const { return impl_->cfg; }

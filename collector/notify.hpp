@@ -33,6 +33,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "collector/commands.hpp"
 #include "collector/incidents.hpp"
 #include "collector/store.hpp"
 #include "common/config.hpp"
@@ -43,10 +44,11 @@ enum class ChannelType { email, slack, teams, pagerduty, webhook, thehive };
 std::string channel_type_name(ChannelType t);
 
 // What a route selects. An incident event maps to one of these (see notify_event_of).
-enum class NotifyEvent { opened, acknowledged, breached, resolved, updated };
+enum class NotifyEvent { opened, acknowledged, breached, resolved, updated, escalated, approval };
 std::string notify_event_name(NotifyEvent e);
 // opened/reopened → opened; acknowledged; sla_breached → breached; resolved, auto_resolved,
-// closed, auto_closed → resolved; noted, assigned, occurrence, paused, resumed → updated.
+// closed, auto_closed → resolved; noted, assigned, occurrence, paused, resumed → updated;
+// escalated. `approval` is not an incident event: a restart request waiting for approval.
 std::optional<NotifyEvent> notify_event_of(const std::string& incident_event_what);
 
 enum class SmtpTls { required, optional, off };  // STARTTLS on smtp://; smtps:// is always TLS
@@ -56,7 +58,8 @@ struct ChannelConfig {
   ChannelType type = ChannelType::webhook;
   std::string url;  // smtp://host:port or smtps://host:port for email; the endpoint otherwise
   std::set<Severity> severities;  // empty: every severity
-  std::set<NotifyEvent> events{NotifyEvent::opened, NotifyEvent::breached, NotifyEvent::resolved};
+  std::set<NotifyEvent> events{NotifyEvent::opened, NotifyEvent::breached, NotifyEvent::resolved,
+                               NotifyEvent::escalated};
   std::filesystem::path ca_file;  // empty: the system's trust store
   std::chrono::milliseconds timeout{15000};
   // email
@@ -88,10 +91,24 @@ struct StatusMailConfig {
   std::vector<std::string> to;  // empty: the channel's list
 };
 
+// Restart requests waiting for approval: each approver named here gets a personal mail with a
+// one-time approval link bound to their name (the name their API token has, so a link and the
+// CLI count as the same person). Channels whose `events` include `approval` get a notice
+// without a link.
+struct Approver {
+  std::string name, email;
+};
+struct ApprovalMailConfig {
+  std::string channel;  // an email channel's name
+  std::vector<Approver> approvers;
+  std::chrono::milliseconds link_ttl{0};  // 0: a link lives as long as its request waits
+};
+
 struct NotifyConfig {
   std::vector<ChannelConfig> channels;
   RetryPolicy retry;
   std::optional<StatusMailConfig> status;
+  std::optional<ApprovalMailConfig> approvals;
   std::string collector_name = "firedrill";  // names this collector in messages and dedup keys
   std::string link_base;  // e.g. https://soc.example:7444: messages link to incidents there
 
@@ -110,7 +127,7 @@ std::optional<DeliveryState> parse_delivery_state(const std::string& s);
 struct Delivery {
   std::uint64_t id = 0;
   std::string channel;
-  std::string kind;  // "incident", "status" or "all_clear"
+  std::string kind;  // "incident", "status", "all_clear" or "approval"
   std::uint64_t event_seq = 0;  // incident: the incident event it tells about
   std::uint64_t incident_id = 0;
   std::string event;  // incident: notify_event_name; status: "status"; all_clear: "all_clear"
@@ -148,6 +165,11 @@ nlohmann::json status_snapshot(std::uint64_t number, const std::vector<Incident>
 nlohmann::json all_clear_snapshot(const std::vector<std::uint64_t>& last_ids, std::int64_t since_ns,
                                   std::int64_t now_ns);
 
+// A restart request waiting for approval (no approver: a channel notice). A personal mail's
+// link is added to a copy at send time ("link"), never stored.
+nlohmann::json approval_snapshot(const CommandRecord& c, std::size_t approvals_required,
+                                 std::int64_t now_ns);
+
 Mail render_mail(const nlohmann::json& snapshot, const NotifyConfig& cfg);
 // The JSON body and headers for an HTTP channel; `now_s` is the webhook signature's timestamp.
 HttpMessage render_http(const ChannelConfig& ch, const nlohmann::json& snapshot,
@@ -181,10 +203,16 @@ class Notifier {
   Notifier(const Notifier&) = delete;
   Notifier& operator=(const Notifier&) = delete;
 
+  // Approval requests: the dispatcher follows the audit log's command_requested entries (from
+  // a persisted cursor) and the senders mint approval links with the command engine. Call
+  // before start(); both must outlive the notifier.
+  void set_commands(CommandEngine* commands, const AuditLog* audit);
+
   void start();  // the dispatcher thread and one sender thread per channel
   void stop();   // aborts transfers in flight; pending deliveries stay pending
 
-  // One dispatcher round: new incident events → deliveries; the status-mail cadence.
+  // One dispatcher round: new incident events → deliveries; approval requests; the status-mail
+  // cadence.
   // Returns the deliveries created.
   std::size_t poll_once();
   // One sender round for a channel: attempts its due deliveries; returns how many were sent.

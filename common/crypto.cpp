@@ -97,6 +97,47 @@ void random_bytes(std::span<std::uint8_t> out) {
   if (RAND_bytes(out.data(), static_cast<int>(out.size())) != 1) fail("RAND_bytes");
 }
 
+namespace {
+constexpr char kB64Url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+}  // namespace
+
+std::string base64url_encode(std::string_view data) {
+  std::string out;
+  out.reserve((data.size() + 2) / 3 * 4);
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (unsigned char c : data) {
+    acc = (acc << 8) | c;
+    bits += 8;
+    while (bits >= 6) {
+      bits -= 6;
+      out.push_back(kB64Url[(acc >> bits) & 63]);
+    }
+  }
+  if (bits > 0) out.push_back(kB64Url[(acc << (6 - bits)) & 63]);
+  return out;
+}
+
+std::optional<std::string> base64url_decode(std::string_view text) {
+  if (text.size() % 4 == 1) return std::nullopt;
+  std::string out;
+  out.reserve(text.size() * 3 / 4);
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (char c : text) {
+    const char* p = std::strchr(kB64Url, c);
+    if (c == '\0' || !p) return std::nullopt;
+    acc = (acc << 6) | static_cast<std::uint32_t>(p - kB64Url);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  if (acc & ((1u << bits) - 1)) return std::nullopt;  // non-canonical: leftover bits set
+  return out;
+}
+
 std::string random_id(std::size_t len) {
   static constexpr char kAlphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";  // 36 symbols
   std::string s;

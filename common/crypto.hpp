@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -47,6 +48,10 @@ std::string to_hex(std::span<const std::uint8_t> data);
 bool from_hex(std::string_view hex, std::span<std::uint8_t> out);
 
 void random_bytes(std::span<std::uint8_t> out);
+// RFC 4648 §5 base64url without padding (URL path safe). The decoder returns nullopt for
+// anything that is not exactly such an encoding.
+std::string base64url_encode(std::string_view data);
+std::optional<std::string> base64url_decode(std::string_view text);
 // Lower-case base32-ish id of `len` characters from [a-z0-9], uniformly random.
 std::string random_id(std::size_t len);
 // A secret suitable for tokens: 32 random bytes, hex.

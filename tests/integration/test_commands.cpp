@@ -9,6 +9,7 @@
 
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "tests/integration/harness.hpp"
 #include "tests/unit/peers.hpp"
@@ -183,4 +184,208 @@ TEST_CASE("an unhealthy nginx is restarted by the agent after an approver other 
   for (const char* a : {"command_requested", "command_approved", "command_delivered", "command_executed",
                         "command_refused"})
     CHECK_MESSAGE(exported.out.find(a) != std::string::npos, a);
+}
+
+namespace {
+
+// The approval mail to `to` (its text part), or null.
+json approval_mail_to(const SmtpSink& sink, const std::string& to) {
+  for (int n = 1; n <= static_cast<int>(sink.count()); ++n) {
+    auto m = sink.mail(n);
+    if (m["to"] != to || m["subject"].get<std::string>().find("Approval needed") == std::string::npos) continue;
+    for (const auto& p : m["parts"])
+      if (p["type"] == "text/plain") return {{"subject", m["subject"]}, {"text", p["text"]}};
+  }
+  return nullptr;
+}
+
+// The path of the link after "Review and decide: " (its host is notify.link_base).
+std::string link_path(const json& mail) {
+  std::string text = mail["text"];
+  auto at = text.find("Review and decide: ");
+  REQUIRE_MESSAGE(at != std::string::npos, text);
+  auto url = text.substr(at + 19, text.find('\n', at) - at - 19);
+  auto path = url.find("/approve/");
+  REQUIRE_MESSAGE(path != std::string::npos, url);
+  return url.substr(path);
+}
+
+struct Page {
+  int status = 0;
+  std::string body;
+};
+
+// A browser's GET or form POST, with curl (not our client) against the real API listener.
+Page browse(Collector& c, const std::string& path, const std::string& form = {}) {
+  std::vector<std::string> argv{"/usr/bin/curl", "-sS", "--cacert", c.ca_pem().string(), "-w", "\n%{http_code}",
+                                "https://127.0.0.1:" + std::to_string(c.api_port()) + path};
+  if (!form.empty()) {
+    argv.push_back("--data");
+    argv.push_back(form);
+  }
+  auto r = run_command(argv);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  auto nl = r.out.rfind('\n');
+  return {std::stoi(r.out.substr(nl + 1)), r.out.substr(0, nl)};
+}
+
+bool command_exists(Collector& c, std::uint64_t id) {
+  try {
+    command(c, id);
+    return true;
+  } catch (const std::exception&) {  // 404
+    return false;
+  }
+}
+
+std::string yaml_list(const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (const auto& a : v) s += "\"" + a + "\", ";
+  s.resize(s.size() - 2);
+  return s + "]";
+}
+
+std::string health_agent_yaml(const DaemonNginx& nginx, const std::vector<std::string>& exec) {
+  return "allowlist:\n  network: [\"127.0.0.1\"]\n"
+         "allowed_actions:\n  restart_service:\n    - name: nginx-test\n      exec: " + yaml_list(exec) + "\n"
+         "tests:\n  - id: wordpress-health\n    kind: http_check\n    every: 2s\n    jitter: 0s\n"
+         "    timeout: 2s\n    params:\n      url: http://127.0.0.1:" + std::to_string(nginx.port) +
+         "/health\n      expect_status: 200\n";
+}
+
+}  // namespace
+
+TEST_CASE("the watchdog: unhealthy nginx, approval mail with a one-time link, restart, recheck, resolved") {
+  REQUIRE_MESSAGE(fs::exists("/usr/sbin/nginx"), "nginx is missing: install it (scripts/deps)");
+  SmtpSink sink;
+  SiemMock hook({{"POST /hook", {{{"status", 200}, {"body", "ok"}}}}});
+  CollectorOptions o;
+  o.extra_yaml = "notify:\n  link_base: https://collector.soc.test:7444\n  channels:\n"
+                 "    - {name: soc-mail, type: email, url: \"" + sink.url() +
+                 "\", starttls: off, from: firedrill@soc.test, to: [soc@soc.test]}\n"
+                 "    - {name: hook, type: webhook, url: \"" + hook.url() +
+                 "/hook\", secret: 0123456789abcdef-secret, events: [opened, updated, escalated, resolved]}\n"
+                 "  approvals:\n    channel: soc-mail\n    approvers:\n"
+                 "      - {name: anna, email: anna@soc.test}\n      - {name: ben, email: ben@soc.test}\n"
+                 "watch:\n  - test: wordpress-health\n    on_unhealthy: request_restart\n"
+                 "    target: nginx-test\n    recheck_after: 2s\n    max_restarts: 3 per 1h\n";
+  Collector c(o);
+  TempDir tmp("watchdog");
+  DaemonNginx nginx(tmp);
+  nginx.start();
+  Agent agent(c);
+  agent.set_command_poll("200ms");
+  agent.write_config_yaml(health_agent_yaml(nginx, nginx.argv()));
+  agent.start();
+  REQUIRE_MESSAGE(wait_until([&] { return c.stored_results(agent.id()) >= 1; }, 30s), agent.log());
+
+  // Down: incident, a restart request by the watchdog, the SLA paused, a mail to each approver.
+  nginx.stop();
+  json anna_mail, ben_mail;
+  REQUIRE_MESSAGE(wait_until([&] {
+                    anna_mail = approval_mail_to(sink, "anna@soc.test");
+                    ben_mail = approval_mail_to(sink, "ben@soc.test");
+                    return !anna_mail.is_null() && !ben_mail.is_null();
+                  }, 60s),
+                  "mails: " << sink.count() << "\n" << c.log());
+  CHECK(anna_mail["subject"] == "[FireDrill] Approval needed: restart nginx-test on agent " + agent.id() + " (cmd-1)");
+  std::string text = anna_mail["text"];
+  CHECK_MESSAGE(text.find("Requested by: watchdog") != std::string::npos, text);
+  CHECK_MESSAGE(text.find("firedrill approve 1") != std::string::npos, text);
+  auto incident = health_incident(c);
+  CHECK(incident["pause_reason"] == "waiting for approval of restart cmd-1");
+  CHECK(command(c, 1)["requester"] == "watchdog");
+
+  // Opening the link shows what will happen and changes nothing.
+  auto anna_link = link_path(anna_mail), ben_link = link_path(ben_mail);
+  CHECK(anna_link != ben_link);
+  auto page = browse(c, anna_link);
+  CHECK(page.status == 200);
+  CHECK_MESSAGE(page.body.find("Approve the restart") != std::string::npos, page.body);
+  CHECK(page.body.find("nginx-test") != std::string::npos);
+  CHECK(browse(c, anna_link).status == 200);
+  CHECK(command(c, 1)["state"] == "awaiting_approval");
+  CHECK_FALSE(nginx.up());
+  // A damaged link decides nothing.
+  std::string forged = anna_link;
+  forged[forged.size() - 5] = forged[forged.size() - 5] == 'A' ? 'B' : 'A';
+  CHECK(browse(c, forged, "decision=approve").status == 404);
+  CHECK(command(c, 1)["state"] == "awaiting_approval");
+
+  // Confirming on the page approves as anna; the same link a second time is refused.
+  auto approved = browse(c, anna_link, "decision=approve");
+  CHECK_MESSAGE(approved.status == 200, approved.body);
+  CHECK_MESSAGE(approved.body.find("Approved") != std::string::npos, approved.body);
+  auto again = browse(c, anna_link, "decision=approve");
+  CHECK(again.status == 409);
+  CHECK_MESSAGE(again.body.find("already used") != std::string::npos, again.body);
+  CHECK(browse(c, ben_link, "decision=deny&reason=late").status == 409);  // decided already
+  CHECK(command(c, 1)["approvals"][0]["who"] == "anna");
+
+  // The agent restarts nginx with its own exec entry, rechecks, and the incident resolves.
+  REQUIRE_MESSAGE(wait_until([&] { return command(c, 1)["state"] == "executed"; }, 60s),
+                  command(c, 1).dump(2) << "\n" << agent.log());
+  CHECK(nginx.up());
+  REQUIRE_MESSAGE(wait_until([&] {
+                    incident = health_incident(c);
+                    return incident["state"] == "resolved";
+                  }, 60s),
+                  incident.dump(2));
+  agent.stop();
+
+  std::string events;
+  for (const auto& r : hook.requests("POST", "/hook"))
+    events += json::parse(std::string(r["body"]))["event"]["what"].get<std::string>() + " ";
+  for (const char* w : {"opened", "paused", "resumed", "auto_resolved"})
+    CHECK_MESSAGE(events.find(w) != std::string::npos, w << " missing from: " << events);
+  CHECK(events.find("escalated") == std::string::npos);
+
+  auto verify = c.cli({"audit", "verify"});
+  CHECK_MESSAGE(verify.rc == 0, verify.out << verify.err);
+  auto exported = c.cli({"audit", "export", "--since", "1h"});
+  REQUIRE(exported.rc == 0);
+  for (const char* a : {"command_requested", "incident_paused", "command_approved", "approval_link_refused",
+                        "command_executed", "incident_auto_resolved"})
+    CHECK_MESSAGE(exported.out.find(a) != std::string::npos, a);
+  CHECK(exported.out.find("\"via\":\"approval link\"") != std::string::npos);
+}
+
+TEST_CASE("the watchdog escalates a restart that did not help and stops at max_restarts") {
+  REQUIRE_MESSAGE(fs::exists("/usr/sbin/nginx"), "nginx is missing: install it (scripts/deps)");
+  SiemMock hook({{"POST /hook", {{{"status", 200}, {"body", "ok"}}}}});
+  CollectorOptions o;
+  o.extra_yaml = "notify:\n  channels:\n    - {name: hook, type: webhook, url: \"" + hook.url() +
+                 "/hook\", secret: 0123456789abcdef-secret}\n"
+                 "watch:\n  - {test: wordpress-health, target: nginx-test, recheck_after: 1s, "
+                 "max_restarts: 1 per 1h}\n";
+  Collector c(o);
+  TempDir tmp("watchdog-useless");
+  DaemonNginx nginx(tmp);  // never started: the "restart" below does not start it either
+  Agent agent(c);
+  agent.set_command_poll("200ms");
+  agent.write_config_yaml(health_agent_yaml(nginx, {"/bin/true"}));
+  agent.start();
+  REQUIRE_MESSAGE(wait_until([&] { return command_exists(c, 1); }, 60s), c.log());
+  auto anna = make_token(c, "anna", "approver");
+  REQUIRE(cli_as(c, anna, {"approve", "1"}).rc == 0);
+  json incident;
+  REQUIRE_MESSAGE(wait_until([&] {
+                    incident = health_incident(c);
+                    return incident["severity"] == "critical" && incident["pause_reason"] == "";
+                  }, 60s),
+                  incident.dump(2));
+  auto shown = c.api_get("/api/v1/incidents/" + std::to_string(incident["id"].get<int>()));
+  std::string escalations;
+  for (const auto& e : shown["timeline"])
+    if (e["what"] == "escalated") escalations += e["detail"].get<std::string>() + "\n";
+  CHECK_MESSAGE(escalations.find("ran, but wordpress-health still fails after it") != std::string::npos, escalations);
+  CHECK_MESSAGE(escalations.find("max_restarts reached") != std::string::npos, escalations);
+  // No second request, however long it keeps failing.
+  std::this_thread::sleep_for(3s);
+  CHECK_FALSE(command_exists(c, 2));
+  agent.stop();
+  std::string events;
+  for (const auto& r : hook.requests("POST", "/hook"))
+    events += json::parse(std::string(r["body"]))["event"]["what"].get<std::string>() + " ";
+  CHECK_MESSAGE(events.find("escalated") != std::string::npos, events);
 }

@@ -176,3 +176,73 @@ TEST_CASE("requests are validated, and state survives a restart") {
   auto next = f.request();
   CHECK(next.id == c.id + 1);
 }
+
+TEST_CASE("approval links: signed for one approver, single use, expiring, never the requester's") {
+  Fixture f;
+  auto c = f.request("watchdog");
+  auto link = f.engine->approval_link(c.id, "anna", "d1");
+  CHECK(link == f.engine->approval_link(c.id, "anna", "d1"));  // a retried mail renders the same
+  auto l = f.engine->check_link(link);
+  CHECK(l.command_id == c.id);
+  CHECK(l.approver == "anna");
+  CHECK(l.expires_ns == c.request_expires_ns);
+
+  SUBCASE("any changed character is refused, and so is another collector's link") {
+    for (std::size_t pos : {std::size_t{3}, link.find('.') - 2, link.find('.') + 5, link.size() - 3}) {
+      std::string bad = link;
+      bad[pos] = bad[pos] == 'A' ? 'B' : 'A';
+      CHECK_THROWS_AS(f.engine->check_link(bad), CommandError);
+      CHECK_THROWS_AS(f.engine->approve_by_link(bad), CommandError);
+    }
+    CHECK_THROWS_AS(f.engine->check_link("not-a-link"), CommandError);
+    CommandEngine other(*f.store, common::Ed25519Key::generate(), f.policy, nullptr, [&] { return f.now; });
+    CHECK_THROWS_WITH_AS(f.engine->approve_by_link(other.approval_link(c.id, "anna", "d1")),
+                         "not a valid approval link (damaged, or not made by this collector)",
+                         CommandError);
+    CHECK(f.engine->get(c.id)->state == CommandState::awaiting_approval);
+  }
+  SUBCASE("used once it approves as its approver, used twice it is refused and audited") {
+    auto a = f.engine->approve_by_link(link);
+    CHECK(a.state == CommandState::approved);
+    REQUIRE(a.approvals.size() == 1);
+    CHECK(a.approvals[0].first == "anna");
+    CHECK_THROWS_WITH_AS(f.engine->approve_by_link(link), "this approval link was already used",
+                         CommandError);
+    auto acts = f.actions();
+    CHECK(contains(acts, "command_approved"));
+    CHECK(contains(acts, "approval_link_refused"));
+    CHECK(f.audit->verify().ok());
+  }
+  SUBCASE("a link used to deny is spent too") {
+    CHECK_THROWS_WITH_AS(f.engine->deny_by_link(link, ""), "a denial needs a reason", CommandError);
+    auto d = f.engine->deny_by_link(link, "not during business hours");
+    CHECK(d.state == CommandState::denied);
+    CHECK(d.denied_by == "anna");
+    CHECK_THROWS_AS(f.engine->approve_by_link(link), CommandError);
+  }
+  SUBCASE("a link past its expiry is refused even while the request still waits") {
+    auto short_link = f.engine->approval_link(c.id, "anna", "d2", std::chrono::minutes(5));
+    f.now += 6 * 60 * kSec;
+    CHECK_THROWS_AS(f.engine->approve_by_link(short_link), CommandError);
+    CHECK(f.engine->get(c.id)->state == CommandState::awaiting_approval);
+    CHECK(f.engine->approve_by_link(link).state == CommandState::approved);  // the long one works
+  }
+  SUBCASE("the requester's own link approves nothing") {
+    auto own = f.engine->approval_link(c.id, "watchdog", "d3");
+    CHECK_THROWS_WITH_AS(f.engine->approve_by_link(own),
+                         "the requester (watchdog) cannot approve their own request", CommandError);
+  }
+}
+
+TEST_CASE("base64url round-trips and refuses what is not base64url") {
+  for (std::string s : {std::string(), std::string("f"), std::string("fo"), std::string("foo"),
+                        std::string("\xff\xfe\x00\x01", 4)}) {
+    auto e = common::base64url_encode(s);
+    CHECK(e.find_first_of("+/=") == std::string::npos);
+    CHECK(common::base64url_decode(e) == s);
+  }
+  CHECK(common::base64url_encode("\xfb\xff") == "-_8");
+  CHECK_FALSE(common::base64url_decode("a").has_value());
+  CHECK_FALSE(common::base64url_decode("ab+c").has_value());
+  CHECK_FALSE(common::base64url_decode("Zh").has_value());  // leftover bits set: not canonical
+}

@@ -189,6 +189,49 @@ TEST_CASE("notify config: channels load with their secrets, and mistakes name th
   }
 }
 
+TEST_CASE("notify config: approval mails name email approvers and need link_base") {
+  auto cfg = load(R"(notify:
+  link_base: https://soc.example:7444
+  channels:
+    - {name: mail, type: email, url: "smtp://mail.example:587", from: fd@example.com, to: [soc@example.com]}
+    - {name: chat, type: slack, url: "https://hooks.example/x", events: [approval, escalated]}
+  approvals:
+    channel: mail
+    approvers: [{name: anna, email: anna@example.com}, {name: ben, email: ben@example.com}]
+    link_ttl: 30m
+)");
+  REQUIRE(cfg.approvals);
+  CHECK(cfg.approvals->approvers.size() == 2);
+  CHECK(cfg.approvals->approvers[1].email == "ben@example.com");
+  CHECK(cfg.approvals->link_ttl == 30min);
+  CHECK(cfg.channels[1].routes(Severity::low, NotifyEvent::approval));
+  CHECK(cfg.channels[0].routes(Severity::high, NotifyEvent::escalated));  // a default event
+
+  auto fails = [&](const std::string& yaml, const std::string& words) {
+    try {
+      load(yaml);
+      FAIL("accepted: " << yaml);
+    } catch (const std::exception& e) {
+      CHECK_MESSAGE(std::string(e.what()).find(words) != std::string::npos, e.what());
+    }
+  };
+  const std::string mail =
+      "notify:\n  link_base: https://soc.example\n  channels:\n"
+      "    - {name: mail, type: email, url: \"smtp://m\", from: a@b.c, to: [x@y.z]}\n"
+      "    - {name: s, type: slack, url: \"https://a\"}\n";
+  fails(mail + "  approvals: {channel: s, approvers: [{name: a, email: a@b.c}]}\n", "not an email channel");
+  fails(mail + "  approvals: {channel: mail}\n", "approvers");
+  fails(mail + "  approvals: {channel: mail, approvers: [{name: a, email: \"a@b.c\\r\\nBcc: x@y.z\"}]}\n",
+        "not a mail address");
+  fails(mail + "  approvals: {channel: mail, approvers: [{name: a, email: a@b.c}, {name: a, email: c@d.e}]}\n",
+        "listed twice");
+  fails("notify:\n  channels:\n    - {name: mail, type: email, url: \"smtp://m\", from: a@b.c, to: [x@y.z]}\n"
+        "  approvals: {channel: mail, approvers: [{name: a, email: a@b.c}]}\n",
+        "link_base");
+  fails("notify:\n  channels:\n    - {name: p, type: pagerduty, routing_key: k, events: [approval]}\n",
+        "cannot take 'approval'");
+}
+
 TEST_CASE("the signed webhook: HMAC over timestamp and body, retried after 500s, never lost") {
   SiemMock hook({{"POST /hook", {{{"status", 500}, {"body", "down"}},
                                  {{"status", 503}, {"body", "still down"}},
