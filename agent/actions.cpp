@@ -28,25 +28,17 @@ const char* const kUnitSuffixes[] = {".service", ".socket", ".target",    ".time
                                      ".path",    ".mount",  ".automount", ".swap",
                                      ".slice",   ".scope",  ".device"};
 
-bool valid_name_chars(std::string_view name) {
-  if (name.empty() || name.size() > 255 || name.front() == '-') return false;
-  return std::all_of(name.begin(), name.end(), [](char ch) {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           ch == '@' || ch == '.' || ch == '_' || ch == ':' || ch == '-';
-  });
-}
-
 ActionEntry load_entry(const common::ConfigNode& item) {
   ActionEntry e;
   bool mapped = item.has("name") || item.has("exec");
   e.name = mapped ? item.str("name") : item.scalar();
   std::string key = mapped ? "name" : "";
-  if (!valid_name_chars(e.name))
-    item.fail(key, "'" + e.name +
-                       "' is not a valid name (1-255 of A-Z a-z 0-9 @ . _ : -, "
-                       "not starting with '-')");
   if (mapped) item.check_keys({"name", "exec"});
   if (mapped && item.has("exec")) {
+    if (!valid_action_name(e.name))
+      item.fail(key, "'" + e.name +
+                         "' is not a valid name (1-255 of A-Z a-z 0-9 @ . _ : -, "
+                         "not starting with '-')");
     e.exec = item.str_list("exec");
     if (e.exec.empty())
       item.fail("exec", "give the program and its arguments, e.g. [/usr/sbin/nginx, -s, reload]");
@@ -54,18 +46,25 @@ ActionEntry load_entry(const common::ConfigNode& item) {
       item.fail("exec", "the program '" + e.exec.front() + "' must be an absolute path");
     return e;
   }
-  if (!valid_unit_name(e.name))
-    item.fail(key, "'" + e.name +
-                       "' is not a systemd unit name (it must end in a unit suffix "
-                       "such as .service; give `exec:` for anything else)");
+  // The native form: what the name must be depends on the platform's service manager.
+  if (auto problem = service_name_problem(e.name); !problem.empty())
+    item.fail(key, "'" + e.name + "' " + problem);
   e.unit = e.name;
   return e;
 }
 
 }  // namespace
 
+bool valid_action_name(std::string_view name) {
+  if (name.empty() || name.size() > 255 || name.front() == '-') return false;
+  return std::all_of(name.begin(), name.end(), [](char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '@' || ch == '.' || ch == '_' || ch == ':' || ch == '-';
+  });
+}
+
 bool valid_unit_name(std::string_view name) {
-  if (!valid_name_chars(name)) return false;
+  if (!valid_action_name(name)) return false;
   return std::any_of(std::begin(kUnitSuffixes), std::end(kUnitSuffixes), [&](std::string_view s) {
     return name.size() > s.size() && name.substr(name.size() - s.size()) == s;
   });
@@ -219,10 +218,7 @@ std::string join_approvals(const common::Command& c) {
 }
 }  // namespace
 
-asio::awaitable<ActionOutcome> execute(asio::any_io_executor ex, const ActionPolicy& policy,
-                                       ActionEntry action) {
-  auto argv = policy.argv_for(action);
-  auto p = co_await run_process(ex, argv, policy.timeout, kMaxActionOutput);
+ActionOutcome outcome_of_process(const ProcessOutcome& p, const std::string& program) {
   ActionOutcome o;
   o.exit_code = p.exit_code;
   o.output = p.out;
@@ -231,7 +227,7 @@ asio::awaitable<ActionOutcome> execute(asio::any_io_executor ex, const ActionPol
   o.verdict = "failed";
   if (p.spawn_errno != 0) {
     o.reason = "spawn_failed";
-    o.output = argv.front() + ": " + std::strerror(p.spawn_errno);
+    o.output = program + ": " + std::strerror(p.spawn_errno);
   } else if (p.timed_out) {
     o.reason = "timeout";
   } else if (p.exited) {
@@ -240,7 +236,15 @@ asio::awaitable<ActionOutcome> execute(asio::any_io_executor ex, const ActionPol
   } else {
     o.reason = p.signal ? "signal_" + std::to_string(p.signal) : "unknown_exit";
   }
-  co_return o;
+  return o;
+}
+
+asio::awaitable<ActionOutcome> execute(asio::any_io_executor ex, const ActionPolicy& policy,
+                                       ActionEntry action) {
+  if (!action.unit.empty())
+    co_return co_await restart_service_native(ex, action.unit, policy.timeout, policy.systemctl);
+  auto p = co_await run_process(ex, action.exec, policy.timeout, kMaxActionOutput);
+  co_return outcome_of_process(p, action.exec.front());
 }
 
 common::ResultBody command_result(const common::Command& c, const std::string& verdict,
@@ -259,6 +263,7 @@ common::ResultBody command_result(const common::Command& c, const std::string& v
                 {"nonce", c.nonce},
                 {"exit_code", action ? std::to_string(action->exit_code) : ""},
                 {"output", action ? action->output : ""}};
+  if (action) b.evidence.insert(action->evidence.begin(), action->evidence.end());
   b.started_ns = common::now_ns();
   finish_result(b, clock);
   return b;

@@ -17,6 +17,8 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/process.hpp"
+#include "agent/service_control.hpp"
 #include "common/crypto.hpp"
 #include "common/wire.hpp"
 
@@ -31,8 +33,10 @@ struct ClockState;
 // One thing a command may name. The argv comes from the agent's own config only: a command
 // carries a name, never a program or an argument.
 struct ActionEntry {
-  std::string name;               // what Command::target must equal
-  std::string unit;               // systemd form: the unit (== name); empty for exec
+  std::string name;  // what Command::target must equal
+  // Native form: the service (== name), a systemd unit on Linux, a Windows service name on
+  // Windows (restart_service_native); empty for exec.
+  std::string unit;
   std::vector<std::string> exec;  // exec form: the argv written in the config
 };
 
@@ -43,11 +47,13 @@ struct ActionPolicy {
   std::chrono::milliseconds timeout = std::chrono::minutes(2);  // per action run
   std::vector<ActionEntry> restart_service;
   // Not configurable from YAML: tests point it at a recording script (no systemd there).
+  // Not used on Windows, where the native form goes through the Service Control Manager.
   std::string systemctl = "/usr/bin/systemctl";
 
   // The entry `target` names for `kind`, or nullptr.
   const ActionEntry* find(std::string_view kind, std::string_view target) const;
-  // What is run for an entry: systemd -> {systemctl, "restart", unit}; exec -> its argv.
+  // What is run for an entry on POSIX: systemd -> {systemctl, "restart", unit}; exec -> its
+  // argv. (On Windows the native form runs no program.)
   std::vector<std::string> argv_for(const ActionEntry& e) const;
   // Fails with file:line (common::ConfigError) on any entry it cannot accept.
   static ActionPolicy load(const common::ConfigNode& node);
@@ -56,7 +62,10 @@ struct ActionPolicy {
 // The command kinds this agent knows.
 inline const std::vector<std::string> kCommandKinds = {"restart_service"};
 
-// systemd unit names we accept: [A-Za-z0-9@._:-], no leading '-', no '/', a unit suffix.
+// The names an entry may have on any platform (the exec form's, and systemd units'): 1-255 of
+// [A-Za-z0-9@._:-], no leading '-'.
+bool valid_action_name(std::string_view name);
+// systemd unit names we accept: a valid_action_name with a unit suffix such as .service.
 bool valid_unit_name(std::string_view name);
 
 // The collector's command public key, pinned in the state dir (command-key.pem, 0600).
@@ -123,16 +132,13 @@ struct CheckOutcome {
 };
 CheckOutcome check_command(const common::Command& c, const CheckInputs& in);
 
-// How an action ran.
-struct ActionOutcome {
-  std::string verdict;  // executed | failed
-  std::string reason;   // exit_<n>, timeout, signal_<n>, spawn_failed
-  int exit_code = -1;
-  std::string output;  // stdout then stderr, capped at kMaxActionOutput
-};
-inline constexpr std::size_t kMaxActionOutput = 4096;
+// Runs an entry: the exec form's argv, or the native form through restart_service_native.
 boost::asio::awaitable<ActionOutcome> execute(boost::asio::any_io_executor ex,
                                               const ActionPolicy& policy, ActionEntry action);
+
+// An action that ran a program: executed on exit 0, else failed with exit_<n>, timeout,
+// signal_<n> or spawn_failed; output is stdout then stderr, capped at kMaxActionOutput.
+ActionOutcome outcome_of_process(const ProcessOutcome& p, const std::string& program);
 
 // The result that reports a command's outcome (kind "command"); `action` is null for refusals.
 common::ResultBody command_result(const common::Command& c, const std::string& verdict,

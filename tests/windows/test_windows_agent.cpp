@@ -13,19 +13,6 @@
 
 using namespace firedrill::test;
 
-namespace {
-
-std::string enroll(Collector& c, const fs::path& state_dir) {
-  auto r = wine({windows_agent().string(), "enroll", "--server", c.agent_endpoint(), "--token",
-                 c.create_token(), "--ca", winpath(c.ca_pem()), "--state-dir", winpath(state_dir)});
-  REQUIRE_MESSAGE(r.rc == 0, r.out << r.err);
-  auto pos = r.out.find("agt-");
-  REQUIRE(pos != std::string::npos);
-  return r.out.substr(pos, r.out.find(' ', pos) - pos);
-}
-
-}  // namespace
-
 TEST_CASE(
     "the Windows agent enrolls under wine, runs tcp_connect and eicar_drop, and its signed results "
     "verify") {

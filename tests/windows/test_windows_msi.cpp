@@ -33,51 +33,6 @@ std::string read(const fs::path& p) {
   return s.str();
 }
 
-// A copy of the shared prefix for one test that installs things, with its own wineserver
-// kept alive between commands (a service runs only while its wineserver lives), for 30 s
-// after the last one, so that even a killed test leaves nothing running for long.
-struct OwnPrefix {
-  explicit OwnPrefix(const fs::path& dir) : path(dir) {
-    auto r = run_command({"/bin/cp", "-a", wine_prefix().string(), path.string()});
-    REQUIRE_MESSAGE(r.rc == 0, r.err);
-    server({"-p30"});
-    // services.exe, and the services it starts, outlive each command: start them with their
-    // output away from run_command's pipes, which they would otherwise hold open.
-    auto boot = run_command({"/bin/sh", "-c",
-                             "WINEPREFIX='" + path.string() +
-                                 "' WINEDEBUG=-all /usr/lib/wine/wine64 wineboot >/dev/null 2>&1"},
-                            120s);
-    REQUIRE(boot.rc == 0);
-  }
-  ~OwnPrefix() {
-    server({"-k"});
-    server({"-w"});
-  }
-  void server(const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {"/usr/bin/env", "WINEPREFIX=" + path.string(),
-                                     "/usr/bin/wineserver"};
-    argv.insert(argv.end(), args.begin(), args.end());
-    run_command(argv, 30s);
-  }
-  CommandResult run(const std::vector<std::string>& args, std::chrono::milliseconds t = 120s) {
-    return wine(args, t, path);
-  }
-  fs::path c(const std::string& rel) const { return path / "drive_c" / rel; }
-  // Stops the service through the SCM and waits until it reports STOPPED. Windows' msiexec
-  // does that itself (ServiceControl Wait="yes"); wine's does not wait, and would then fail
-  // to replace or remove a program file that is still running.
-  void stop_service() {
-    auto r = run({"sc", "stop", "firedrill-agent"});
-    INFO(r.out << r.err);
-    CHECK(wait_until(
-        [&] {
-          return has(run({"sc", "query", "firedrill-agent"}).out, "STOPPED");
-        },
-        60s));
-  }
-  fs::path path;
-};
-
 }  // namespace
 
 TEST_CASE(
@@ -135,11 +90,7 @@ TEST_CASE(
   CHECK(identity.find(id) != std::string::npos);
 
   // The SCM started the service, and it runs the agent with the installed configuration.
-  CHECK(wait_until(
-      [&] {
-        return has(p.run({"sc", "query", "firedrill-agent"}).out, "RUNNING");
-      },
-      60s));
+  CHECK(p.service_reaches("firedrill-agent", "RUNNING"));
   CHECK(
       wait_until([&] { return has(read(data / "agent.log"), "agent " + id + " starting"); }, 60s));
 
@@ -157,11 +108,7 @@ TEST_CASE(
     CHECK(read(data / "state/identity.yaml") == identity);
     CHECK(fs::exists(exe));
     // The upgrade started the service again, still the same agent: no second enrollment.
-    CHECK(wait_until(
-        [&] {
-          return has(p.run({"sc", "query", "firedrill-agent"}).out, "RUNNING");
-        },
-        60s));
+    CHECK(p.service_reaches("firedrill-agent", "RUNNING"));
     CHECK(c.api_get("/api/v1/agents")["agents"].size() == 1);
 
     p.stop_service();
