@@ -47,6 +47,12 @@ void replace_line(const fs::path& file, const std::string& key, const std::strin
   std::ofstream(file, std::ios::trunc) << out;
 }
 
+// The last non-empty line of a CLI's output (where it prints a new token).
+std::string last_line(std::string out) {
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out.substr(out.rfind('\n') + 1);
+}
+
 }  // namespace
 
 CommandResult run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
@@ -204,9 +210,17 @@ void Collector::stop() {
 }
 
 CommandResult Collector::cli(std::vector<std::string> args) {
-  std::vector<std::string> argv = {bin("firedrill").string(), "--server",
+  return cli_as(admin_token(), std::move(args));
+}
+
+CommandResult Collector::cli_as(const fs::path& token_file, std::vector<std::string> args) {
+  std::vector<std::string> argv = {bin("firedrill").string(),
+                                   "--server",
                                    "https://127.0.0.1:" + std::to_string(api_port_),
-                                   "--token-file", admin_token().string()};
+                                   "--token-file",
+                                   token_file.string(),
+                                   "--ca",
+                                   ca_pem().string()};
   argv.insert(argv.end(), args.begin(), args.end());
   return run_command(argv);
 }
@@ -214,9 +228,15 @@ CommandResult Collector::cli(std::vector<std::string> args) {
 std::string Collector::create_token(const std::string& ttl) {
   auto r = cli({"token", "create", "--ttl", ttl});
   if (r.rc != 0) throw std::runtime_error("token create failed: " + r.err);
-  auto out = r.out;
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out.substr(out.rfind('\n') + 1);
+  return last_line(r.out);
+}
+
+fs::path Collector::api_token(const std::string& name, const std::string& role) {
+  auto r = cli({"api-token", "create", "--name", name, "--role", role});
+  if (r.rc != 0) throw std::runtime_error("api-token create failed: " + r.err);
+  auto file = tmp_.path() / (name + ".token");
+  common::write_file_atomic(file, last_line(r.out) + "\n");
+  return file;
 }
 
 nlohmann::json Collector::api_get(const std::string& path, const std::string& token) {

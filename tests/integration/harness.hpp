@@ -84,6 +84,10 @@ class Collector {
 
   // The `firedrill` CLI against this collector with the admin token.
   CommandResult cli(std::vector<std::string> args);
+  // The same with the token in `token_file` (see api_token).
+  CommandResult cli_as(const fs::path& token_file, std::vector<std::string> args);
+  // Creates an API token named `name` with `role` and writes it to a file for cli_as.
+  fs::path api_token(const std::string& name, const std::string& role);
   std::string create_token(const std::string& ttl = "1h");
   nlohmann::json api_get(const std::string& path, const std::string& token = {});
   std::uint64_t stored_results(const std::string& agent_id);  // via the API agents list
