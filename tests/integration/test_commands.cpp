@@ -55,23 +55,6 @@ struct DaemonNginx {
   std::uint16_t port = 0;
 };
 
-// A token of `role` named `name`, written next to the collector's files; returns its path.
-fs::path make_token(Collector& c, const std::string& name, const std::string& role) {
-  auto r = c.cli({"api-token", "create", "--name", name, "--role", role});
-  REQUIRE_MESSAGE(r.rc == 0, r.err);
-  auto file = c.dir().parent_path() / (name + ".token");
-  std::ofstream(file) << r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
-  return file;
-}
-
-CommandResult cli_as(Collector& c, const fs::path& token, std::vector<std::string> args) {
-  std::vector<std::string> argv{bin("firedrill").string(), "--server",
-                                "https://127.0.0.1:" + std::to_string(c.api_port()), "--token-file",
-                                token.string(), "--ca", c.ca_pem().string()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run_command(argv);
-}
-
 json command(Collector& c, std::uint64_t id) { return c.api_get("/api/v1/commands/" + std::to_string(id)); }
 
 json health_incident(Collector& c) {
@@ -118,11 +101,11 @@ TEST_CASE("an unhealthy nginx is restarted by the agent after an approver other 
                   }, 60s),
                   c.log());
 
-  auto olivia = make_token(c, "olivia", "operator");
-  auto anna = make_token(c, "anna", "approver");
-  auto viewer = make_token(c, "screen", "viewer");
+  auto olivia = c.api_token("olivia", "operator");
+  auto anna = c.api_token("anna", "approver");
+  auto viewer = c.api_token("screen", "viewer");
 
-  auto req = cli_as(c, olivia, {"command", "request", "--agent", agent.id(), "--restart", "nginx-test",
+  auto req = c.cli_as(olivia, {"command", "request", "--agent", agent.id(), "--restart", "nginx-test",
                                 "--reason", "wordpress-health failing", "--recheck",
                                 "wordpress-health", "--recheck-after", "1s", "--json"});
   REQUIRE_MESSAGE(req.rc == 0, req.err);
@@ -130,19 +113,19 @@ TEST_CASE("an unhealthy nginx is restarted by the agent after an approver other 
   auto sid = std::to_string(id);
 
   // Refusals before anything runs: the requester, and a viewer.
-  auto self = cli_as(c, olivia, {"approve", sid});
+  auto self = c.cli_as(olivia, {"approve", sid});
   CHECK(self.rc != 0);
   CHECK_MESSAGE(self.err.find("cannot approve their own request") != std::string::npos, self.err);
-  auto weak = cli_as(c, viewer, {"approve", sid});
+  auto weak = c.cli_as(viewer, {"approve", sid});
   CHECK(weak.rc != 0);
   CHECK_MESSAGE(weak.err.find("403") != std::string::npos, weak.err);
-  auto pending = cli_as(c, anna, {"approvals"});
+  auto pending = c.cli_as(anna, {"approvals"});
   REQUIRE(pending.rc == 0);
   CHECK_MESSAGE(pending.out.find("nginx-test") != std::string::npos, pending.out);
   CHECK(command(c, id)["state"] == "awaiting_approval");
   CHECK_FALSE(nginx.up());
 
-  auto ok = cli_as(c, anna, {"approve", sid});
+  auto ok = c.cli_as(anna, {"approve", sid});
   REQUIRE_MESSAGE(ok.rc == 0, ok.err);
 
   // The agent fetches the signed command, runs its own exec action, reports it, rechecks.
@@ -159,11 +142,11 @@ TEST_CASE("an unhealthy nginx is restarted by the agent after an approver other 
                   incident.dump(2));
 
   // A service the agent does not allow: approved at the collector, refused by the agent.
-  auto bad = cli_as(c, olivia, {"command", "request", "--agent", agent.id(), "--restart",
+  auto bad = c.cli_as(olivia, {"command", "request", "--agent", agent.id(), "--restart",
                                 "sshd.service", "--reason", "try", "--json"});
   REQUIRE_MESSAGE(bad.rc == 0, bad.err);
   auto bad_id = json::parse(bad.out)["id"].get<std::uint64_t>();
-  REQUIRE(cli_as(c, anna, {"approve", std::to_string(bad_id)}).rc == 0);
+  REQUIRE(c.cli_as(anna, {"approve", std::to_string(bad_id)}).rc == 0);
   REQUIRE_MESSAGE(wait_until([&] { return command(c, bad_id)["state"] == "refused"; }, 60s),
                   command(c, bad_id).dump(2));
   CHECK(command(c, bad_id)["outcome_reason"] == "not_allowlisted");
@@ -366,8 +349,8 @@ TEST_CASE("the watchdog escalates a restart that did not help and stops at max_r
   agent.write_config_yaml(health_agent_yaml(nginx, {"/bin/true"}));
   agent.start();
   REQUIRE_MESSAGE(wait_until([&] { return command_exists(c, 1); }, 60s), c.log());
-  auto anna = make_token(c, "anna", "approver");
-  REQUIRE(cli_as(c, anna, {"approve", "1"}).rc == 0);
+  auto anna = c.api_token("anna", "approver");
+  REQUIRE(c.cli_as(anna, {"approve", "1"}).rc == 0);
   json incident;
   REQUIRE_MESSAGE(wait_until([&] {
                     incident = health_incident(c);
