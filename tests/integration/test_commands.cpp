@@ -335,10 +335,15 @@ TEST_CASE("the watchdog: unhealthy nginx, approval mail with a one-time link, re
 
 TEST_CASE("the watchdog escalates a restart that did not help and stops at max_restarts") {
   REQUIRE_MESSAGE(fs::exists("/usr/sbin/nginx"), "nginx is missing: install it (scripts/deps)");
+  SmtpSink sink;
   SiemMock hook({{"POST /hook", {{{"status", 200}, {"body", "ok"}}}}});
   CollectorOptions o;
-  o.extra_yaml = "notify:\n  channels:\n    - {name: hook, type: webhook, url: \"" + hook.url() +
+  o.extra_yaml = "notify:\n  link_base: https://collector.soc.test:7444\n  channels:\n"
+                 "    - {name: hook, type: webhook, url: \"" + hook.url() +
                  "/hook\", secret: 0123456789abcdef-secret}\n"
+                 "    - {name: soc-mail, type: email, url: \"" + sink.url() +
+                 "\", starttls: off, from: firedrill@soc.test, to: [soc@soc.test]}\n"
+                 "  approvals: {channel: soc-mail, link_ttl: 1s, approvers: [{name: anna, email: anna@soc.test}]}\n"
                  "watch:\n  - {test: wordpress-health, target: nginx-test, recheck_after: 1s, "
                  "max_restarts: 1 per 1h}\n";
   Collector c(o);
@@ -349,6 +354,17 @@ TEST_CASE("the watchdog escalates a restart that did not help and stops at max_r
   agent.write_config_yaml(health_agent_yaml(nginx, {"/bin/true"}));
   agent.start();
   REQUIRE_MESSAGE(wait_until([&] { return command_exists(c, 1); }, 60s), c.log());
+  // The link lives one second: past that, confirming it is refused and nothing is approved.
+  json mail;
+  REQUIRE_MESSAGE(wait_until([&] { return !(mail = approval_mail_to(sink, "anna@soc.test")).is_null(); }, 60s),
+                  c.log());
+  auto link = link_path(mail);
+  auto expires = fs::file_time_type::clock::now() + 1100ms;
+  wait_until([&] { return fs::file_time_type::clock::now() > expires; }, 10s);
+  auto late = browse(c, link, "decision=approve");
+  CHECK(late.status == 409);
+  CHECK_MESSAGE(late.body.find("expired") != std::string::npos, late.body);
+  CHECK(command(c, 1)["state"] == "awaiting_approval");
   auto anna = c.api_token("anna", "approver");
   REQUIRE(c.cli_as(anna, {"approve", "1"}).rc == 0);
   json incident;
