@@ -11,6 +11,13 @@
 
 namespace firedrill::collector {
 
+std::string quote_hostile(std::string_view s, std::size_t max) {
+  std::string out;
+  for (char c : s.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  if (s.size() > max) out += "...";
+  return out;
+}
+
 using nlohmann::json;
 
 namespace {
@@ -38,13 +45,7 @@ bool all_of(std::string_view s, bool (*pred)(char)) {
   return std::all_of(s.begin(), s.end(), pred);
 }
 
-// Error text quotes hostile input: printable ASCII only, and not much of it.
-std::string printable(std::string_view s, std::size_t max = 64) {
-  std::string out;
-  for (char c : s.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  if (s.size() > max) out += "...";
-  return out;
-}
+std::string printable(std::string_view s, std::size_t max = 64) { return quote_hostile(s, max); }
 
 // ------------------------------------------------------------------------------------------
 // Markers

@@ -55,14 +55,8 @@ SlistPtr append(SlistPtr list, const std::string& header) {
   return SlistPtr(l);
 }
 
-// Error text from the server is shown on a terminal: strip control characters and cap it.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, kMaxErrorTextChars))
-    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? ' ' : c;
-  if (s.size() > kMaxErrorTextChars) out += "...";
-  return out;
-}
+// Error text from the server is shown on a terminal: control characters stripped, capped.
+std::string printable(std::string_view s) { return common::curl::printable(s, kMaxErrorTextChars); }
 
 std::string error_message(long status, const std::string& body) {
   auto j = nlohmann::json::parse(body, nullptr, false);

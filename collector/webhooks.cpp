@@ -124,12 +124,7 @@ constexpr std::size_t kMinTextShare = 2048;
 
 struct TooDeep {};
 
-std::string printable(std::string_view s, std::size_t max = 200) {
-  std::string out;
-  for (char c : s.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  if (s.size() > max) out += "...";
-  return out;
-}
+std::string printable(std::string_view s, std::size_t max = 200) { return quote_hostile(s, max); }
 
 // nlohmann's messages start with "[json.exception.parse_error.101] ".
 std::string json_error_text(const std::exception& e) {
