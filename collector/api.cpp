@@ -968,6 +968,11 @@ Response html_response(http::status status, const std::string& title, const std:
   res.keep_alive(req.keep_alive());
   res.body() = html_page(title, "<h2>" + html_escape(title) + "</h2>\n" + body);
   res.prepare_payload();
+  if (req.method() == http::verb::head) {
+    auto length = res.body().size();
+    res.body().clear();
+    res.content_length(length);
+  }
   return res;
 }
 
@@ -1169,19 +1174,26 @@ Response dispatch(State& st, const Request& req) {
   return detail::make_response(http::status::ok, out, &req);
 }
 
+// The request target as logs may show it: an approval link's token is a credential.
+std::string loggable_target(const Request& req) {
+  std::string t(req.target());
+  if (t.rfind("/approve/", 0) == 0) return "/approve/<token>";
+  return t;
+}
+
 Response handle_request(State& st, const Request& req, const std::string& remote) {
   try {
     return dispatch(st, req);
   } catch (const HttpError& e) {
     if (e.status == http::status::unauthorized)
       spdlog::warn("api: {} {} from {}: {}", std::string(req.method_string()),
-                   std::string(req.target()), remote, e.what());
+                   loggable_target(req), remote, e.what());
     auto res = detail::error_response(e.status, e.what(), &req);
     if (e.status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
     return res;
   } catch (const std::exception& e) {
     spdlog::error("api: {} {} from {} failed: {}", std::string(req.method_string()),
-                  std::string(req.target()), remote, e.what());
+                  loggable_target(req), remote, e.what());
     return detail::error_response(http::status::internal_server_error,
                                   "internal error (see the collector log)", &req);
   }

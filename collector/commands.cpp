@@ -85,7 +85,9 @@ std::string encode(const CommandRecord& c) {
               {"signature", common::to_hex(k.signature)},
               {"outcome_reason", c.outcome_reason},
               {"outcome_evidence", c.outcome_evidence},
-              {"used_links", c.used_links}}
+              {"outcome_agent_ns", c.outcome_agent_ns},
+              {"used_links", c.used_links},
+              {"refused_links", c.refused_links}}
       .dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -118,6 +120,8 @@ CommandRecord decode(const std::string& s) {
     c.outcome_reason = j.value("outcome_reason", "");
     c.outcome_evidence = j.value("outcome_evidence", std::map<std::string, std::string>{});
     c.used_links = j.value("used_links", std::vector<std::string>{});
+    c.refused_links = j.value("refused_links", std::vector<std::string>{});
+    c.outcome_agent_ns = j.value("outcome_agent_ns", std::int64_t{0});
     if (c.approved_ns) {
       auto& k = c.command;
       k = command_fields(c);
@@ -176,6 +180,7 @@ json command_json(const CommandRecord& c) {
   j.erase("v");
   j.erase("signature");
   j.erase("used_links");  // link ids are not secrets, but they are of no use to a reader
+  j.erase("refused_links");
   j["command_id"] = command_name(c.id);
   for (const char* name : {"requested", "request_expires", "approved", "delivered", "finished"}) {
     auto ns = j.value(std::string(name) + "_ns", std::int64_t{0});
@@ -401,10 +406,12 @@ CommandRecord CommandEngine::link_target(const ApprovalLink& l, const std::strin
     why = "command #" + std::to_string(c.id) + " is " + command_state_name(c.state) +
           ", not awaiting approval";
   if (why.empty()) return c;
-  if (audit_)
-    audit_->append(l.approver, "approval_link_refused", command_name(c.id),
-                   {{"link_id", l.link_id}, {"decision", decision}, {"why", why}});
   spdlog::warn("command {}: approval link of {} refused: {}", command_name(c.id), l.approver, why);
+  // Audited the first time only: whoever holds a spent link must not be able to grow the log.
+  if (std::find(c.refused_links.begin(), c.refused_links.end(), l.link_id) == c.refused_links.end()) {
+    c.refused_links.push_back(l.link_id);
+    save(c, l.approver, "approval_link_refused", {{"link_id", l.link_id}, {"decision", decision}, {"why", why}});
+  }
   throw CommandError(why);
 }
 
@@ -487,6 +494,7 @@ void CommandEngine::results_stored(const std::string& agent_id,
     c->finished_ns = now_();
     c->outcome_reason = b.reason;
     c->outcome_evidence = b.evidence;
+    c->outcome_agent_ns = b.finished_ns;
     json detail = {{"verdict", b.verdict}, {"reason", b.reason}};
     for (const char* k : {"exit_code", "nonce"})
       if (auto it = b.evidence.find(k); it != b.evidence.end()) detail[k] = it->second;

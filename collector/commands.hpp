@@ -68,7 +68,9 @@ struct CommandRecord {
   common::Command command;  // once approved: what the agent receives, signed
   std::string outcome_reason;
   std::map<std::string, std::string> outcome_evidence;
+  std::int64_t outcome_agent_ns = 0;    // when the agent finished it, agent clock (raw)
   std::vector<std::string> used_links;  // approval links already used (their link ids)
+  std::vector<std::string> refused_links;  // links refused once (audited once, not again)
 };
 nlohmann::json command_json(const CommandRecord& c);
 

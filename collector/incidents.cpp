@@ -259,6 +259,7 @@ std::vector<Signal> signals_from_result(const common::ResultBody& body, const st
     auto s = make_signal(kind, body.test_id, agent_id, policy, body.target);
     s.marker = body.marker;
     s.time_ns = time_ns;
+    s.agent_started_ns = body.started_ns;
     s.clears = clears;
     s.title = std::move(title);
     s.detail = std::move(detail);
@@ -438,6 +439,7 @@ std::string encode_incident(const Incident& i) {
                {"opened_ns", i.opened_ns},
                {"reopened_ns", i.reopened_ns},
                {"last_failure_ns", i.last_failure_ns},
+               {"last_failure_agent_ns", i.last_failure_agent_ns},
                {"updated_ns", i.updated_ns},
                {"acknowledged_ns", i.acknowledged_ns},
                {"resolved_ns", i.resolved_ns},
@@ -475,6 +477,7 @@ Incident decode_incident(const std::string& s) {
     i.opened_ns = j.value("opened_ns", std::int64_t{0});
     i.reopened_ns = j.value("reopened_ns", std::int64_t{0});
     i.last_failure_ns = j.value("last_failure_ns", std::int64_t{0});
+    i.last_failure_agent_ns = j.value("last_failure_agent_ns", std::int64_t{0});
     i.updated_ns = j.value("updated_ns", std::int64_t{0});
     i.acknowledged_ns = j.value("acknowledged_ns", std::int64_t{0});
     i.resolved_ns = j.value("resolved_ns", std::int64_t{0});
@@ -693,6 +696,7 @@ std::optional<Incident> IncidentEngine::apply_locked(const Signal& s, Txn& t) {
     i.occurrences = 1;
     i.opened_ns = t.now;
     i.last_failure_ns = s.time_ns;
+    i.last_failure_agent_ns = s.agent_started_ns;
     restart_timers(i);
     t.keys[s.key] = i.id;
     return t.record(i, kSystem, "opened", s.detail);
@@ -700,6 +704,7 @@ std::optional<Incident> IncidentEngine::apply_locked(const Signal& s, Txn& t) {
   auto& i = *cur;
   ++i.occurrences;
   i.last_failure_ns = std::max(i.last_failure_ns, s.time_ns);
+  i.last_failure_agent_ns = std::max(i.last_failure_agent_ns, s.agent_started_ns);
   if (!s.marker.empty()) i.marker = s.marker;
   if (i.active()) return t.record(i, kSystem, "occurrence", s.detail);
   // Resolved and seen again: the same incident, reopened for a fresh triage.
@@ -819,10 +824,14 @@ Incident IncidentEngine::pause(std::uint64_t id, const std::string& actor,
   });
 }
 
-Incident IncidentEngine::resume(std::uint64_t id, const std::string& actor) {
+Incident IncidentEngine::resume(std::uint64_t id, const std::string& actor,
+                                const std::string& only_if_reason_prefix) {
   return human(id, actor, [&](Incident& i, Txn& t) {
     require_active(i, "resume the SLA of");
     if (!i.paused()) throw IncidentError("incident #" + std::to_string(id) + " is not paused");
+    if (i.pause_reason.rfind(only_if_reason_prefix, 0) != 0)
+      throw IncidentError("incident #" + std::to_string(id) + " was paused for another reason: " +
+                          i.pause_reason);
     auto why = i.pause_reason;
     i.pause_reason.clear();
     resume_timer(i.ack_sla, t.now);
@@ -832,10 +841,12 @@ Incident IncidentEngine::resume(std::uint64_t id, const std::string& actor) {
 }
 
 Incident IncidentEngine::escalate(std::uint64_t id, const std::string& actor,
-                                  const std::string& reason) {
+                                  const std::string& reason,
+                                  const std::map<std::string, std::uint64_t>& cursors) {
   auto why = required_text(reason, "reason", kMaxText);
   return human(id, actor, [&](Incident& i, Txn& t) {
     require_active(i, "escalate");
+    for (const auto& [name, v] : cursors) t.cursors[name] = v;
     std::string detail = why;
     if (i.severity != Severity::critical)
       detail += " (severity " + severity_name(i.severity) + " -> critical)";
@@ -987,6 +998,13 @@ std::vector<Incident> IncidentEngine::list(const IncidentFilter& f, std::size_t 
     if ((!f.state || i.state == *f.state) && (!f.severity || i.severity == *f.severity))
       out.push_back(std::move(i));
   }
+  return out;
+}
+
+std::vector<Incident> IncidentEngine::active() const {
+  std::lock_guard lk(mu_);
+  std::vector<Incident> out;
+  for (const auto& [id, i] : active_) out.push_back(i);
   return out;
 }
 

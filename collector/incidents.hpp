@@ -108,6 +108,7 @@ struct Signal {
   std::string target;  // for results and detections: the run's target ("" for one-target tests)
   std::string detail;
   std::int64_t time_ns = 0;
+  std::int64_t agent_started_ns = 0;  // from a result: when the run began, agent clock (raw)
   bool clears = false;
 };
 
@@ -186,6 +187,10 @@ struct Incident {
   std::int64_t opened_ns = 0, reopened_ns = 0, updated_ns = 0;
   std::int64_t acknowledged_ns = 0, resolved_ns = 0, closed_ns = 0;
   std::int64_t last_failure_ns = 0;  // the newest failing signal's own time (a result's arrival)
+  // The newest failing run's start on the agent's own (raw) clock: compared with a command's
+  // outcome time from the same agent, it tells a check run after a restart from one that was
+  // in flight before it, whatever the upload delays.
+  std::int64_t last_failure_agent_ns = 0;
   bool touched = false;  // a human acknowledged or noted the current opening
   std::string resolution;
   std::string pause_reason;  // non-empty while the SLA timers are paused
@@ -251,10 +256,15 @@ class IncidentEngine {
   Incident close(std::uint64_t id, const std::string& actor, const std::string& reason);
   // SLA timers stand still while paused (e.g. a restart waits for approval).
   Incident pause(std::uint64_t id, const std::string& actor, const std::string& reason);
-  Incident resume(std::uint64_t id, const std::string& actor);
+  // With `only_if_reason_prefix`, only a pause whose reason starts with it is resumed (checked
+  // under the engine's lock, so a human's later pause is never lifted by mistake).
+  Incident resume(std::uint64_t id, const std::string& actor,
+                  const std::string& only_if_reason_prefix = "");
   // Something that should have fixed it did not (the watchdog's restart, say): raised to
   // critical (its SLA timers keep running as they were) and announced as "escalated".
-  Incident escalate(std::uint64_t id, const std::string& actor, const std::string& reason);
+  // `cursors` (see set_cursors) are written in the same synced write.
+  Incident escalate(std::uint64_t id, const std::string& actor, const std::string& reason,
+                    const std::map<std::string, std::uint64_t>& cursors = {});
 
   // Fires due SLA breaches (once per timer, persisted) and auto-closes untouched
   // low/informational incidents older than auto_close_after.
@@ -278,6 +288,8 @@ class IncidentEngine {
   std::optional<Incident> get(std::uint64_t id) const;
   // Newest first, at most limit.
   std::vector<Incident> list(const IncidentFilter& f, std::size_t limit) const;
+  // The open and acknowledged incidents (held in memory), by id.
+  std::vector<Incident> active() const;
   // Incidents closed without anyone touching them at or after since_ns, by kind.
   std::map<IncidentKind, std::size_t> closed_untouched_since(std::int64_t since_ns) const;
 

@@ -710,6 +710,8 @@ NotifyConfig NotifyConfig::load(const common::ConfigNode& node, const std::files
       item.check_keys({"name", "email"});
       Approver who{item.str("name"), item.str("email")};
       if (who.name.empty() || who.name.size() > 64) item.fail("name", "must be 1-64 characters");
+      if (who.name == "watchdog" || who.name == "system")
+        item.fail("name", "'" + who.name + "' is reserved for the collector itself");
       if (!valid_address(who.email)) item.fail("email", "'" + who.email + "' is not a mail address");
       for (const auto& other : a.approvers)
         if (other.name == who.name) item.fail("name", "approver '" + who.name + "' is listed twice");
@@ -1152,7 +1154,7 @@ struct Notifier::Impl {
           cmd = commands->get(std::stoull(e.subject.substr(4)));
         } catch (const std::exception&) {
         }
-        if (!cmd) continue;
+        if (!cmd || cmd->state != CommandState::awaiting_approval) continue;  // decided already
         json snap = approval_snapshot(*cmd, commands->policy().approvals_required, t);
         auto add = [&](const std::string& channel, const std::string& approver, const std::string& email) {
           Delivery d = make(channel, "approval", t, id++);
@@ -1319,6 +1321,16 @@ struct Notifier::Impl {
       json snap = d.snapshot;
       if ((d.kind == "status" || d.kind == "all_clear") && cfg.status && !cfg.status->to.empty())
         to = cfg.status->to;
+      if (d.kind == "approval" && commands) {
+        auto id = static_cast<std::uint64_t>(num(snap["command"], "id"));
+        auto now_cmd = commands->get(id);
+        if (!now_cmd || now_cmd->state != CommandState::awaiting_approval) {
+          SendError obsolete("not sent: cmd-" + std::to_string(id) + " was decided before the mail went out (" +
+                             (now_cmd ? command_state_name(now_cmd->state) : std::string("gone")) + ")");
+          obsolete.permanent = true;
+          throw obsolete;
+        }
+      }
       if (d.kind == "approval" && snap.contains("approver")) {
         to = snap.value("to", std::vector<std::string>{});
         // The link is minted now (the same one on every retry) and never stored.

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <map>
 #include <regex>
 
 #include "common/clock.hpp"
@@ -123,92 +124,136 @@ void Watchdog::loop() {
 
 std::size_t Watchdog::poll_once() {
   std::size_t actions = 0;
-  for (auto st : {IncidentState::open, IncidentState::acknowledged})
-    for (const auto& i : incidents_.list({st, std::nullopt}, 10000)) {
-      if (i.kind != IncidentKind::health_failed) continue;
-      const WatchRule* rule = policy_.rule_for(i.test_id, i.agent_id);
-      if (!rule) continue;
-      try {
-        actions += handle(i, *rule);
-      } catch (const CommandError& e) {
-        spdlog::warn("watchdog: incident #{}: {}", i.id, e.what());
-      } catch (const IncidentError& e) {
-        spdlog::warn("watchdog: incident #{}: {}", i.id, e.what());
-      }
+  // One scan of the watchdog's own commands per round, grouped by incident.
+  std::map<std::uint64_t, std::vector<CommandRecord>> by_incident;
+  std::vector<CommandRecord> mine;
+  for (auto& c : commands_.find([](const CommandRecord& c) { return c.requester == kRequester; })) {
+    by_incident[c.incident_id].push_back(c);
+    mine.push_back(std::move(c));
+  }
+  std::map<std::uint64_t, Incident> active;
+  for (auto& i : incidents_.active()) active.emplace(i.id, std::move(i));
+
+  // A request whose incident has moved on (resolved, closed, or reopened since) is withdrawn:
+  // nobody should approve a restart of a service that is healthy again.
+  for (const auto& c : mine) {
+    if (c.state != CommandState::awaiting_approval) continue;
+    auto it = active.find(c.incident_id);
+    bool current = it != active.end() &&
+                   c.requested_ns >= std::max(it->second.opened_ns, it->second.reopened_ns);
+    if (current) continue;
+    try {
+      commands_.deny(c.id, kRequester,
+                     "withdrawn by the watchdog: incident #" + std::to_string(c.incident_id) +
+                         " recovered before anyone approved");
+      ++actions;
+    } catch (const CommandError& e) {  // decided meanwhile
+      spdlog::info("watchdog: {}: {}", cmd_name(c), e.what());
     }
+  }
+
+  for (const auto& [id, i] : active) {
+    if (i.kind != IncidentKind::health_failed) continue;
+    try {
+      const WatchRule* rule = policy_.rule_for(i.test_id, i.agent_id);
+      if (!rule) {  // the rule went away: do not leave the SLA frozen
+        if (i.paused() && i.pause_reason.rfind(kPausePrefix, 0) == 0) {
+          incidents_.resume(i.id, kRequester, std::string(kPausePrefix));
+          ++actions;
+        }
+        continue;
+      }
+      actions += handle(i, *rule, by_incident[i.id], mine);
+    } catch (const std::exception& e) {
+      spdlog::warn("watchdog: incident #{}: {}", i.id, e.what());
+    }
+  }
   return actions;
 }
 
-std::size_t Watchdog::handle(const Incident& i, const WatchRule& rule) {
+std::size_t Watchdog::handle(const Incident& i, const WatchRule& rule,
+                             const std::vector<CommandRecord>& for_incident,
+                             const std::vector<CommandRecord>& mine) {
   const std::int64_t opening = std::max(i.opened_ns, i.reopened_ns);
   const std::int64_t now = now_();
-  auto cmds = commands_.find([&](const CommandRecord& c) {
-    return c.requester == kRequester && c.incident_id == i.id && c.requested_ns >= opening;
-  });
-  const CommandRecord* latest = cmds.empty() ? nullptr : &cmds.back();
+  const CommandRecord* latest = nullptr;  // the newest request of this opening
+  for (const auto& c : for_incident)
+    if (c.requested_ns >= opening && (!latest || c.id > latest->id)) latest = &c;
   const auto handled = incidents_.cursor(cursor_name(i.id, "handled"));
+  const auto paused_for = incidents_.cursor(cursor_name(i.id, "paused"));
   const bool stopped = incidents_.cursor(cursor_name(i.id, "stopped")) == static_cast<std::uint64_t>(opening);
   std::size_t actions = 0;
 
-  // The SLA stands still only while a human is asked.
-  bool ours = i.paused() && i.pause_reason.rfind(kPausePrefix, 0) == 0;
+  // The SLA stands still while a human is asked, once per request: a person who resumes it
+  // on purpose is not overruled.
   if (latest && latest->state == CommandState::awaiting_approval) {
-    if (!i.paused()) {
+    if (!i.paused() && paused_for != latest->id) {
       incidents_.pause(i.id, kRequester, std::string(kPausePrefix) + cmd_name(*latest));
+      incidents_.set_cursors({{cursor_name(i.id, "paused"), latest->id}});
       ++actions;
     }
     return actions;
   }
-  if (ours) {
-    incidents_.resume(i.id, kRequester);
+  if (i.paused() && i.pause_reason.rfind(kPausePrefix, 0) == 0) {
+    incidents_.resume(i.id, kRequester, std::string(kPausePrefix));
     ++actions;
   }
   if (stopped) return actions;
   if (latest && (latest->state == CommandState::approved || latest->state == CommandState::delivered))
     return actions;  // on its way to the agent
 
-  auto stop_for_opening = [&](std::uint64_t handled_id) {
+  auto stop_cursors = [&](std::uint64_t handled_id) {
     std::map<std::string, std::uint64_t> c{{cursor_name(i.id, "stopped"), static_cast<std::uint64_t>(opening)}};
     if (handled_id) c[cursor_name(i.id, "handled")] = handled_id;
-    incidents_.set_cursors(c);
+    return c;
   };
+  auto short_text = [](std::string s) { return s.size() > 300 ? s.substr(0, 297) + "..." : s; };
 
   if (latest && latest->id > handled) {
     if (latest->state == CommandState::executed) {
-      bool failed_after = i.last_failure_ns > latest->finished_ns;
+      // Did a check that began after the restart fail? Both times are the agent's own clock,
+      // so a check in flight during the restart does not count, whenever it was uploaded.
+      bool failed_after = latest->outcome_agent_ns > 0 && i.last_failure_agent_ns > 0
+                              ? i.last_failure_agent_ns >= latest->outcome_agent_ns
+                              : i.last_failure_ns > latest->finished_ns + latest->recheck_after_ns;
       if (!failed_after && now < latest->finished_ns + ns(rule.recheck_after) + kRecheckGraceNs)
         return actions;  // waiting for the recheck
       incidents_.escalate(i.id, kRequester,
                           "restart " + cmd_name(*latest) + " of " + latest->target + " ran, but " +
-                              i.test_id + (failed_after ? " still fails after it" : " did not recover in time"));
-      incidents_.set_cursors({{cursor_name(i.id, "handled"), latest->id}});
+                              i.test_id + (failed_after ? " still fails after it" : " did not recover in time"),
+                          {{cursor_name(i.id, "handled"), latest->id}});
       ++actions;
     } else {
-      std::string what = command_state_name(latest->state);
-      std::string why = latest->state == CommandState::denied
-                            ? "denied by " + latest->denied_by + ": " + latest->deny_reason
-                        : latest->state == CommandState::expired ? "nobody approved it in time"
-                                                                 : "the agent said " + latest->outcome_reason;
+      std::string why =
+          latest->state == CommandState::denied ? "denied by " + latest->denied_by + ": " + latest->deny_reason
+          : latest->state != CommandState::expired ? "the agent said " + latest->outcome_reason
+          : latest->approved_ns == 0               ? "nobody approved it in time"
+          : latest->delivered_ns == 0              ? "the agent did not fetch it in time"
+                                                   : "the agent reported no outcome in time";
       incidents_.escalate(i.id, kRequester,
-                          "restart " + cmd_name(*latest) + " of " + latest->target + " was " + what +
-                              " (" + why + "); no automatic restart until this incident is resolved");
-      stop_for_opening(latest->id);
+                          "restart " + cmd_name(*latest) + " of " + latest->target + " was " +
+                              command_state_name(latest->state) + " (" + short_text(why) +
+                              "); no automatic restart until this incident is resolved",
+                          stop_cursors(latest->id));
       return actions + 1;
     }
   }
 
-  // Ask (again), unless the window's budget is spent.
+  // Ask (again): not while another restart of the same service is under way, and not past the
+  // window's budget. Every request that was approved counts, whatever became of it.
   const std::int64_t since = now - ns(rule.window);
-  auto recent = commands_.find([&](const CommandRecord& c) {
-    return c.requester == kRequester && c.agent_id == i.agent_id && c.target == rule.target &&
-           c.requested_ns >= since && c.state != CommandState::denied && c.state != CommandState::expired;
-  });
-  if (recent.size() >= rule.max_restarts) {
+  std::size_t recent = 0;
+  for (const auto& c : mine) {
+    if (c.agent_id != i.agent_id || c.target != rule.target) continue;
+    if (!command_final(c.state)) return actions;  // e.g. requested for another opening or test
+    if (c.requested_ns >= since && c.approved_ns != 0) ++recent;
+  }
+  if (recent >= rule.max_restarts) {
     incidents_.escalate(i.id, kRequester,
-                        "max_restarts reached: " + std::to_string(recent.size()) + " restart(s) of " +
+                        "max_restarts reached: " + std::to_string(recent) + " restart(s) of " +
                             rule.target + " within " + common::format_duration(rule.window) +
-                            "; the watchdog stops restarting it until this incident is resolved");
-    stop_for_opening(latest ? latest->id : 0);
+                            "; the watchdog stops restarting it until this incident is resolved",
+                        stop_cursors(latest ? latest->id : 0));
     return actions + 1;
   }
   CommandRequest r;
@@ -219,11 +264,24 @@ std::size_t Watchdog::handle(const Incident& i, const WatchRule& rule) {
   r.incident_id = i.id;
   r.recheck_test = rule.test;
   r.recheck_after_ns = ns(rule.recheck_after);
-  r.reason = "incident #" + std::to_string(i.id) + ": " + i.title + " (watch policy for " + rule.test + ")";
-  auto c = commands_.request(r);
+  r.reason = short_text("incident #" + std::to_string(i.id) + ": " + i.title + " (watch policy for " +
+                        rule.test + ")");
+  CommandRecord c;
+  try {
+    c = commands_.request(r);
+  } catch (const CommandError& e) {  // e.g. the agent was revoked: say so once, then stop
+    incidents_.escalate(i.id, kRequester,
+                        "the watchdog cannot request a restart of " + rule.target + ": " +
+                            short_text(e.what()) + "; no automatic restart until this incident is resolved",
+                        stop_cursors(latest ? latest->id : 0));
+    return actions + 1;
+  }
   spdlog::info("watchdog: incident #{}: requested {} (restart {} on {})", i.id, cmd_name(c), rule.target,
                i.agent_id);
-  if (!i.paused()) incidents_.pause(i.id, kRequester, std::string(kPausePrefix) + cmd_name(c));
+  if (!i.paused()) {
+    incidents_.pause(i.id, kRequester, std::string(kPausePrefix) + cmd_name(c));
+    incidents_.set_cursors({{cursor_name(i.id, "paused"), c.id}});
+  }
   return actions + 1;
 }
 

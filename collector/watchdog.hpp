@@ -70,7 +70,10 @@ class Watchdog {
   std::size_t poll_once();
 
  private:
-  std::size_t handle(const Incident& i, const WatchRule& rule);
+  // `for_incident`: the watchdog's commands for this incident; `mine`: all of its commands.
+  std::size_t handle(const Incident& i, const WatchRule& rule,
+                     const std::vector<CommandRecord>& for_incident,
+                     const std::vector<CommandRecord>& mine);
   void loop();
 
   IncidentEngine& incidents_;

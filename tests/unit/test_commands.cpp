@@ -188,6 +188,7 @@ TEST_CASE("approval links: signed for one approver, single use, expiring, never 
   CHECK(l.expires_ns == c.request_expires_ns);
 
   SUBCASE("any changed character is refused, and so is another collector's link") {
+    const auto audited = f.audit->head_seq();
     for (std::size_t pos : {std::size_t{3}, link.find('.') - 2, link.find('.') + 5, link.size() - 3}) {
       std::string bad = link;
       bad[pos] = bad[pos] == 'A' ? 'B' : 'A';
@@ -200,6 +201,7 @@ TEST_CASE("approval links: signed for one approver, single use, expiring, never 
                          "not a valid approval link (damaged, or not made by this collector)",
                          CommandError);
     CHECK(f.engine->get(c.id)->state == CommandState::awaiting_approval);
+    CHECK(f.audit->head_seq() == audited);  // a stranger's forgeries write nothing to the log
   }
   SUBCASE("used once it approves as its approver, used twice it is refused and audited") {
     auto a = f.engine->approve_by_link(link);
@@ -208,9 +210,10 @@ TEST_CASE("approval links: signed for one approver, single use, expiring, never 
     CHECK(a.approvals[0].first == "anna");
     CHECK_THROWS_WITH_AS(f.engine->approve_by_link(link), "this approval link was already used",
                          CommandError);
+    CHECK_THROWS_AS(f.engine->deny_by_link(link, "again"), CommandError);
     auto acts = f.actions();
     CHECK(contains(acts, "command_approved"));
-    CHECK(contains(acts, "approval_link_refused"));
+    CHECK(std::count(acts.begin(), acts.end(), "approval_link_refused") == 1);  // audited once
     CHECK(f.audit->verify().ok());
   }
   SUBCASE("a link used to deny is spent too") {

@@ -81,6 +81,7 @@ watch:
     s.agent_id = kAgent;
     s.title = "health check wordpress-health failing on agt-web01";
     s.time_ns = now;
+    s.agent_started_ns = now - 1 * kSec;  // the check began a second before it arrived
     s.clears = healthy;
     return s;
   }
@@ -98,6 +99,7 @@ watch:
     outcome.verdict = verdict;
     outcome.reason = verdict == "executed" ? "exit_0" : "not_allowlisted";
     outcome.evidence = {{"nonce", polled.commands[0].nonce}};
+    outcome.finished_ns = now;  // the agent's clock (the same as ours here)
     commands->results_stored(kAgent, {outcome});
   }
   std::vector<std::string> timeline() {
@@ -237,6 +239,79 @@ TEST_CASE("watchdog: denied, expired or refused stops asking for this opening, a
   CHECK(f.incident().state == IncidentState::open);
   CHECK(f.watchdog->poll_once() == 1);
   CHECK(f.cmds().size() == 2);
+}
+
+TEST_CASE("watchdog: a check that began before the restart but arrived after it is not a failed recheck") {
+  Fixture f;
+  f.incidents->apply(f.health(false));
+  f.watchdog->poll_once();
+  f.commands->approve(1, "anna");
+  f.watchdog->poll_once();
+  f.now += 10 * kSec;
+  f.agent_runs(1);  // the restart finished at now (agent clock)
+  f.now += 3 * kSec;
+  auto in_flight = f.health(false);
+  in_flight.agent_started_ns = f.now - 8 * kSec;  // started 5 s before the restart finished
+  f.incidents->apply(in_flight);
+  CHECK(f.watchdog->poll_once() == 0);
+  CHECK_FALSE(contains(f.timeline(), "escalated"));
+  f.now += 180 * kSec;
+  f.incidents->apply(f.health(false));  // the recheck, begun after the restart, fails
+  CHECK(f.watchdog->poll_once() >= 1);
+  CHECK(contains(f.timeline(), "escalated"));
+}
+
+TEST_CASE("watchdog: a request whose incident recovers is withdrawn, and nothing is asked twice") {
+  Fixture f;
+  f.incidents->apply(f.health(false));
+  CHECK(f.watchdog->poll_once() == 1);
+  f.now += 30 * kSec;
+  f.incidents->apply(f.health(true));  // recovered on its own while nobody approved
+  CHECK(f.watchdog->poll_once() == 1);
+  auto c = *f.commands->get(1);
+  CHECK(c.state == CommandState::denied);
+  CHECK(c.denied_by == "watchdog");
+  CHECK(c.deny_reason.find("recovered before anyone approved") != std::string::npos);
+  CHECK_THROWS_AS(f.commands->approve(1, "anna"), CommandError);  // too late to restart it
+
+  // Reopened while an approved restart is still on its way: no second request meanwhile.
+  f.now += 60 * kSec;
+  f.incidents->apply(f.health(false));
+  CHECK(f.watchdog->poll_once() == 1);  // cmd-2 for the reopening
+  f.commands->approve(2, "anna");
+  f.incidents->apply(f.health(true));
+  f.now += 60 * kSec;
+  f.incidents->apply(f.health(false));  // reopened again before the agent fetched cmd-2
+  CHECK(f.watchdog->poll_once() == 0);
+  CHECK(f.cmds().size() == 2);
+}
+
+TEST_CASE("watchdog: a person who resumes the SLA is not overruled, a revoked agent is escalated once") {
+  Fixture f;
+  f.incidents->apply(f.health(false));
+  f.watchdog->poll_once();
+  CHECK(f.incident().paused());
+  f.incidents->resume(1, "olivia");  // on purpose: the SLA runs while we wait
+  CHECK(f.watchdog->poll_once() == 0);
+  CHECK_FALSE(f.incident().paused());
+  f.incidents->pause(1, "olivia", "vendor call");
+  f.commands->deny(1, "anna", "not now");
+  f.watchdog->poll_once();
+  CHECK(f.incident().pause_reason == "vendor call");  // a person's pause is theirs to lift
+
+  Fixture g;
+  AgentRecord revoked;
+  revoked.agent_id = kAgent;
+  revoked.revoked = true;
+  WriteSet ws;
+  ws.put_agent(revoked);
+  g.store->commit(std::move(ws));
+  g.incidents->apply(g.health(false));
+  CHECK(g.watchdog->poll_once() == 1);
+  CHECK(g.cmds().empty());
+  CHECK(g.timeline().back() == "escalated");
+  CHECK(g.incident().timeline.back().detail.find("cannot request a restart") != std::string::npos);
+  CHECK(g.watchdog->poll_once() == 0);  // said once, not every round
 }
 
 TEST_CASE("watch policy: loads max_restarts as \"N per window\", names the key of every mistake") {
