@@ -4,7 +4,6 @@
 
 #include <mutex>
 #include <new>
-#include <optional>
 #include <string_view>
 
 namespace firedrill::common::curl::loaded {
@@ -69,14 +68,16 @@ Api open_api(const std::string& soname) {
 
 const Api& api() {
   static std::mutex mutex;
-  static std::optional<Api> loaded;
+  // Never destroyed: the blocking pool's threads may still be in a transfer while static
+  // objects are destroyed at exit, and the library itself stays loaded anyway.
+  static const Api* loaded = nullptr;
   std::lock_guard lock(mutex);
   if (loaded) return *loaded;
   Api a = open_api(kLibcurlSoname);
-  // Thread-safe since 7.84; kept loaded for the life of the process from here on.
+  // Thread-safe since 7.84.
   if (CURLcode rc = a.global_init(CURL_GLOBAL_DEFAULT); rc != CURLE_OK)
     throw Unavailable(std::string("curl_global_init failed: ") + a.easy_strerror(rc));
-  loaded = std::move(a);
+  loaded = new Api(std::move(a));
   return *loaded;
 }
 
