@@ -7,7 +7,6 @@
 #include "agent/probe_tls_policy.hpp"
 #include "agent/probe_web_download.hpp"
 #include "common/config.hpp"
-#include "common/curl.hpp"
 
 namespace firedrill::agent {
 
@@ -36,10 +35,6 @@ void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex, cons
   probes["tls_policy"] = std::make_unique<TlsPolicyProbe>(ex, cfg.allowlist, clock);
   probes["http_check"] = std::make_unique<HttpCheckProbe>(ex, cfg.allowlist, clock);
   probes["dns_lookup"] = std::make_unique<DnsLookupProbe>(ex, cfg.allowlist, clock);
-}
-
-void init_optional_probe_libraries() {
-  common::curl::global_init();
 }
 
 }  // namespace firedrill::agent

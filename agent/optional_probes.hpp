@@ -1,6 +1,7 @@
 // The probe kinds built on libcurl and c-ares (web_download, http_beacon, tls_policy,
 // http_check, dns_lookup) are optional: CMake option FIREDRILL_WEB_PROBES picks
 // optional_probes.cpp (all of them) or optional_probes_none.cpp (none; the Windows build).
+// The agent does not link libcurl: the first web probe run loads it (common/curl_loader.hpp).
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -33,7 +34,5 @@ void load_optional_params(const common::ConfigNode& t, const common::ConfigNode&
                           TestSpec& s, const Allowlist& allow);
 void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex, const AgentConfig& cfg,
                          const ClockState& clock);
-// Process-wide start of the libraries those kinds use (libcurl), on the calling thread.
-void init_optional_probe_libraries();
 
 }  // namespace firedrill::agent

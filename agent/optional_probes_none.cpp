@@ -20,6 +20,4 @@ void load_optional_params(const common::ConfigNode& t, const common::ConfigNode&
 void add_optional_probes(ProbeSet&, boost::asio::any_io_executor, const AgentConfig&,
                          const ClockState&) {}
 
-void init_optional_probe_libraries() {}
-
 }  // namespace firedrill::agent

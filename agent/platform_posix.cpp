@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <cerrno>
 #include <csignal>
@@ -11,7 +12,7 @@
 #include <stdexcept>
 
 #include "agent/platform.hpp"
-#include "common/service.hpp"
+#include "agent/systemd_notify.hpp"
 
 namespace firedrill::agent::platform {
 
@@ -79,9 +80,19 @@ bool exists_no_follow(const std::filesystem::path& p) {
 }
 
 struct ServiceHost::Impl {
-  explicit Impl(boost::asio::io_context& io) : notifier(io), signals(io, SIGINT, SIGTERM) {}
-  common::ServiceNotifier notifier;  // systemd: READY, STATUS, WATCHDOG, STOPPING
+  explicit Impl(boost::asio::io_context& io) : watchdog(io), signals(io, SIGINT, SIGTERM) {}
+  boost::asio::steady_timer watchdog;
+  std::chrono::microseconds watchdog_interval{0};
   boost::asio::signal_set signals;
+
+  // From the event loop: if it hangs, the pings stop and systemd restarts the agent.
+  void ping() {
+    systemd::notify("WATCHDOG=1");
+    watchdog.expires_after(watchdog_interval / 2);
+    watchdog.async_wait([this](boost::system::error_code ec) {
+      if (!ec) ping();
+    });
+  }
 };
 
 ServiceHost::ServiceHost(boost::asio::io_context& io) : impl_(std::make_unique<Impl>(io)) {}
@@ -94,11 +105,14 @@ void ServiceHost::on_stop(std::function<void(const std::string&)> handler) {
 }
 
 void ServiceHost::ready(const std::string& status) {
-  impl_->notifier.ready(status);
+  systemd::notify("READY=1\nSTATUS=" + status);
+  impl_->watchdog_interval = systemd::watchdog_interval();
+  if (impl_->watchdog_interval.count() > 0) impl_->ping();
 }
 
 void ServiceHost::stopping() {
-  impl_->notifier.stopping();
+  impl_->watchdog.cancel();
+  systemd::notify("STOPPING=1");
   impl_->signals.cancel();
 }
 

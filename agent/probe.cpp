@@ -7,7 +7,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "agent/optional_probes.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 
@@ -17,13 +16,14 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 
 boost::asio::thread_pool& blocking_pool() {
-  // OpenSSL and libcurl start here, on the calling thread, before the pool exists: OpenSSL
-  // registers its exit-time cleanup now, so that runs after the pool's threads are joined
-  // (exit handlers run in reverse). Were the first TLS use on a pool thread, the cleanup would
-  // run first and the threads' OpenSSL error state would leak (LeakSanitizer saw it).
+  // OpenSSL starts here, on the calling thread, before the pool exists: it registers its
+  // exit-time cleanup now, so that runs after the pool's threads are joined (exit handlers run
+  // in reverse). Were the first TLS use on a pool thread, the cleanup would run first and the
+  // threads' OpenSSL error state would leak (LeakSanitizer saw it). libcurl is not started
+  // here: the first web probe loads it on a pool thread (common/curl_loader.hpp), and its
+  // OpenSSL is this one, already started.
   static const bool libraries_ready = [] {
     OPENSSL_init_ssl(0, nullptr);
-    init_optional_probe_libraries();  // libcurl, where the build has it
     return true;
   }();
   (void)libraries_ready;

@@ -13,8 +13,9 @@
 #include <filesystem>
 #include <memory>
 
+#include "agent/probe_web_download.hpp"
 #include "common/crypto.hpp"
-#include "common/curl.hpp"
+#include "common/curl_loader.hpp"
 #include "common/x509.hpp"
 
 namespace firedrill::agent {
@@ -30,18 +31,6 @@ namespace {
 // review); 8 KiB keeps a wide margin. Health pages put what matters near the top.
 constexpr std::size_t kRegexWindow = 8 * 1024;
 
-struct UrlDeleter {
-  void operator()(CURLU* u) const { curl_url_cleanup(u); }
-};
-
-std::string url_part(CURLU* u, CURLUPart part) {
-  char* out = nullptr;
-  if (curl_url_get(u, part, &out, 0) != CURLUE_OK || !out) return "";
-  std::string s(out);
-  curl_free(out);
-  return s;
-}
-
 }  // namespace
 
 void load_http_check(const common::ConfigNode& test, const common::ConfigNode& params, TestSpec& s,
@@ -50,18 +39,15 @@ void load_http_check(const common::ConfigNode& test, const common::ConfigNode& p
                      "ca_file", "cert_min_days", "max_response_time", "max_body"});
   auto p = std::make_shared<HttpCheckParams>();
   p->url = params.str("url");
-  std::unique_ptr<CURLU, UrlDeleter> u(curl_url());
-  if (!u || curl_url_set(u.get(), CURLUPART_URL, p->url.c_str(), 0) != CURLUE_OK)
-    params.fail("url", "'" + p->url + "' is not a valid URL");
-  auto scheme = url_part(u.get(), CURLUPART_SCHEME);
-  if (scheme != "http" && scheme != "https") params.fail("url", "only http and https URLs");
-  p->https = scheme == "https";
-  p->host = url_part(u.get(), CURLUPART_HOST);
-  if (p->host.size() > 2 && p->host.front() == '[') p->host = p->host.substr(1, p->host.size() - 2);
-  auto port = url_part(u.get(), CURLUPART_PORT);
-  p->port = static_cast<std::uint16_t>(port.empty() ? (p->https ? 443 : 80) : std::stoi(port));
-  if (!url_part(u.get(), CURLUPART_USER).empty())
-    params.fail("url", "credentials in the URL are not supported");
+  HttpUrl u;
+  try {
+    u = parse_http_url(p->url);
+  } catch (const std::invalid_argument& e) {
+    params.fail("url", std::string("not a valid URL: ") + e.what());
+  }
+  p->https = u.scheme == "https";
+  p->host = u.host;
+  p->port = u.port;
   if (!allow.allows_name(p->host, p->port))
     params.fail("url", p->host + ":" + std::to_string(p->port) +
                            " is not on the allowlist (add it under allowlist.network)");
@@ -117,6 +103,8 @@ HttpVerdict evaluate_http(const HttpObservation& o, const HttpCheckParams& p,
                           const std::optional<std::string>& previous_sha256) {
   HttpVerdict v;
   if (o.failure == "target_not_allowlisted") return {"not_applicable", o.failure, {o.failure}};
+  // The agent could not make the request: that says nothing about the service.
+  if (o.failure == "libcurl_unavailable") return {"error", o.failure, {o.failure}};
   if (!o.failure.empty()) return {"unhealthy", o.failure, {o.failure}};
   if (o.status < p.status_lo || o.status > p.status_hi) v.problems.push_back("status_mismatch");
   if (o.body_matches == false) v.problems.push_back("body_mismatch");
@@ -215,18 +203,25 @@ std::string failure_for(CURLcode rc, const CertCapture& cap) {
 // One GET with libcurl, blocking (run on the blocking pool); only `addrs` are connected to.
 Fetched fetch(const HttpCheckParams& p, const std::string& marker,
               const std::vector<asio::ip::address>& addrs, std::chrono::milliseconds budget) {
-  common::curl::global_init();
+  namespace curl = common::curl::loaded;
   Fetched f;
-  common::curl::EasyPtr h(curl_easy_init());
-  if (!h) throw std::runtime_error("curl_easy_init failed");
+  const curl::Api* api = nullptr;
+  try {
+    api = &curl::api();
+  } catch (const curl::Unavailable& e) {
+    f.obs.failure = "libcurl_unavailable";
+    f.obs.detail = e.what();
+    return f;
+  }
+  char errbuf[CURL_ERROR_SIZE] = {0};  // declared first: libcurl may write to it until cleanup
+  curl::Easy h = curl::make_easy(*api);
   CURL* c = h.get();
-  char errbuf[CURL_ERROR_SIZE] = {0};
   BodySink sink;
   sink.max = p.max_body;
   CertCapture cap;
-  common::curl::SlistPtr headers(
-      curl_slist_append(nullptr, ("X-FireDrill-Marker: " + marker).c_str()));
-  common::curl::SlistPtr resolve;
+  curl::Slist headers = curl::make_slist(*api);
+  curl::append(*api, headers, "X-FireDrill-Marker: " + marker);
+  curl::Slist resolve = curl::make_slist(*api);
   boost::system::error_code ec;
   (void)asio::ip::make_address(p.host, ec);
   if (ec) {  // a name: pin it to the addresses the allowlist was checked against
@@ -234,33 +229,33 @@ Fetched fetch(const HttpCheckParams& p, const std::string& marker,
     for (std::size_t i = 0; i < addrs.size(); ++i)
       entry += (i ? "," : "") +
                (addrs[i].is_v6() ? "[" + addrs[i].to_string() + "]" : addrs[i].to_string());
-    resolve.reset(curl_slist_append(nullptr, entry.c_str()));
-    curl_easy_setopt(c, CURLOPT_RESOLVE, resolve.get());
+    curl::append(*api, resolve, entry);
+    api->easy_setopt(c, CURLOPT_RESOLVE, resolve.get());
   }
   std::string ua = "FireDrill-http_check/1 (" + marker + ")";
-  curl_easy_setopt(c, CURLOPT_URL, p.url.c_str());
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);  // a redirect is an answer to report
-  curl_easy_setopt(c, CURLOPT_PROXY, "");           // straight to the service, never via env
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
-  curl_easy_setopt(c, CURLOPT_SSL_SESSIONID_CACHE, 0L);  // a full handshake shows the cert
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(budget.count()));
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(budget.count()));
-  curl_easy_setopt(c, CURLOPT_USERAGENT, ua.c_str());
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+  api->easy_setopt(c, CURLOPT_URL, p.url.c_str());
+  api->easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  api->easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);  // a redirect is an answer to report
+  api->easy_setopt(c, CURLOPT_PROXY, "");           // straight to the service, never via env
+  api->easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  api->easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
+  api->easy_setopt(c, CURLOPT_SSL_SESSIONID_CACHE, 0L);  // a full handshake shows the cert
+  api->easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(budget.count()));
+  api->easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(budget.count()));
+  api->easy_setopt(c, CURLOPT_USERAGENT, ua.c_str());
+  api->easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
+  api->easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+  api->easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  api->easy_setopt(c, CURLOPT_WRITEDATA, &sink);
   if (p.https) {
-    if (!p.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, p.ca_file.c_str());
-    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
-    curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, &cap);
+    if (!p.ca_file.empty()) api->easy_setopt(c, CURLOPT_CAINFO, p.ca_file.c_str());
+    api->easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+    api->easy_setopt(c, CURLOPT_SSL_CTX_DATA, &cap);
   }
-  CURLcode rc = curl_easy_perform(c);
+  CURLcode rc = api->easy_perform(c);
   auto info_us = [&](CURLINFO what) {
     curl_off_t v = 0;
-    curl_easy_getinfo(c, what, &v);
+    api->easy_getinfo(c, what, &v);
     return static_cast<std::int64_t>(v);
   };
   f.obs.total_us = info_us(CURLINFO_TOTAL_TIME_T);
@@ -268,19 +263,19 @@ Fetched fetch(const HttpCheckParams& p, const std::string& marker,
   f.tls_us = info_us(CURLINFO_APPCONNECT_TIME_T);
   f.first_byte_us = info_us(CURLINFO_STARTTRANSFER_TIME_T);
   char* ip = nullptr;
-  if (curl_easy_getinfo(c, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip) f.primary_ip = ip;
+  if (api->easy_getinfo(c, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip) f.primary_ip = ip;
   char* ct = nullptr;
-  if (curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct) f.content_type = ct;
+  if (api->easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct) f.content_type = ct;
   f.obs.cert_days_left = cap.days_left;
   f.not_after = cap.not_after;
   if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && sink.truncated)) {
     f.obs.failure = failure_for(rc, cap);
-    f.obs.detail = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    f.obs.detail = errbuf[0] ? errbuf : api->easy_strerror(rc);
     if (cap.verify_error != X509_V_OK)
       f.obs.detail += std::string(" (") + X509_verify_cert_error_string(cap.verify_error) + ")";
     return f;
   }
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &f.obs.status);
+  api->easy_getinfo(c, CURLINFO_RESPONSE_CODE, &f.obs.status);
   auto digest = common::sha256(sink.data);
   f.obs.body_sha256 = common::to_hex(digest);
   f.obs.body_truncated = sink.truncated;

@@ -39,7 +39,7 @@ void load_http_check(const common::ConfigNode& test, const common::ConfigNode& p
 struct HttpObservation {
   // The transfer's failure, as a reason code ("" when a response arrived):
   // dns_failure, connect_failed, timeout, cert_expired, cert_invalid, tls_failed,
-  // transfer_failed, target_not_allowlisted.
+  // transfer_failed, target_not_allowlisted, libcurl_unavailable (the agent could not load it).
   std::string failure;
   std::string detail;
   long status = 0;

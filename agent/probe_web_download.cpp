@@ -11,7 +11,7 @@
 
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
-#include "common/curl.hpp"
+#include "common/curl_loader.hpp"
 
 namespace firedrill::agent {
 
@@ -162,6 +162,8 @@ std::string transport_code(Transport t) {
       return "tls_error";
     case Transport::not_allowlisted:
       return "target_not_allowlisted";
+    case Transport::libcurl_unavailable:
+      return "libcurl_unavailable";
     case Transport::error:
       return "error";
   }
@@ -289,9 +291,18 @@ std::size_t on_body(char* data, std::size_t size, std::size_t n, void* p) {
 }  // namespace
 
 FetchResult http_fetch(const FetchRequest& req, const Allowlist& allow, bool connect_host_named) {
-  common::curl::global_init();
+  namespace curl = common::curl::loaded;
   FetchResult r;
-  common::curl::EasyPtr h(curl_easy_init());
+  const curl::Api* api = nullptr;
+  try {
+    api = &curl::api();
+  } catch (const curl::Unavailable& e) {
+    r.transport = Transport::libcurl_unavailable;
+    r.curl_error = e.what();
+    return r;
+  }
+  char errbuf[CURL_ERROR_SIZE] = {};  // declared first: libcurl may write to it until cleanup
+  curl::Easy h(api->easy_init(), curl::EasyDeleter{api});
   if (!h) {
     r.curl_error = "curl_easy_init failed";
     return r;
@@ -300,56 +311,50 @@ FetchResult http_fetch(const FetchRequest& req, const Allowlist& allow, bool con
   t.allow = &allow;
   t.named = connect_host_named;
   t.max_bytes = req.max_bytes;
-  char errbuf[CURL_ERROR_SIZE] = {};
-  common::curl::SlistPtr headers;
-  for (const auto& line : req.headers) {
-    auto* l = curl_slist_append(headers.get(), line.c_str());
-    if (!l) throw std::bad_alloc();
-    (void)headers.release();
-    headers.reset(l);
-  }
+  curl::Slist headers = curl::make_slist(*api);
+  for (const auto& line : req.headers) curl::append(*api, headers, line);
   std::string proxy =
       req.proxy ? "http://" + host_port_text(req.proxy->host, req.proxy->port) : std::string();
   long timeout_ms = std::max<long>(1, static_cast<long>(req.timeout.count()));
   auto* c = h.get();
-  curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);  // the variants must reach the proxy as written
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
+  api->easy_setopt(c, CURLOPT_URL, req.url.c_str());
+  api->easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  api->easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+  api->easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);  // the variants must reach the proxy as written
+  api->easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  api->easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+  api->easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
   // An empty proxy and an empty no-proxy list: the environment's *_proxy settings never
   // silently change which path is being tested.
-  curl_easy_setopt(c, CURLOPT_PROXY, proxy.c_str());
-  curl_easy_setopt(c, CURLOPT_NOPROXY, "");
-  if (!req.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, req.ca_file.c_str());
-  curl_easy_setopt(c, CURLOPT_USERAGENT, req.user_agent.c_str());
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
+  api->easy_setopt(c, CURLOPT_PROXY, proxy.c_str());
+  api->easy_setopt(c, CURLOPT_NOPROXY, "");
+  if (!req.ca_file.empty()) api->easy_setopt(c, CURLOPT_CAINFO, req.ca_file.c_str());
+  api->easy_setopt(c, CURLOPT_USERAGENT, req.user_agent.c_str());
+  api->easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
   if (req.method == "POST") {
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, req.body.c_str());
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(req.body.size()));
+    api->easy_setopt(c, CURLOPT_POSTFIELDS, req.body.c_str());
+    api->easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(req.body.size()));
   }
-  curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_socket);
-  curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, &t);
-  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-  auto code = curl_easy_perform(c);
+  api->easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  api->easy_setopt(c, CURLOPT_OPENSOCKETDATA, &t);
+  api->easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  api->easy_setopt(c, CURLOPT_HEADERDATA, &t);
+  api->easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  api->easy_setopt(c, CURLOPT_WRITEDATA, &t);
+  api->easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+  auto code = api->easy_perform(c);
 
   r.curl_code = static_cast<int>(code);
-  if (code != CURLE_OK) r.curl_error = errbuf[0] ? errbuf : curl_easy_strerror(code);
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-  curl_easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE, &r.connect_status);
+  if (code != CURLE_OK) r.curl_error = errbuf[0] ? errbuf : api->easy_strerror(code);
+  api->easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  api->easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE, &r.connect_status);
   char* ip = nullptr;
   long port = 0;
-  curl_easy_getinfo(c, CURLINFO_PRIMARY_IP, &ip);
-  curl_easy_getinfo(c, CURLINFO_PRIMARY_PORT, &port);
+  api->easy_getinfo(c, CURLINFO_PRIMARY_IP, &ip);
+  api->easy_getinfo(c, CURLINFO_PRIMARY_PORT, &port);
   curl_off_t connect_us = 0, total_us = 0;
-  curl_easy_getinfo(c, CURLINFO_CONNECT_TIME_T, &connect_us);
-  curl_easy_getinfo(c, CURLINFO_TOTAL_TIME_T, &total_us);
+  api->easy_getinfo(c, CURLINFO_CONNECT_TIME_T, &connect_us);
+  api->easy_getinfo(c, CURLINFO_TOTAL_TIME_T, &total_us);
   bool connected = connect_us > 0 || r.status > 0 || r.connect_status > 0;
   if (ip && *ip && connected) r.address = host_port_text(ip, static_cast<std::uint16_t>(port));
   r.elapsed_ms = static_cast<double>(total_us) / 1000.0;
@@ -403,10 +408,8 @@ void add_fetch_evidence(std::map<std::string, std::string>& ev, const FetchResul
   if (r.status) put("status", std::to_string(r.status));
   if (r.connect_status) put("connect_status", std::to_string(r.connect_status));
   put("address", r.address);
-  if (r.curl_code) {
-    put("curl_code", std::to_string(r.curl_code));
-    put("curl_error", r.curl_error);
-  }
+  if (r.curl_code) put("curl_code", std::to_string(r.curl_code));
+  put("curl_error", r.curl_error);  // also why libcurl could not be loaded
   if (r.transport != Transport::ok) put("transport", transport_code(r.transport));
   for (const char* h : {"server", "via", "x-squid-error", "proxy-status", "content-type",
                         "content-length", "location", "x-cache"})
@@ -542,6 +545,8 @@ Verdict transport_verdict(Transport t) {
       return {"inconclusive", "timeout"};
     case Transport::tls_error:
       return {"inconclusive", "tls_error"};
+    case Transport::libcurl_unavailable:
+      return {"error", "libcurl_unavailable"};  // nothing was sent: the agent cannot test this
     default:
       return {"error", "fetch_failed"};
   }

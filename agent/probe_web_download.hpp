@@ -65,6 +65,7 @@ enum class Transport {
   timeout,
   tls_error,
   not_allowlisted,
+  libcurl_unavailable,  // libcurl.so.4 could not be loaded (see common/curl_loader.hpp)
   error
 };
 std::string transport_code(Transport t);

@@ -407,3 +407,38 @@ TEST_CASE("web_download over https: trusted with ca_file, inconclusive (tls_erro
   CHECK(bad["reason"] == "tls_error");
   stop(server);
 }
+
+TEST_CASE("the agent links neither libcurl nor libsystemd and maps libcurl only for a web probe") {
+  auto agent_bin = bin("firedrill-agent").string();
+  auto dynamic = run_command({"/usr/bin/readelf", "-d", agent_bin}, 30s);
+  REQUIRE_MESSAGE(dynamic.rc == 0, "/usr/bin/readelf -d (binutils) failed: " << dynamic.err);
+  CHECK(contains(dynamic.out, "(NEEDED)"));
+  CHECK_FALSE(contains(dynamic.out, "libcurl"));
+  CHECK_FALSE(contains(dynamic.out, "libsystemd"));
+
+  // A running agent whose tests are all tcp_connect has delivered results without libcurl.
+  Collector c;
+  OpenPort open;
+  Agent idle(c);
+  idle.write_config({{"reach", "1s", {"127.0.0.1:" + std::to_string(open.port())}}});
+  idle.start();
+  REQUIRE_MESSAGE(
+      wait_until([&] { return idle.status()["acked_seq"].get<std::uint64_t>() >= 2; }, 60s),
+      idle.log());
+  auto maps = read_text("/proc/" + std::to_string(idle.process().pid()) + "/maps");
+  CHECK(contains(maps, "libcrypto"));  // the file was read: it lists the agent's libraries
+  CHECK_FALSE(contains(maps, "libcurl"));
+  CHECK_FALSE(contains(maps, "libgnutls"));
+  idle.stop();
+
+  // The same binary runs a web probe: libcurl is loaded when it first runs.
+  TempDir tmp("probes-web");
+  Nginx origin(tmp.path());
+  write_config(tmp / "agent.yaml", {origin.port},
+               test_yaml("direct", "web_download", "url: \"" + origin.url("/index.txt") + "\""));
+  auto r = run_once(tmp / "agent.yaml", "direct");
+  INFO(r.dump(2));
+  CHECK(r["verdict"] == "not_prevented");
+  CHECK(r["reason"] == "payload_received");
+  CHECK(ev(r, "status") == "200");
+}

@@ -64,6 +64,8 @@ TEST_CASE("http_check verdicts: each failed check is a reason, the first one win
       {"dns", [](auto& o, auto&) { o.failure = "dns_failure"; }, "unhealthy", "dns_failure"},
       {"off list", [](auto& o, auto&) { o.failure = "target_not_allowlisted"; }, "not_applicable",
        "target_not_allowlisted"},
+      {"libcurl missing: nothing was asked", [](auto& o, auto&) { o.failure = "libcurl_unavailable"; },
+       "error", "libcurl_unavailable"},
       {"two problems",
        [](auto& o, auto&) {
          o.status = 500;

@@ -238,6 +238,10 @@ TEST_CASE("download verdicts: a refusal is prevented, a failure is not, the hash
        sha,
        {"not_applicable", "target_not_allowlisted"}},
       {"other failure", failure(Transport::error), sha, {"error", "fetch_failed"}},
+      {"libcurl missing",
+       failure(Transport::libcurl_unavailable),
+       sha,
+       {"error", "libcurl_unavailable"}},
   };
   for (const auto& row : rows) {
     CAPTURE(row.what);
