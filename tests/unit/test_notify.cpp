@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "collector/audit.hpp"
 #include "collector/notify.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
@@ -589,4 +590,74 @@ TEST_CASE("the notifier's threads deliver on their own and stop promptly") {
   CHECK(wait_until([&] { return !hook.requests("POST", "/hook").empty(); }));
   CHECK(wait_until([&] { return n.list(DeliveryState::sent, 10).size() == 1; }));
   n.stop();
+}
+
+TEST_CASE("approval mails: one per approver but the requester, a link of their own never stored, no repeats") {
+  SmtpSink sink;
+  Fixture f;
+  {
+    AgentRecord a;
+    a.agent_id = "web-01";
+    WriteSet ws;
+    ws.put_agent(a);
+    f.store->commit(std::move(ws));
+  }
+  AuditLog audit(*f.store, firedrill::common::Ed25519Key::generate(), [&] { return f.now; });
+  auto command_key = firedrill::common::Ed25519Key::generate();
+  CommandEngine commands(*f.store, firedrill::common::Ed25519Key::from_private_pem(command_key.private_pem()),
+                         CommandPolicy{}, &audit, [&] { return f.now; });
+  auto request = [&](const std::string& who) {
+    CommandRequest r;
+    r.agent_id = "web-01";
+    r.target = "nginx.service";
+    r.requester = who;
+    r.reason = "wordpress-health failing";
+    return commands.request(r);
+  };
+  request("olivia");  // before approvals were notified: never announced
+  const std::string yaml = "notify:\n  link_base: https://soc.example:7444\n  channels:\n"
+                           "    - {name: mail, type: email, url: \"" + sink.url() +
+                           "\", starttls: off, from: fd@soc.example, to: [soc@soc.example]}\n"
+                           "  approvals:\n    channel: mail\n    approvers:\n"
+                           "      - {name: anna, email: anna@soc.example}\n"
+                           "      - {name: ben, email: ben@soc.example}\n";
+  f.start(load(yaml));
+  f.notifier->set_commands(&commands, &audit);
+  f.round();
+  CHECK(sink.count() == 0);
+
+  auto c = request("anna");  // an approver asks: only ben is asked to approve
+  f.round();
+  REQUIRE(sink.count() == 1);
+  CHECK(sink.meta(1)["rcpt_tos"] == json::array({"ben@soc.example"}));
+  auto m = sink.mail(1);
+  CHECK(m["subject"] == "[FireDrill] Approval needed: restart nginx.service on agent web-01 (cmd-" +
+                            std::to_string(c.id) + ")");
+  std::string text = part(m, "text/plain", false)->value("text", "");
+  auto at = text.find("https://soc.example:7444/approve/");
+  REQUIRE_MESSAGE(at != std::string::npos, text);
+  auto token = text.substr(at + 33, text.find('\n', at) - at - 33);
+  auto link = commands.check_link(token);
+  CHECK(link.approver == "ben");
+  CHECK(link.command_id == c.id);
+  CHECK(text.find("Requested by: anna") != std::string::npos);
+  auto stored = f.notifier->list(std::nullopt, 10);
+  REQUIRE(stored.size() == 1);
+  CHECK(stored[0].kind == "approval");
+  CHECK_FALSE(stored[0].snapshot.contains("link"));  // a credential: minted at send time only
+  CHECK(encode_delivery(stored[0]).find(token) == std::string::npos);
+
+  // A restarted notifier neither repeats it nor misses the next one.
+  f.start(load(yaml));
+  f.notifier->set_commands(&commands, &audit);
+  f.round();
+  CHECK(sink.count() == 1);
+  auto c2 = request("olivia");
+  commands.deny(c2.id, "anna", "decided before the mail went out");
+  f.round();
+  CHECK(sink.count() == 1);  // nothing asks for a decision already made
+  request("olivia");
+  f.round();
+  CHECK(sink.count() == 3);  // anna and ben
+  CHECK(commands.approve_by_link(token).approvals[0].first == "ben");
 }
