@@ -18,6 +18,7 @@
 
 #include "collector/html.hpp"
 #include "common/clock.hpp"
+#include "common/config.hpp"
 #include "common/crypto.hpp"
 #include "common/curl.hpp"
 
@@ -655,7 +656,9 @@ const ChannelConfig* NotifyConfig::channel(const std::string& name) const {
 NotifyConfig NotifyConfig::load(const common::ConfigNode& node, const std::filesystem::path& base_dir) {
   NotifyConfig c;
   if (!node.defined()) return c;
-  node.check_keys({"channels", "retry", "status_mail", "approvals", "collector_name", "link_base"});
+  node.check_keys({"channels", "retry", "status_mail", "approvals", "collector_name", "link_base", "keep"});
+  c.keep = node.duration("keep", c.keep);
+  if (c.keep < 1h) node.fail("keep", "must be at least 1h");
   c.collector_name = node.str("collector_name", c.collector_name);
   static const std::regex name_re("^[A-Za-z0-9_.-]{1,64}$");
   if (!std::regex_match(c.collector_name, name_re))
@@ -1262,6 +1265,10 @@ struct Notifier::Impl {
     }
     created += approvals_round();
     created += status_round();
+    if (now() - last_prune_ns >= 3600 * kNsPerSec) {
+      last_prune_ns = now();
+      prune_once();
+    }
     if (created) poke();
     return created;
   }
@@ -1272,6 +1279,40 @@ struct Notifier::Impl {
       for (auto& i : engine.list({st, Severity::critical}, 10000)) out.push_back(std::move(i));
     std::sort(out.begin(), out.end(), [](const Incident& a, const Incident& b) { return a.id < b.id; });
     return out;
+  }
+
+  std::int64_t last_prune_ns = 0;
+
+  std::size_t prune_once() {
+    const std::int64_t cutoff = now() - cfg.keep.count() * kNsPerMs;
+    std::size_t removed = 0;
+    for (;;) {
+      WriteSet ws;
+      std::size_t batch = 0;
+      bool done = false;
+      store.scan(Table::notifications, "", [&](std::string_view k, std::string_view v) {
+        Delivery d;
+        try {
+          d = decode_delivery(std::string(v));
+        } catch (const StoreError&) {
+          ws.erase(Table::notifications, std::string(k));  // unreadable and old enough to go
+          return ++batch < 500;
+        }
+        if (d.created_ns >= cutoff || d.state == DeliveryState::pending) {
+          done = true;  // ids grow with time: everything after is as new or newer
+          return false;
+        }
+        ws.erase(Table::notifications, std::string(k));
+        return ++batch < 500;
+      });
+      if (batch == 0) break;
+      store.commit(std::move(ws));
+      removed += batch;
+      if (done) break;
+    }
+    if (removed) spdlog::info("notify: deleted {} delivery record(s) older than {}", removed,
+                              common::format_duration(std::chrono::duration_cast<milliseconds>(cfg.keep)));
+    return removed;
   }
 
   std::size_t status_round() {
@@ -1519,6 +1560,10 @@ void Notifier::set_commands(CommandEngine* commands, const AuditLog* audit) {
 }
 std::size_t Notifier::poll_once() { return impl_->poll_once(); }
 std::size_t Notifier::send_once(const std::string& channel) { return impl_->send_once(channel); }
+std::size_t Notifier::prune_once() {
+  std::lock_guard lock(impl_->poll_mu);
+  return impl_->prune_once();
+}
 const NotifyConfig& Notifier::config() const { return impl_->cfg; }
 
 std::optional<Delivery> Notifier::get(std::uint64_t id) const {

@@ -111,6 +111,8 @@ struct NotifyConfig {
   std::optional<ApprovalMailConfig> approvals;
   std::string collector_name = "firedrill";  // names this collector in messages and dedup keys
   std::string link_base;  // e.g. https://soc.example:7444: messages link to incidents there
+  // Sent and failed delivery records older than this are deleted (pending ones never are).
+  std::chrono::milliseconds keep{90LL * 24 * 3600 * 1000};
 
   bool empty() const { return channels.empty(); }
   const ChannelConfig* channel(const std::string& name) const;
@@ -215,6 +217,9 @@ class Notifier {
   // cadence.
   // Returns the deliveries created.
   std::size_t poll_once();
+  // Deletes sent and failed records created before now - keep, oldest first, stopping at the
+  // first one that must stay; returns how many. The dispatcher does this about once an hour.
+  std::size_t prune_once();
   // One sender round for a channel: attempts its due deliveries; returns how many were sent.
   std::size_t send_once(const std::string& channel);
 

@@ -661,3 +661,27 @@ TEST_CASE("approval mails: one per approver but the requester, a link of their o
   CHECK(sink.count() == 3);  // anna and ben
   CHECK(commands.approve_by_link(token).approvals[0].first == "ben");
 }
+
+TEST_CASE("delivery records older than notify.keep are deleted, pending ones never") {
+  SmtpSink sink;
+  Fixture f;
+  const std::string yaml = "notify:\n  keep: 30d\n  retry: {initial: 1s, max: 1s, give_up_after: 1h}\n  channels:\n"
+                           "    - {name: mail, type: email, url: \"" + sink.url() +
+                           "\", starttls: off, from: fd@soc.example, to: [soc@soc.example]}\n"
+                           "    - {name: dead, type: webhook, url: \"http://127.0.0.1:" +
+                           std::to_string(closed_port()) + "/x\", secret: 0123456789abcdef-secret}\n";
+  f.start(load(yaml));
+  f.open("old-test");
+  f.round();
+  REQUIRE(f.notifier->list(std::nullopt, 10).size() == 2);  // mail sent, webhook pending
+  f.now += 31LL * 24 * 3600 * kSec;
+  CHECK(f.notifier->prune_once() == 1);  // the sent mail; the pending webhook stays
+  auto left = f.notifier->list(std::nullopt, 10);
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].channel == "dead");
+  f.round();  // now given up on (failed), and a new incident's records are young
+  f.open("new-test");
+  f.round();
+  CHECK(f.notifier->prune_once() == 1);  // the failed webhook only
+  CHECK(f.notifier->list(std::nullopt, 10).size() == 2);
+}
