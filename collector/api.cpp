@@ -1,6 +1,8 @@
 #include "collector/api.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -14,17 +16,21 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
+
+#include <pthread.h>
 
 #include "collector/chain.hpp"
 #include "collector/hooks.hpp"
@@ -337,7 +343,10 @@ using detail::Response;
 namespace {
 
 // Shared with every coroutine, so a connection finishing after ~ApiServer never touches
-// freed memory; the io_context drives all of it from one thread.
+// freed memory. The accept loop and stop_state run on `io`; each connection runs on one
+// io_context driven by one thread (`io` itself, or one of `session_ios`), so a connection's
+// own state needs no lock. What connections share: `conns` (under conns_mu), `stopping`
+// (atomic), and the store, registry and engines, which are safe to use from any thread.
 struct State {
   State(asio::io_context& io, asio::ssl::context& tls, Store& store, Registry& registry,
         ApiAlerting alerting)
@@ -347,7 +356,8 @@ struct State {
   }
   struct Conn {
     tcp::socket* socket;
-    bool busy = false;  // between a complete request and its answer
+    asio::io_context* io;  // the context (and so the thread) serving it
+    bool busy = false;     // between a complete request and its answer; touched on `io` only
   };
   asio::io_context& io;
   asio::ssl::context& tls;
@@ -356,8 +366,11 @@ struct State {
   Registry& registry;
   ApiAlerting alerting;
   std::size_t max_body = detail::kBodyLimit;  // the largest body any endpoint accepts
+  std::vector<asio::io_context*> session_ios;  // empty: connections are served on `io`
+  std::size_t next_session_io = 0;             // round robin; accept loop only
+  std::mutex conns_mu;
   std::set<Conn*> conns;
-  bool stopping = false;
+  std::atomic<bool> stopping{false};
   std::uint16_t port = 0;
   // Incident requests run here (see handle_offloaded). Declared last: destroyed (joined) first.
   asio::thread_pool workers{1};
@@ -1216,10 +1229,29 @@ Response parse_error_response(const boost::system::error_code& ec,
 
 using TlsStream = asio::ssl::stream<tcp::socket>;
 
+// The response as it goes on the wire. Every response here has its Content-Length set
+// (prepare_payload) and is never chunked, so the header is written field by field: Beast's
+// serializer through an ostringstream cost several allocations per alert.
 std::string serialize(const Response& res) {
-  std::ostringstream out;
-  out << res;
-  return std::move(out).str();
+  std::string out;
+  out.reserve(256 + res.body().size());
+  out += res.version() == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  out += std::to_string(res.result_int());
+  out += ' ';
+  auto reason = res.reason();
+  out.append(reason.data(), reason.size());
+  out += "\r\n";
+  for (const auto& f : res) {
+    auto name = f.name_string();
+    auto value = f.value();
+    out.append(name.data(), name.size());
+    out += ": ";
+    out.append(value.data(), value.size());
+    out += "\r\n";
+  }
+  out += "\r\n";
+  out += res.body();
+  return out;
 }
 
 // Alerts are answered only once the correlator has stored them, so a sender that gets 200
@@ -1400,23 +1432,31 @@ awaitable<void> serve_requests(State& st, TlsStream& stream, State::Conn& conn,
     std::string wire = serialize(res);
     co_await asio::async_write(stream, asio::buffer(wire), asio::redirect_error(use_awaitable, ec));
     conn.busy = false;
-    if (ec || !parsed || !res.keep_alive()) co_return;
+    // Stopping may have begun while this answer was written (and skipped us as busy).
+    if (ec || !parsed || !res.keep_alive() || st.stopping) co_return;
   }
 }
 
-awaitable<void> run_session(std::shared_ptr<State> st, tcp::socket socket) {
+awaitable<void> run_session(std::shared_ptr<State> st, tcp::socket socket,
+                            asio::io_context& serving) {
   std::string remote = "unknown";
   boost::system::error_code ec;
   auto ep = socket.remote_endpoint(ec);
   if (!ec) remote = ep.address().to_string() + ":" + std::to_string(ep.port());
 
   TlsStream stream(std::move(socket), st->tls);
-  State::Conn conn{&stream.next_layer()};
-  st->conns.insert(&conn);
+  State::Conn conn{&stream.next_layer(), &serving};
+  {
+    std::lock_guard lk(st->conns_mu);
+    st->conns.insert(&conn);
+  }
   struct Unregister {
     State& st;
     State::Conn* c;
-    ~Unregister() { st.conns.erase(c); }
+    ~Unregister() {
+      std::lock_guard lk(st.conns_mu);
+      st.conns.erase(c);
+    }
   } unregister{*st, &conn};
   auto ex = co_await asio::this_coro::executor;
   // Asio 1.18 has no per-operation timeout: closing the socket aborts whatever is pending.
@@ -1459,8 +1499,12 @@ awaitable<void> accept_loop(std::shared_ptr<State> st) {
   asio::steady_timer backoff(ex);
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket =
-        co_await st->acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+    asio::io_context& serving = st->session_ios.empty()
+                                    ? st->io
+                                    : *st->session_ios[st->next_session_io++ % st->session_ios.size()];
+    // Accepted straight into a socket of the serving context: its reactor watches it from now.
+    tcp::socket socket(serving);
+    co_await st->acceptor.async_accept(socket, asio::redirect_error(use_awaitable, ec));
     if (st->stopping || !st->acceptor.is_open()) co_return;
     if (ec) {
       // Typically EMFILE: pause instead of spinning on an error that persists.
@@ -1469,39 +1513,60 @@ awaitable<void> accept_loop(std::shared_ptr<State> st) {
       co_await backoff.async_wait(asio::redirect_error(use_awaitable, ec));
       continue;
     }
-    if (st->conns.size() >= detail::kMaxConnections) {
-      spdlog::warn("api: {} connections open, refusing another", st->conns.size());
+    std::size_t open_now = 0;
+    {
+      std::lock_guard lk(st->conns_mu);
+      open_now = st->conns.size();
+    }
+    if (open_now >= detail::kMaxConnections) {
+      spdlog::warn("api: {} connections open, refusing another", open_now);
       socket.close(ec);
       continue;
     }
     std::string remote;
     auto ep = socket.remote_endpoint(ec);
     if (!ec) remote = ep.address().to_string();
-    asio::co_spawn(ex, run_session(st, std::move(socket)),
+    asio::co_spawn(serving, run_session(st, std::move(socket), serving),
                    [remote](std::exception_ptr e) { log_session_end(remote, e); });
   }
 }
 
+// Closes the idle connections served on `serving`; runs on that context's thread, the only
+// one that touches those sockets (and that unregisters them, so a registered one is alive).
+void close_idle(const std::shared_ptr<State>& st, asio::io_context* serving) {
+  boost::system::error_code ec;
+  std::lock_guard lk(st->conns_mu);
+  for (auto* c : st->conns)
+    if (c->io == serving && !c->busy) c->socket->close(ec);
+}
+
 void stop_state(const std::shared_ptr<State>& st) {
-  if (st->stopping) return;
-  st->stopping = true;
+  if (st->stopping.exchange(true)) return;
   boost::system::error_code ec;
   st->acceptor.close(ec);
-  // Idle keep-alive connections would otherwise hold the io_context until their timeout.
-  for (auto* c : st->conns)
-    if (!c->busy) c->socket->close(ec);
+  // Idle keep-alive connections would otherwise hold their io_context until their timeout.
+  if (st->session_ios.empty()) close_idle(st, &st->io);
+  for (auto* sio : st->session_ios) asio::post(*sio, [st, sio] { close_idle(st, sio); });
 }
 
 }  // namespace
 
 struct ApiServer::Impl {
-  std::shared_ptr<State> state;
+  std::shared_ptr<State> state;  // first: destroyed after the contexts below
+  std::vector<std::unique_ptr<asio::io_context>> ios;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  std::vector<std::thread> threads;
 };
 
 ApiServer::ApiServer(asio::io_context& io, asio::ssl::context& tls, const common::HostPort& listen,
-                     Store& store, Registry& registry, ApiAlerting alerting)
+                     Store& store, Registry& registry, ApiAlerting alerting,
+                     std::size_t threads)
     : impl_(std::make_unique<Impl>()) {
   auto st = std::make_shared<State>(io, tls, store, registry, alerting);
+  for (std::size_t i = 0; i < threads; ++i) {
+    impl_->ios.push_back(std::make_unique<asio::io_context>(1));
+    st->session_ios.push_back(impl_->ios.back().get());
+  }
   try {
     tcp::resolver resolver(io);
     auto endpoints = resolver.resolve(listen.host, std::to_string(listen.port),
@@ -1524,6 +1589,7 @@ ApiServer::ApiServer(asio::io_context& io, asio::ssl::context& tls, const common
 // the state, so it lives until the last of them ends.
 ApiServer::~ApiServer() {
   stop();
+  wait();
 }
 
 std::uint16_t ApiServer::port() const {
@@ -1532,14 +1598,36 @@ std::uint16_t ApiServer::port() const {
 
 void ApiServer::start() {
   auto& st = impl_->state;
-  spdlog::info("api: listening on https://{}", st->acceptor.local_endpoint().address().to_string() +
-                                                   ":" + std::to_string(st->port));
+  spdlog::info("api: listening on https://{} ({} serving thread{})",
+               st->acceptor.local_endpoint().address().to_string() + ":" + std::to_string(st->port),
+               std::max<std::size_t>(1, impl_->ios.size()), impl_->ios.size() > 1 ? "s" : "");
+  if (impl_->threads.empty())
+    for (std::size_t i = 0; i < impl_->ios.size(); ++i) {
+      auto& ctx = *impl_->ios[i];
+      impl_->guards.push_back(asio::make_work_guard(ctx));
+      impl_->threads.emplace_back([&ctx, i] {
+        pthread_setname_np(pthread_self(), ("api-" + std::to_string(i)).c_str());
+        ctx.run();
+      });
+    }
   asio::co_spawn(st->io, accept_loop(st),
                  [](std::exception_ptr e) { log_session_end("accept loop", e); });
 }
 
 void ApiServer::stop() {
   asio::post(impl_->state->io, [st = impl_->state] { stop_state(st); });
+}
+
+void ApiServer::wait() {
+  if (impl_->threads.empty()) return;
+  // stop() closes them too, but only once `io` runs its post: a caller whose `io` has stopped
+  // still gets its idle connections closed here (new ones may still be accepted until then).
+  auto& st = impl_->state;
+  st->stopping = true;
+  for (auto* sio : st->session_ios) asio::post(*sio, [st, sio] { close_idle(st, sio); });
+  impl_->guards.clear();
+  for (auto& t : impl_->threads) t.join();
+  impl_->threads.clear();
 }
 
 }  // namespace firedrill::collector

@@ -34,13 +34,19 @@ struct ApiAlerting {
 class ApiServer {
  public:
   // Binds immediately (port 0 picks a free port); throws std::system_error if it cannot.
+  // Connections are accepted on `io`. With `threads` == 0 they are served there too; otherwise
+  // on `threads` threads of the server's own, each running one io_context, and every connection
+  // stays on one of them (round robin), so a connection's handlers never run concurrently.
   ApiServer(boost::asio::io_context& io, boost::asio::ssl::context& tls,
             const common::HostPort& listen, Store& store, Registry& registry,
-            ApiAlerting alerting = {});
-  ~ApiServer();
+            ApiAlerting alerting = {}, std::size_t threads = 0);
+  ~ApiServer();  // stop() and wait()
   std::uint16_t port() const;
-  void start();  // spawns the accept loop on io
+  void start();  // spawns the accept loop on io (and starts the serving threads)
   void stop();   // stops accepting; open connections finish their current request
+  // Blocks until every connection served on the server's own threads has ended, then joins
+  // them. After stop(): idle connections are closed, busy ones end after their answer.
+  void wait();
 
  private:
   struct Impl;

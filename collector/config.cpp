@@ -8,7 +8,7 @@ namespace firedrill::collector {
 
 CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
-  root.check_keys({"data_dir", "agent_listen", "api_listen", "tls", "log_level", "limits",
+  root.check_keys({"data_dir", "agent_listen", "api_listen", "api_threads", "tls", "log_level", "limits",
                    "enrollment", "correlation", "incidents", "notify", "commands", "watch", "alert_sources"});
   CollectorConfig c;
   c.data_dir = root.str("data_dir", file.parent_path().string());
@@ -23,6 +23,9 @@ CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   };
   c.agent_listen = endpoint("agent_listen", c.agent_listen);
   c.api_listen = endpoint("api_listen", c.api_listen);
+  auto threads = root.integer("api_threads", static_cast<std::int64_t>(c.api_threads));
+  if (threads < 1 || threads > 64) root.fail("api_threads", "must be between 1 and 64");
+  c.api_threads = static_cast<std::size_t>(threads);
   c.log_level = root.str("log_level", c.log_level);
 
   auto tls = root["tls"];
@@ -72,6 +75,8 @@ std::string CollectorConfig::to_yaml() const {
     << "agent_listen: " << agent_listen.to_string() << "\n"
     << "# The HTTPS API used by the `firedrill` CLI (token authentication).\n"
     << "api_listen: " << api_listen.to_string() << "\n"
+    << "# Threads serving API and webhook connections (each connection stays on one).\n"
+    << "api_threads: " << api_threads << "\n"
     << "log_level: " << log_level << "\n"
     << "tls:\n"
     << "  ca_cert: " << ca_cert.filename().string() << "\n"

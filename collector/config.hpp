@@ -22,6 +22,7 @@ struct CollectorConfig {
   std::filesystem::path data_dir;
   common::HostPort agent_listen{"0.0.0.0", 7443};
   common::HostPort api_listen{"127.0.0.1", 7444};
+  std::size_t api_threads = 2;  // threads serving API and webhook connections (1..64)
   std::filesystem::path ca_cert, ca_key, server_cert, server_key;  // default: under data_dir
   std::string log_level = "info";
   // Bounds on what a peer can make us wait for.

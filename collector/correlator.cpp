@@ -451,6 +451,13 @@ std::vector<DetectionEvent> list_detection_events(const Store& store, std::uint6
     out.push_back({get_be64(k.data()), j.value("time_ns", std::int64_t{0}), j.value("marker", ""),
                    j.value("agent_id", ""), j.value("test_id", ""), j.value("from", ""),
                    j.value("to", ""), j.value("detail", ""), j.value("target", "")});
+    if (auto t = j.find("time_to_alert_ns"); t != j.end() && t->is_number_integer()) {
+      auto& e = out.back();
+      e.has_latency = true;
+      e.time_to_alert_ns = t->get<std::int64_t>();
+      e.action_ns = j.value("action_ns", std::int64_t{0});
+      e.clock_anomaly = j.value("clock_anomaly", false);
+    }
     return true;
   });
   return out;
@@ -472,7 +479,8 @@ struct Correlator::Impl {
     std::vector<std::string> alert_keys;
     std::vector<DetectionEvent> events;
     std::vector<std::int64_t> arrivals;  // of the alerts in this flight
-    std::function<void(SubmitOutcome)> done;
+    std::function<void(SubmitOutcome)> done;  // once durable, on the committer thread
+    std::function<void()> finished;           // after the bookkeeping, on this thread
     SubmitOutcome outcome;
   };
 
@@ -657,6 +665,12 @@ struct Correlator::Impl {
                     WriteSet& ws, Flight& f) {
     DetectionEvent e{next_event_seq_++, now,   r.marker, r.agent_id, r.test_id, state_name(r.state),
                      state_name(to),    detail,     r.target};
+    if (to == DetectionState::alerted || to == DetectionState::late) {
+      e.has_latency = true;
+      e.action_ns = r.action_ns;
+      e.time_to_alert_ns = r.time_to_alert_ns;
+      e.clock_anomaly = r.clock_anomaly;
+    }
     r.state = to;
     r.state_changed_ns = now;
     record_event(e, ws, f);
@@ -665,15 +679,15 @@ struct Correlator::Impl {
   void record_event(const DetectionEvent& e, WriteSet& ws, Flight& f) {
     std::string k;
     put_be64(k, e.seq);
-    ws.put(Table::detection_events, k,
-           dump({{"time_ns", e.time_ns},
-                 {"marker", e.marker},
-                 {"agent_id", e.agent_id},
-                 {"test_id", e.test_id},
-                 {"from", e.from},
-                 {"to", e.to},
-                 {"detail", e.detail},
-                 {"target", e.target}}));
+    json j = {{"time_ns", e.time_ns}, {"marker", e.marker}, {"agent_id", e.agent_id},
+              {"test_id", e.test_id}, {"from", e.from},     {"to", e.to},
+              {"detail", e.detail},   {"target", e.target}};
+    if (e.has_latency) {
+      j["action_ns"] = e.action_ns;
+      j["time_to_alert_ns"] = e.time_to_alert_ns;
+      j["clock_anomaly"] = e.clock_anomaly;
+    }
+    ws.put(Table::detection_events, k, dump(j));
     f.events.push_back(e);
   }
 
@@ -795,9 +809,12 @@ struct Correlator::Impl {
     auto markers = find_markers(a.text);
     if (markers.size() > kMaxMarkersPerAlert) markers.resize(kMaxMarkersPerAlert);
     for (const auto& m : markers) {
-      if (!lookup(m)) continue;
-      drain_orphans(m, ws, f);  // alerts that arrived earlier for this run decide first
       auto run = lookup(m);
+      if (!run) continue;
+      if (orphans_by_marker_.count(m)) {
+        drain_orphans(m, ws, f);  // alerts that arrived earlier for this run decide first
+        run = lookup(m);          // as they left it
+      }
       auto reason = "exact marker " + m;
       apply(*run, a, key, reason, kExactConfidence, ws, f);
       ws.put(Table::alerts, key, dump(alert_json(a, markers, m, reason, kExactConfidence)));
@@ -913,24 +930,15 @@ struct Correlator::Impl {
   void commit(WriteSet ws, Flight f) {
     auto flight = std::make_shared<Flight>(std::move(f));
     store_.commit_async(std::move(ws), [this, flight](std::string err) {
+      // On the committer thread: the sender is answered as soon as its alerts are durable,
+      // without waiting for this thread to be scheduled again (the bookkeeping can).
+      if (err.empty()) reply(*flight);
       asio::post(io_, [this, flight, err] { finish(*flight, err); });
     });
   }
 
-  void finish(Flight& f, const std::string& err) {
-    if (!err.empty()) {
-      // Memory is now ahead of the disk; a restart reloads the truth from the store.
-      spdlog::critical("correlator: {}; exiting so a restart recovers from the database", err);
-      std::_Exit(70);
-    }
-    for (const auto& m : f.run_markers) {
-      auto it = inflight_.find(m);
-      if (it != inflight_.end() && --it->second.second == 0) inflight_.erase(it);
-    }
-    for (const auto& k : f.alert_keys) {
-      auto it = inflight_alerts_.find(k);
-      if (it != inflight_alerts_.end() && --it->second == 0) inflight_alerts_.erase(it);
-    }
+  // Thread-safe: the outcome was fixed when the flight was built.
+  void reply(Flight& f) {
     if (!f.arrivals.empty()) {
       auto now = common::now_ns();
       std::lock_guard lk(counters_mu_);
@@ -942,6 +950,24 @@ struct Correlator::Impl {
           store_latency_[latency_next_++ % kLatencySamples] = now - t;
       }
     }
+    if (f.done) f.done(f.outcome);
+  }
+
+  void finish(Flight& f, const std::string& err) {
+    if (!err.empty()) {
+      // Memory is now ahead of the disk; a restart reloads the truth from the store. The
+      // sender was not answered: it will send again.
+      spdlog::critical("correlator: {}; exiting so a restart recovers from the database", err);
+      std::_Exit(70);
+    }
+    for (const auto& m : f.run_markers) {
+      auto it = inflight_.find(m);
+      if (it != inflight_.end() && --it->second.second == 0) inflight_.erase(it);
+    }
+    for (const auto& k : f.alert_keys) {
+      auto it = inflight_alerts_.find(k);
+      if (it != inflight_alerts_.end() && --it->second == 0) inflight_alerts_.erase(it);
+    }
     for (const auto& e : f.events) {
       // Detections in time are the bulk (thousands a second under load); the log shows what
       // needs a human: misses, late alerts, overdue runs.
@@ -950,7 +976,7 @@ struct Correlator::Impl {
                   e.detail);
       for (auto& cb : listeners_) cb(e);
     }
-    if (f.done) f.done(f.outcome);
+    if (f.finished) f.finished();
   }
 };
 
@@ -1056,7 +1082,7 @@ void Correlator::drain() {
   auto fut = done.get_future();
   asio::post(impl_->io_, [this, &done] {
     Impl::Flight f;
-    f.done = [&done](SubmitOutcome) { done.set_value(); };
+    f.finished = [&done] { done.set_value(); };  // every earlier flight is finished too
     impl_->commit(WriteSet{}, std::move(f));
   });
   fut.wait();

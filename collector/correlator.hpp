@@ -102,6 +102,11 @@ struct DetectionEvent {
   std::string from, to;  // state names; "overdue" marks the SLA passing without an alert
   std::string detail;
   std::string target;  // the run's target: a test with several targets has a run per target
+  // To alerted or late: the run's corrected action time and time-to-alert as decided, so the
+  // incident feed needs not load the run. False in events stored before these existed.
+  bool has_latency = false;
+  std::int64_t action_ns = 0, time_to_alert_ns = 0;
+  bool clock_anomaly = false;
 };
 std::vector<DetectionEvent> list_detection_events(const Store& store, std::uint64_t from_seq,
                                                   std::size_t limit);

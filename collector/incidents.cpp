@@ -5,6 +5,7 @@
 #include <limits>
 
 #include <spdlog/spdlog.h>
+#include <pthread.h>
 
 #include "common/clock.hpp"
 
@@ -355,9 +356,12 @@ Signal agent_silence_signal(const std::string& agent_id, std::int64_t now_ns,
 
 namespace {
 std::int64_t median_of(std::vector<std::int64_t> v) {
-  std::sort(v.begin(), v.end());
   auto n = v.size();
-  return n % 2 ? v[n / 2] : v[n / 2 - 1] + (v[n / 2] - v[n / 2 - 1]) / 2;
+  auto mid = v.begin() + static_cast<std::ptrdiff_t>(n / 2);
+  std::nth_element(v.begin(), mid, v.end());  // one per alert: linear, not a sort
+  if (n % 2) return *mid;
+  auto below = *std::max_element(v.begin(), mid);
+  return below + (*mid - below) / 2;
 }
 }  // namespace
 
@@ -384,7 +388,7 @@ std::optional<Signal> LatencyBaseline::observe(const std::string& test_id,
   std::erase_if(v, [&](const Sample& s) { return s.time_ns < cutoff; });
   auto med = median(test_id, time_ns);
   v.push_back({time_ns, time_to_alert_ns, marker});
-  if (v.size() > policy_.baseline_max_samples) v.erase(v.begin());
+  if (v.size() > policy_.baseline_max_samples) v.pop_front();
   if (!med || *med <= 0) return std::nullopt;
 
   auto s = make_signal(IncidentKind::latency_regression, test_id, agent_id, policy_);
@@ -893,10 +897,21 @@ void IncidentEngine::process_detection_events(const std::vector<DetectionEvent>&
   for (const auto& e : events) {
     for (const auto& s : signals_from_detection(e, policy_)) apply_locked(s, t);
     if (e.to == "alerted" || e.to == "late") {
-      if (auto run = get_run(store_, e.marker);
-          run && !run->clock_anomaly && run->time_to_alert_ns > 0)
-        if (auto s = baseline_.observe(run->test_id, run->agent_id, run->marker, run->action_ns,
-                                       run->time_to_alert_ns))
+      // The event carries the run's latency; events stored before it did need the run.
+      std::optional<DetectionEvent> timed;
+      if (e.has_latency) {
+        timed = e;
+      } else if (auto run = get_run(store_, e.marker)) {
+        timed = e;
+        timed->test_id = run->test_id;
+        timed->agent_id = run->agent_id;
+        timed->action_ns = run->action_ns;
+        timed->time_to_alert_ns = run->time_to_alert_ns;
+        timed->clock_anomaly = run->clock_anomaly;
+      }
+      if (timed && !timed->clock_anomaly && timed->time_to_alert_ns > 0)
+        if (auto s = baseline_.observe(timed->test_id, timed->agent_id, timed->marker,
+                                       timed->action_ns, timed->time_to_alert_ns))
           apply_locked(*s, t);
     }
     t.cursors["detection_events"] = e.seq + 1;
@@ -1033,7 +1048,10 @@ IncidentFeed::~IncidentFeed() {
 }
 
 void IncidentFeed::start() {
-  thread_ = std::thread([this] { loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "incident-feed");
+    loop();
+  });
 }
 
 void IncidentFeed::stop() {
@@ -1074,11 +1092,9 @@ std::size_t IncidentFeed::poll_once() {
   }
   std::size_t n = 0;
   for (;;) {
+    // The baseline watch learns from every alerted or late run in there too.
     auto ev = list_detection_events(store_, engine_.cursor("detection_events"), kFeedBatch);
     engine_.process_detection_events(ev);
-    for (const auto& e : ev)  // the baseline watch learns from every alerted or late run
-      if (e.to == "alerted" || e.to == "late")
-        if (auto r = get_run(store_, e.marker)) engine_.observe_latency(*r);
     n += ev.size();
     if (ev.size() < kFeedBatch) break;
   }

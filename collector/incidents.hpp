@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -148,7 +149,8 @@ class LatencyBaseline {
     std::string marker;
   };
   IncidentPolicy policy_;
-  std::map<std::string, std::vector<Sample>> samples_;  // test -> oldest first
+  // test -> oldest first; a deque, since every observation past the cap drops the oldest.
+  std::map<std::string, std::deque<Sample>> samples_;
 };
 
 // ---- records -----------------------------------------------------------------------------

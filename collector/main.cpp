@@ -201,7 +201,8 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   collector::IngestServer ingest(io, agent_tls, cfg, *store, registry, &correlator, &commands);
   collector::ApiServer api(io, api_tls, cfg.api_listen, *store, registry,
                            {&cfg.alert_sources, &correlator, &incidents, notify.get(), audit.get(),
-                            &commands});
+                            &commands},
+                           cfg.api_threads);
   ingest.start();
   api.start();
   // Requests nobody approved and commands nobody ran expire (each is audited).
@@ -261,6 +262,7 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
   }
   notifier.ready("serving agents on port " + std::to_string(ingest.port()));
   io.run();
+  api.wait();  // its connections end before the engines they use stop
   watchdog.stop();
   if (notify) notify->stop();
   incident_feed.stop();

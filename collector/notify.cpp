@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <pthread.h>
 
 #include "collector/html.hpp"
 #include "common/clock.hpp"
@@ -1536,7 +1537,10 @@ Notifier::Notifier(Store& store, IncidentEngine& engine, NotifyConfig cfg, Clock
 Notifier::~Notifier() { stop(); }
 
 void Notifier::start() {
-  impl_->dispatcher = std::thread([this] { impl_->run_dispatcher(); });
+  impl_->dispatcher = std::thread([this] {
+    pthread_setname_np(pthread_self(), "notify");
+    impl_->run_dispatcher();
+  });
   for (auto& [name, ch] : impl_->channels) {
     const std::string n = name;
     ch.thread = std::thread([this, n] { impl_->run_sender(n); });

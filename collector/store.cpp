@@ -245,16 +245,18 @@ std::unique_ptr<Store> Store::open(const std::filesystem::path& dir) {
     rocksdb::ColumnFamilyOptions cfo;
     bool busy = cf == kResults || cf == kResultsByTime || cf == kBatches || cf == kRuns ||
                 cf == kRunsByTime || cf == kRunsOpen || cf == kAlerts || cf == kDetectionEvents;
-    if (busy)
+    if (busy) {
       cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-    // Every stored result asks whether its marker already names a run (and every alert whether
-    // it was seen): a small bloom filter on the memtable answers "no" without walking it.
-    if (cf == kRuns || cf == kAlerts) {
-      cfo.memtable_whole_key_filtering = true;
-      cfo.memtable_prefix_bloom_size_ratio = 0.02;
-    }
-    else
+      // Every stored result asks whether its marker already names a run (and every alert
+      // whether it was seen): a small bloom filter on the memtable answers "no" without
+      // walking it.
+      if (cf == kRuns || cf == kAlerts) {
+        cfo.memtable_whole_key_filtering = true;
+        cfo.memtable_prefix_bloom_size_ratio = 0.02;
+      }
+    } else {
       cfo.OptimizeForSmallDb(&cache);
+    }
     descs.emplace_back(kCfNames[cf], cfo);
   }
   rocksdb::DB* raw = nullptr;

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <regex>
+#include <pthread.h>
 
 #include "common/clock.hpp"
 
@@ -96,7 +97,10 @@ Watchdog::~Watchdog() { stop(); }
 
 void Watchdog::start() {
   if (policy_.rules.empty()) return;
-  thread_ = std::thread([this] { loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "watchdog");
+    loop();
+  });
 }
 
 void Watchdog::stop() {

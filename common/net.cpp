@@ -40,20 +40,32 @@ Watchdog::Watchdog(boost::asio::any_io_executor ex, std::function<void()> on_exp
 Watchdog::~Watchdog() { *alive_ = false; }
 
 void Watchdog::arm(std::chrono::steady_clock::duration d) {
-  ++generation_;
-  timer_.expires_after(d);
+  deadline_ = std::chrono::steady_clock::now() + d;
+  if (waiting_ && timer_.expiry() <= deadline_) return;  // that wait ends first and re-checks
+  timer_.expires_at(deadline_);  // cancels an outstanding wait: its generation is stale below
   wait();
 }
 
 void Watchdog::disarm() {
+  deadline_ = std::chrono::steady_clock::time_point::max();
+  if (!waiting_) return;
+  waiting_ = false;
   ++generation_;
   timer_.cancel();
 }
 
 void Watchdog::wait() {
-  // An expiry already queued when we re-arm must not fire: the generation tells.
-  timer_.async_wait([this, alive = alive_, gen = generation_](boost::system::error_code ec) {
-    if (ec || !*alive || gen != generation_) return;
+  waiting_ = true;
+  // A completion of an earlier generation (cancelled, or queued when we re-armed) must not fire.
+  timer_.async_wait([this, alive = alive_, gen = ++generation_](boost::system::error_code) {
+    if (!*alive || gen != generation_) return;
+    waiting_ = false;
+    if (deadline_ == std::chrono::steady_clock::time_point::max()) return;
+    if (std::chrono::steady_clock::now() < deadline_) {  // re-armed later while we waited
+      timer_.expires_at(deadline_);
+      wait();
+      return;
+    }
     fired_ = true;
     on_expiry_();
   });

@@ -188,6 +188,14 @@ TEST_CASE("an alert carrying the exact marker makes the run alerted, with its la
   CHECK_FALSE(r.clock_anomaly);
   CHECK(fx.wait_event("fdr-aaaaaaaaaa", "alerted"));
   CHECK(fx.correlator->pending_runs() == 0);
+  // The stored event carries the latency the incident feed's baseline needs.
+  auto events = list_detection_events(*fx.store, 1, 100);
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].to == "alerted");
+  CHECK(events[0].has_latency);
+  CHECK(events[0].time_to_alert_ns == 3 * kSec);
+  CHECK(events[0].action_ns == r.action_ns);
+  CHECK_FALSE(events[0].clock_anomaly);
 
   SUBCASE("the same alert again is a duplicate and changes nothing") {
     auto again = fx.submit({make_alert("url=/x/fdr-aaaaaaaaaa/eicar.com", t0 + 3 * kSec)});

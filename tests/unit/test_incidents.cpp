@@ -356,6 +356,46 @@ TEST_CASE("the baseline watch raises a medium latency regression in plain words"
     CHECK(i->title == "time-to-alert for eicar-drop-tmp is 340% of its 7-day median");
     CHECK(i->resolve_sla.remaining_ns(f.now) == 72 * kHour);
   }
+  SUBCASE("detection events carry the latency: the feed needs no run, old events still load it") {
+    Fixture f;
+    auto event = [](std::uint64_t seq, const std::string& marker, std::int64_t tta) {
+      DetectionEvent e{seq, kStart, marker, "agent-1", "eicar-drop-tmp", "pending", "alerted",
+                       "alert", "/tmp"};
+      e.has_latency = true;
+      e.action_ns = kStart - kHour + static_cast<std::int64_t>(seq) * kMin;
+      e.time_to_alert_ns = tta;
+      return e;
+    };
+    std::vector<DetectionEvent> events;
+    for (std::uint64_t n = 1; n <= 5; ++n)
+      events.push_back(event(n, "fdr-e" + std::to_string(n), 10 * kSec));
+    // No run is stored for any of these: the baseline is built from the events alone.
+    f.engine->process_detection_events(events);
+    CHECK(f.engine->list({}, 100).empty());
+    // An event from before the fields existed: the run gives the latency (34 s, 340 %).
+    Run slow;
+    slow.marker = "fdr-old";
+    slow.agent_id = "agent-1";
+    slow.test_id = "eicar-drop-tmp";
+    slow.action_ns = kStart;
+    slow.state = DetectionState::alerted;
+    slow.time_to_alert_ns = 34 * kSec;
+    WriteSet ws;
+    put_run(ws, slow);
+    f.store->commit(std::move(ws));
+    DetectionEvent old{6, kStart, "fdr-old", "agent-1", "eicar-drop-tmp", "pending", "alerted",
+                       "alert", "/tmp"};
+    f.engine->process_detection_events({old});
+    auto open = f.engine->list({}, 100);
+    REQUIRE(open.size() == 1);
+    CHECK(open[0].kind == IncidentKind::latency_regression);
+    CHECK(open[0].title == "time-to-alert for eicar-drop-tmp is 340% of its 7-day median");
+    // A clock anomaly in the event is not a sample.
+    auto odd = event(7, "fdr-odd", 500 * kSec);
+    odd.clock_anomaly = true;
+    f.engine->process_detection_events({odd});
+    CHECK(f.engine->list({}, 100).size() == 1);
+  }
 }
 
 TEST_CASE("results map to prevention and health signals") {
