@@ -2,14 +2,21 @@
 // the same ApiClient the `firedrill` CLI uses.
 #include <doctest/doctest.h>
 
+#include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/write.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "collector/api.hpp"
 #include "collector/api_client.hpp"
@@ -61,16 +68,19 @@ struct ApiFixture {
   std::string approver_token = registry.create_api_token("test approver", Role::approver);
   collector::AuditLog audit{*store, common::Ed25519Key::generate()};
 
-  ApiFixture() {
-    server =
-        std::make_unique<collector::ApiServer>(io, tls, common::HostPort{"127.0.0.1", 0}, *store,
-                                               registry, collector::ApiAlerting{.audit = &audit});
+  // threads == 0: connections served on `io` (this thread); else on the server's own threads.
+  explicit ApiFixture(std::size_t threads = 0) {
+    server = std::make_unique<collector::ApiServer>(io, tls, common::HostPort{"127.0.0.1", 0},
+                                                    *store, registry,
+                                                    collector::ApiAlerting{.audit = &audit}, threads);
     server->start();
     thread = std::thread([this] { io.run(); });
   }
   ~ApiFixture() {
+    if (!server) return;
     server->stop();  // closes the acceptor and idle connections, so run() returns
     thread.join();
+    server->wait();
   }
 
   std::string url() const { return "https://127.0.0.1:" + std::to_string(server->port()); }
@@ -172,6 +182,61 @@ TEST_CASE("the API health endpoint answers without a token") {
   json j = f.client("").get("/api/v1/health");
   CHECK(j["status"] == "ok");
   CHECK(j["version"] == FIREDRILL_VERSION);
+}
+
+TEST_CASE("an API on its own threads serves concurrent clients and stops with idle ones open") {
+  ApiFixture f(2);
+  // Eight clients at once, each with its own connections: every answer is right.
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0}, failed{0};
+  for (int c = 0; c < 8; ++c)
+    clients.emplace_back([&, c] {
+      for (int i = 0; i < 15; ++i) {
+        try {
+          auto j = f.client(c % 2 ? f.admin_token : f.viewer_token).get("/api/v1/agents");
+          j.is_object() ? ++ok : ++failed;
+          if (f.client("").get("/api/v1/health")["status"] == "ok") ++ok;
+        } catch (const std::exception&) {
+          ++failed;
+        }
+      }
+    });
+  for (auto& t : clients) t.join();
+  CHECK(ok == 8 * 15 * 2);
+  CHECK(failed == 0);
+
+  // Keep-alive connections left idle on the serving threads (one request answered, then
+  // nothing): stopping must close them rather than wait for their timeout.
+  namespace asio = boost::asio;
+  asio::io_context cio;
+  asio::ssl::context cctx(asio::ssl::context::tls_client);
+  cctx.load_verify_file((f.tmp.path / "ca.pem").string());
+  cctx.set_verify_mode(asio::ssl::verify_peer);
+  std::vector<std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket>>> idle;
+  for (int i = 0; i < 4; ++i) {
+    auto s = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket>>(cio, cctx);
+    s->next_layer().connect({asio::ip::make_address("127.0.0.1"), f.server->port()});
+    s->handshake(asio::ssl::stream_base::client);
+    std::string req = "GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n";
+    asio::write(*s, asio::buffer(req));
+    std::string got(4096, '\0');
+    auto n = s->read_some(asio::buffer(got));
+    CHECK(got.substr(0, 12) == "HTTP/1.1 200");
+    CHECK(n > 0);
+    idle.push_back(std::move(s));
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  f.server->stop();
+  f.thread.join();
+  f.server->wait();  // would last the 30 s request timeout if idle connections were left open
+  f.server.reset();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(25));
+  for (auto& s : idle) {  // each was closed by the server
+    boost::system::error_code ec;
+    char c;
+    s->read_some(asio::buffer(&c, 1), ec);
+    CHECK(ec);
+  }
 }
 
 TEST_CASE("api requests without a valid token are refused with 401") {

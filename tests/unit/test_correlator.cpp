@@ -1,6 +1,7 @@
 // The correlator against a real RocksDB store: exact and fuzzy matches, alerts before their
 // run, duplicates, SLA and grace deadlines, late reclassification, restart, the report.
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <condition_variable>
@@ -405,6 +406,44 @@ TEST_CASE("a long alert that waited for its run across a restart still matches i
     return true;
   });
   CHECK(waiting == 0);
+}
+
+TEST_CASE("an alert stored as JSON by an older version still waits for its run across a restart") {
+  Fixture fx;
+  fx.close();
+  auto t0 = now_ns();
+  {
+    auto store = Store::open(fx.dir / "db");
+    WriteSet ws;
+    ws.put(Table::alerts, "legacy-key",
+           nlohmann::json{{"source", "siem"},
+                          {"source_type", "generic"},
+                          {"id", ""},
+                          {"is_event", false},
+                          {"host", "web01"},
+                          {"rule", "old rule"},
+                          {"technique", ""},
+                          {"severity", "high"},
+                          {"text", "old fdr-llllllllll"},
+                          {"event_ns", 0},
+                          {"ingest_ns", 0},
+                          {"created_ns", 0},
+                          {"arrival_ns", t0 + 2 * kSec},
+                          {"markers", nlohmann::json::array({"fdr-llllllllll"})},
+                          {"marker", ""},
+                          {"reason", "waiting for run fdr-llllllllll"},
+                          {"confidence", 0}}
+               .dump());
+    ws.put(Table::orphan_alerts, std::string("fdr-llllllllll") + '\0' + "legacy-key", "");
+    store->commit(std::move(ws));
+  }
+  fx.open();
+  fx.add_run(make_run("fdr-llllllllll", t0, 3600 * kSec));
+  CHECK(fx.wait_event("fdr-llllllllll", "alerted"));
+  auto r = fx.run("fdr-llllllllll");
+  CHECK(r.alert_key == "legacy-key");
+  CHECK(r.alert_rule == "old rule");
+  CHECK(r.time_to_alert_ns == 2 * kSec);
 }
 
 TEST_CASE("run records round-trip every field, JSON records of older databases still decode") {
