@@ -585,11 +585,18 @@ std::vector<DetectionEvent> list_detection_events(const Store& store, std::uint6
 struct Correlator::Impl {
   // What the correlator keeps of a pending run: enough to find it and to time it out. The
   // full record lives in the store (or in `inflight_` while a write of it is in flight).
+  // Pending runs by host+technique (and host+expected rule), in action order.
+  using FuzzySet = std::set<std::pair<std::int64_t, std::string>>;
+  struct FuzzyRef {  // where a pending run sits in fuzzy_, so untracking it compares nothing
+    std::string key;
+    FuzzySet* set;  // fuzzy_'s nodes stay put when it rehashes
+    FuzzySet::iterator it;
+  };
   struct PendingRun {
     std::int64_t action_ns = 0;
     std::int64_t action_error_ns = 0;
     std::int64_t deadline_ns = 0;  // next deadline: the SLA, then the grace end
-    std::vector<std::string> fuzzy;
+    std::vector<FuzzyRef> fuzzy;
   };
   struct Flight {  // one commit in progress
     std::vector<std::string> run_markers;
@@ -612,7 +619,7 @@ struct Correlator::Impl {
 
   std::unordered_map<std::string, PendingRun> pending_;
   std::multimap<std::int64_t, std::string> deadlines_;  // stale entries are skipped on pop
-  std::unordered_map<std::string, std::set<std::pair<std::int64_t, std::string>>> fuzzy_;
+  std::unordered_map<std::string, FuzzySet> fuzzy_;
   std::unordered_set<std::string> adopted_;  // pending runs found in the store before ingest
                                              // told us about them
   std::unordered_map<std::string, std::pair<Run, int>> inflight_;  // marker -> (run, writes)
@@ -676,12 +683,16 @@ struct Correlator::Impl {
   // ---- the pending index ---------------------------------------------------------------
 
   void track(const Run& r) {
+    untrack(r.marker);  // tracked again (its action time may have moved): no stale entries
     PendingRun p;
     p.action_ns = r.action_ns;
     p.action_error_ns = r.action_error_ns;
     p.deadline_ns = r.overdue ? r.sla_deadline_ns() + ns(cfg_.grace) : r.sla_deadline_ns();
-    p.fuzzy = fuzzy_keys(r.hostname, r.technique, r.detections);
-    for (const auto& k : p.fuzzy) fuzzy_[k].insert({r.action_ns, r.marker});
+    for (auto& k : fuzzy_keys(r.hostname, r.technique, r.detections)) {
+      auto& set = fuzzy_[k];
+      auto [it, inserted] = set.insert({r.action_ns, r.marker});
+      if (inserted) p.fuzzy.push_back({std::move(k), &set, it});  // a repeated key: once
+    }
     deadlines_.emplace(p.deadline_ns, r.marker);
     pending_[r.marker] = std::move(p);
     pending_count_ = pending_.size();
@@ -690,11 +701,9 @@ struct Correlator::Impl {
   void untrack(const std::string& marker) {
     auto it = pending_.find(marker);
     if (it == pending_.end()) return;
-    for (const auto& k : it->second.fuzzy) {
-      auto f = fuzzy_.find(k);
-      if (f == fuzzy_.end()) continue;
-      f->second.erase({it->second.action_ns, marker});
-      if (f->second.empty()) fuzzy_.erase(f);
+    for (const auto& ref : it->second.fuzzy) {
+      ref.set->erase(ref.it);
+      if (ref.set->empty()) fuzzy_.erase(ref.key);
     }
     pending_.erase(it);
     pending_count_ = pending_.size();
