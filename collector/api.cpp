@@ -18,6 +18,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include "collector/chain.hpp"
 #include "collector/hooks.hpp"
@@ -371,6 +373,7 @@ struct State {
   std::mutex conns_mu;
   std::set<Conn*> conns;
   std::atomic<bool> stopping{false};
+  bool stop_done = false;  // stop_state ran (on `io`)
   std::uint16_t port = 0;
   // Incident requests run here (see handle_offloaded). Declared last: destroyed (joined) first.
   asio::thread_pool workers{1};
@@ -1499,11 +1502,8 @@ awaitable<void> accept_loop(std::shared_ptr<State> st) {
   asio::steady_timer backoff(ex);
   for (;;) {
     boost::system::error_code ec;
-    asio::io_context& serving = st->session_ios.empty()
-                                    ? st->io
-                                    : *st->session_ios[st->next_session_io++ % st->session_ios.size()];
-    // Accepted straight into a socket of the serving context: its reactor watches it from now.
-    tcp::socket socket(serving);
+    // Accepted on `io` (this frame may outlive the serving contexts), then handed over.
+    tcp::socket socket(st->io);
     co_await st->acceptor.async_accept(socket, asio::redirect_error(use_awaitable, ec));
     if (st->stopping || !st->acceptor.is_open()) co_return;
     if (ec) {
@@ -1526,6 +1526,24 @@ awaitable<void> accept_loop(std::shared_ptr<State> st) {
     std::string remote;
     auto ep = socket.remote_endpoint(ec);
     if (!ec) remote = ep.address().to_string();
+    asio::io_context& serving = st->session_ios.empty()
+                                    ? st->io
+                                    : *st->session_ios[st->next_session_io++ % st->session_ios.size()];
+    if (&serving != &st->io) {  // the descriptor moves to the serving context's reactor
+      auto protocol = ep.protocol();
+      tcp::socket moved(serving);
+      auto fd = socket.release(ec);
+      if (!ec) {
+        moved.assign(protocol, fd, ec);
+        if (ec) ::close(fd);
+      }
+      if (ec) {
+        spdlog::warn("api: cannot hand a connection from {} to a serving thread: {}", remote,
+                     ec.message());
+        continue;
+      }
+      socket = std::move(moved);
+    }
     asio::co_spawn(serving, run_session(st, std::move(socket), serving),
                    [remote](std::exception_ptr e) { log_session_end(remote, e); });
   }
@@ -1541,7 +1559,9 @@ void close_idle(const std::shared_ptr<State>& st, asio::io_context* serving) {
 }
 
 void stop_state(const std::shared_ptr<State>& st) {
-  if (st->stopping.exchange(true)) return;
+  if (st->stop_done) return;  // `stopping` alone may have been set by wait()
+  st->stop_done = true;
+  st->stopping = true;
   boost::system::error_code ec;
   st->acceptor.close(ec);
   // Idle keep-alive connections would otherwise hold their io_context until their timeout.
@@ -1607,7 +1627,12 @@ void ApiServer::start() {
       impl_->guards.push_back(asio::make_work_guard(ctx));
       impl_->threads.emplace_back([&ctx, i] {
         pthread_setname_np(pthread_self(), ("api-" + std::to_string(i)).c_str());
-        ctx.run();
+        try {
+          ctx.run();
+        } catch (const std::exception& e) {  // sessions catch their own; this is a bug
+          spdlog::critical("api: serving thread {} failed: {}; exiting", i, e.what());
+          std::_Exit(70);
+        }
       });
     }
   asio::co_spawn(st->io, accept_loop(st),
