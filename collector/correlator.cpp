@@ -86,6 +86,18 @@ constexpr std::uint64_t kEventFormat = 1;
 constexpr std::uint32_t kEventFields = 13;
 const auto kRecordLimit = msgpack::unpack_limit(256, 0, 1 << 20, 0, 1024, 4);
 
+// The fields after the format number of a stored msgpack record: an array of at least `fields`
+// elements whose first is `format`. nullptr for anything else; msgpack's own unpack and type
+// errors propagate to the caller, which names the record.
+const msgpack::object* record_fields(const msgpack::object_handle& oh, std::uint64_t format,
+                                     std::uint32_t fields) {
+  const auto& o = oh.get();
+  if (o.type != msgpack::type::ARRAY || o.via.array.size < fields ||
+      o.via.array.ptr[0].as<std::uint64_t>() != format)
+    return nullptr;
+  return o.via.array.ptr + 1;
+}
+
 std::string encode_alert_record(const Alert& a, const std::vector<std::string>& markers,
                                 const std::string& marker, const std::string& reason,
                                 double confidence) {
@@ -126,11 +138,8 @@ std::optional<std::pair<Alert, std::vector<std::string>>> decode_alert_record(
   }
   try {
     auto oh = msgpack::unpack(v.data(), v.size(), nullptr, nullptr, kRecordLimit);
-    const auto& o = oh.get();
-    if (o.type != msgpack::type::ARRAY || o.via.array.size < kAlertFields ||
-        o.via.array.ptr[0].as<std::uint64_t>() != kAlertFormat)
-      return std::nullopt;
-    const msgpack::object* f = o.via.array.ptr + 1;
+    const msgpack::object* f = record_fields(oh, kAlertFormat, kAlertFields);
+    if (!f) return std::nullopt;
     Alert a;
     std::vector<std::string> markers;
     f++->convert(a.source);
@@ -200,11 +209,8 @@ DetectionEvent decode_event(std::uint64_t seq, std::string_view v) {
   }
   try {
     auto oh = msgpack::unpack(v.data(), v.size(), nullptr, nullptr, kRecordLimit);
-    const auto& o = oh.get();
-    if (o.type != msgpack::type::ARRAY || o.via.array.size < kEventFields ||
-        o.via.array.ptr[0].as<std::uint64_t>() != kEventFormat)
-      throw StoreError("corrupt detection event");
-    const msgpack::object* f = o.via.array.ptr + 1;
+    const msgpack::object* f = record_fields(oh, kEventFormat, kEventFields);
+    if (!f) throw StoreError("corrupt detection event");
     f++->convert(e.time_ns);
     f++->convert(e.marker);
     f++->convert(e.agent_id);
@@ -398,11 +404,8 @@ Run decode_run(const std::string& s) {
   try {
     auto oh = msgpack::unpack(s.data(), s.size(), nullptr, nullptr,
                               msgpack::unpack_limit(64, 0, 1 << 20, 0, 1024, 4));
-    const auto& o = oh.get();
-    if (o.type != msgpack::type::ARRAY || o.via.array.size < kRunFields ||
-        o.via.array.ptr[0].as<std::uint64_t>() != kRunFormat)
-      throw StoreError("corrupt run record");
-    const msgpack::object* f = o.via.array.ptr + 1;
+    const msgpack::object* f = record_fields(oh, kRunFormat, kRunFields);
+    if (!f) throw StoreError("corrupt run record");
     Run r;
     f++->convert(r.marker);
     f++->convert(r.agent_id);
