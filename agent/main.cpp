@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
 
 #include "agent/agent.hpp"
 #include "agent/config.hpp"
@@ -164,7 +165,10 @@ int cmd_run_once(const fs::path& config_file, const std::string& test_id, bool j
 int main(int argc, char** argv) {
   CLI::App app{"FireDrill agent: runs safe, marker-tagged attack simulations and streams signed "
                "results to the collector."};
-  app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
+  // The OpenSSL in use: the Linux build links it statically (cmake/linux-deps.cmake), so a
+  // host's OpenSSL update does not reach the agent until the agent is rebuilt.
+  app.set_version_flag("--version", std::string(FIREDRILL_VERSION) + " (" +
+                                        OpenSSL_version(OPENSSL_VERSION) + ")");
   app.require_subcommand(1);
   const std::string default_config = agent::platform::default_config_file().string();
 

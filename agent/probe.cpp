@@ -20,8 +20,8 @@ boost::asio::thread_pool& blocking_pool() {
   // exit-time cleanup now, so that runs after the pool's threads are joined (exit handlers run
   // in reverse). Were the first TLS use on a pool thread, the cleanup would run first and the
   // threads' OpenSSL error state would leak (LeakSanitizer saw it). libcurl is not started
-  // here: the first web probe loads it on a pool thread (common/curl_loader.hpp), and its
-  // OpenSSL is this one, already started.
+  // here: the first web probe loads it on a pool thread (common/curl_loader.hpp). In the
+  // static agent its OpenSSL is a second copy, started there without an exit handler.
   static const bool libraries_ready = [] {
     OPENSSL_init_ssl(0, nullptr);
     return true;

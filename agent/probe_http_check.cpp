@@ -125,7 +125,10 @@ HttpVerdict evaluate_http(const HttpObservation& o, const HttpCheckParams& p,
 namespace {
 
 // What the TLS verification saw of the leaf certificate (filled on the transfer's thread).
+// The callbacks run inside libcurl's OpenSSL, on its objects: they call only `openssl`, the
+// functions of that copy (curl_loader.hpp, CurlOpenSsl), never the agent's own.
 struct CertCapture {
+  const common::curl::loaded::CurlOpenSsl* openssl = nullptr;
   std::optional<std::int64_t> days_left;
   std::string not_after;
   long verify_error = X509_V_OK;
@@ -133,21 +136,26 @@ struct CertCapture {
 
 int verify_and_capture(X509_STORE_CTX* store, void* arg) {
   auto* cap = static_cast<CertCapture*>(arg);
-  int ok = X509_verify_cert(store);
-  if (X509* leaf = X509_STORE_CTX_get0_cert(store)) {
+  const auto& o = *cap->openssl;
+  int ok = o.x509_verify_cert(store);
+  if (X509* leaf = o.x509_store_ctx_get0_cert(store)) {
+    const ASN1_TIME* not_after = o.x509_get0_notAfter(leaf);
     int days = 0, secs = 0;
-    if (ASN1_TIME_diff(&days, &secs, nullptr, X509_get0_notAfter(leaf)) == 1) {
+    if (o.asn1_time_diff(&days, &secs, nullptr, not_after) == 1) {
       std::int64_t total = std::int64_t{days} * 86400 + secs;
       cap->days_left = total >= 0 ? total / 86400 : -((-total + 86399) / 86400);
     }
-    cap->not_after = common::cert_not_after_utc(leaf);
+    struct tm tm {};
+    if (o.asn1_time_to_tm(not_after, &tm) == 1) cap->not_after = common::utc_text(tm);
   }
-  if (ok != 1) cap->verify_error = X509_STORE_CTX_get_error(store);
+  if (ok != 1) cap->verify_error = o.x509_store_ctx_get_error(store);
   return ok == 1 ? 1 : 0;
 }
 
 CURLcode on_ssl_ctx(CURL*, void* ssl_ctx, void* arg) {
-  SSL_CTX_set_cert_verify_callback(static_cast<SSL_CTX*>(ssl_ctx), verify_and_capture, arg);
+  auto* cap = static_cast<CertCapture*>(arg);
+  cap->openssl->ssl_ctx_set_cert_verify_callback(static_cast<SSL_CTX*>(ssl_ctx), verify_and_capture,
+                                                 arg);
   return CURLE_OK;
 }
 
@@ -219,6 +227,7 @@ Fetched fetch(const HttpCheckParams& p, const std::string& marker,
   BodySink sink;
   sink.max = p.max_body;
   CertCapture cap;
+  cap.openssl = &api->openssl;
   curl::Slist headers = curl::make_slist(*api);
   curl::append(*api, headers, "X-FireDrill-Marker: " + marker);
   curl::Slist resolve = curl::make_slist(*api);

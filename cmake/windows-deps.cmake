@@ -37,3 +37,10 @@ target_link_libraries(CLI11::CLI11 INTERFACE firedrill_win_headers)
 add_library(spdlog::spdlog INTERFACE IMPORTED)
 target_link_libraries(spdlog::spdlog INTERFACE firedrill_win_headers)
 target_compile_definitions(spdlog::spdlog INTERFACE SPDLOG_FMT_EXTERNAL FMT_HEADER_ONLY)
+
+# The names common/ and agent/ link (cmake/linux-deps.cmake picks static or shared on Linux).
+set(FIREDRILL_SPDLOG spdlog::spdlog)
+set(FIREDRILL_OPENSSL OpenSSL::SSL)
+set(FIREDRILL_YAML yaml-cpp)
+function(firedrill_static_deps target)
+endfunction()

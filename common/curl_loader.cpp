@@ -19,8 +19,8 @@ void resolve(void* handle, const char* name, F& out, std::string& missing) {
   if (!out) missing += (missing.empty() ? "" : ", ") + std::string(name);
 }
 
-// The probes hand libcurl's SSL_CTX to OpenSSL 3 (http_check's verify callback) and share the
-// process's libssl: a libcurl on another TLS library or OpenSSL version would crash there.
+// http_check's verify callback works on libcurl's SSL_CTX with OpenSSL 3's functions (of
+// libcurl's copy, CurlOpenSsl): a libcurl on another TLS library or version would crash there.
 void check_build(const std::string& soname, const curl_version_info_data& v) {
   std::string_view ssl = v.ssl_version ? v.ssl_version : "";
   if (v.version_num < kMinVersion)
@@ -29,6 +29,21 @@ void check_build(const std::string& soname, const curl_version_info_data& v) {
     throw Unavailable(soname + " (libcurl " + v.version + ") uses " +
                       (ssl.empty() ? std::string("no TLS library") : std::string(ssl)) +
                       "; the web probes need libcurl built with OpenSSL 3");
+}
+
+// OpenSSL's functions as libcurl is bound to them: dlsym on libcurl's handle searches libcurl
+// and then the libraries it loaded (libssl.so.3, libcrypto.so.3), never the program itself.
+void resolve_openssl(void* curl, CurlOpenSsl& o) {
+  std::string missing;
+  resolve(curl, "OPENSSL_init_crypto", o.init_crypto, missing);
+  resolve(curl, "SSL_CTX_set_cert_verify_callback", o.ssl_ctx_set_cert_verify_callback, missing);
+  resolve(curl, "X509_verify_cert", o.x509_verify_cert, missing);
+  resolve(curl, "X509_STORE_CTX_get0_cert", o.x509_store_ctx_get0_cert, missing);
+  resolve(curl, "X509_STORE_CTX_get_error", o.x509_store_ctx_get_error, missing);
+  resolve(curl, "X509_get0_notAfter", o.x509_get0_notAfter, missing);
+  resolve(curl, "ASN1_TIME_diff", o.asn1_time_diff, missing);
+  resolve(curl, "ASN1_TIME_to_tm", o.asn1_time_to_tm, missing);
+  if (!missing.empty()) throw Unavailable("libcurl's OpenSSL lacks " + missing);
 }
 
 }  // namespace
@@ -58,6 +73,7 @@ Api open_api(const std::string& soname) {
     const curl_version_info_data* v = a.version_info(CURLVERSION_NOW);
     if (!v) throw Unavailable(soname + ": curl_version_info returned nothing");
     check_build(soname, *v);
+    resolve_openssl(h, a.openssl);
     a.version = std::string(v->version) + " (" + v->ssl_version + ")";
   } catch (...) {
     ::dlclose(h);  // nothing of it was used
@@ -74,6 +90,12 @@ const Api& api() {
   std::lock_guard lock(mutex);
   if (loaded) return *loaded;
   Api a = open_api(kLibcurlSoname);
+  // In the static agent libcurl's OpenSSL is a second copy, and it starts here, on a pool
+  // thread, after the pool's exit-time join was registered (agent/probe.cpp): its own exit
+  // handler would run before that join and free what a transfer still running uses. It gets
+  // none (the process's exit frees its memory). Where it is the program's own OpenSSL, already
+  // started with its handler, this changes nothing.
+  a.openssl.init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr);
   // Thread-safe since 7.84.
   if (CURLcode rc = a.global_init(CURL_GLOBAL_DEFAULT); rc != CURLE_OK)
     throw Unavailable(std::string("curl_global_init failed: ") + a.easy_strerror(rc));

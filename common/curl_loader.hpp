@@ -4,7 +4,9 @@
 // collector links libcurl normally (common/curl.hpp).
 #pragma once
 
-#include <curl/curl.h>  // types and constants only: nothing here links libcurl
+#include <curl/curl.h>    // types and constants only: nothing here links libcurl
+#include <openssl/ssl.h>  // types only: the functions below come from libcurl's OpenSSL
+#include <openssl/x509.h>
 
 #include <memory>
 #include <stdexcept>
@@ -21,6 +23,22 @@ struct Unavailable : std::runtime_error {
 
 inline constexpr const char* kLibcurlSoname = "libcurl.so.4";
 
+// OpenSSL as libcurl uses it: what a CURLOPT_SSL_CTX_FUNCTION callback may call on libcurl's
+// SSL_CTX and on the objects hanging off it, resolved through libcurl's handle from the
+// libssl.so.3 and libcrypto.so.3 it is bound to. These need not be the OpenSSL the program is
+// linked with: firedrill-agent links a static copy (cmake/linux-deps.cmake), and an object made
+// by one copy must never reach the other's functions.
+struct CurlOpenSsl {
+  decltype(&::OPENSSL_init_crypto) init_crypto = nullptr;
+  decltype(&::SSL_CTX_set_cert_verify_callback) ssl_ctx_set_cert_verify_callback = nullptr;
+  decltype(&::X509_verify_cert) x509_verify_cert = nullptr;
+  decltype(&::X509_STORE_CTX_get0_cert) x509_store_ctx_get0_cert = nullptr;
+  decltype(&::X509_STORE_CTX_get_error) x509_store_ctx_get_error = nullptr;
+  decltype(&::X509_get0_notAfter) x509_get0_notAfter = nullptr;
+  decltype(&::ASN1_TIME_diff) asn1_time_diff = nullptr;
+  decltype(&::ASN1_TIME_to_tm) asn1_time_to_tm = nullptr;
+};
+
 // The functions the agent's web probes call, resolved from the loaded library.
 struct Api {
   CURL* (*easy_init)() = nullptr;
@@ -33,6 +51,7 @@ struct Api {
   void (*slist_free_all)(curl_slist*) = nullptr;
   CURLcode (*global_init)(long) = nullptr;
   curl_version_info_data* (*version_info)(CURLversion) = nullptr;
+  CurlOpenSsl openssl;  // libcurl's own OpenSSL (see CurlOpenSsl)
   std::string version;  // e.g. "8.1.2 (OpenSSL/3.0.19)"
 };
 

@@ -79,6 +79,10 @@ std::string cert_fingerprint_hex(X509* cert) {
 std::string cert_not_after_utc(X509* cert) {
   struct tm tm {};
   if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) return "";
+  return utc_text(tm);
+}
+
+std::string utc_text(const struct tm& tm) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;

@@ -32,5 +32,6 @@ std::string cert_common_name(X509* cert);
 Ed25519Key cert_public_key(X509* cert);  // throws if the key is not Ed25519
 std::string cert_fingerprint_hex(X509* cert);  // SHA-256 of DER
 std::string cert_not_after_utc(X509* cert);    // "2027-11-28T00:00:00Z"
+std::string utc_text(const struct tm& tm);     // the same format, from a broken-down UTC time
 
 }  // namespace firedrill::common

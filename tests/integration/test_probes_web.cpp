@@ -415,6 +415,36 @@ TEST_CASE("the agent links neither libcurl nor libsystemd and maps libcurl only 
   CHECK(contains(dynamic.out, "(NEEDED)"));
   CHECK_FALSE(contains(dynamic.out, "libcurl"));
   CHECK_FALSE(contains(dynamic.out, "libsystemd"));
+  // --version names the OpenSSL inside: with a static one, host updates do not reach it.
+  auto version = run_command({agent_bin, "--version"}, 30s);
+  CHECK(version.rc == 0);
+  CHECK_MESSAGE(contains(version.out, "(OpenSSL 3."), version.out);
+  if (FIREDRILL_STATIC_AGENT) {  // cmake/linux-deps.cmake: libc and nothing else
+    for (const char* lib : {"libssl", "libcrypto", "libstdc++", "libyaml-cpp", "libcares",
+                            "libspdlog", "libfmt", "libgcc_s"})
+      CHECK_MESSAGE(!contains(dynamic.out, lib), lib << " in " << dynamic.out);
+    // libcurl's libssl.so.3 binds to what the agent exports: only glibc's own symbols may be
+    // there, never a function of the agent's static OpenSSL.
+    auto exported = run_command({"/usr/bin/nm", "-D", "--defined-only", agent_bin}, 30s);
+    REQUIRE(exported.rc == 0);
+    std::istringstream lines(exported.out);
+    int symbols = 0;
+    for (std::string line; std::getline(lines, line);) {
+      ++symbols;
+      CHECK_MESSAGE(contains(line, "@GLIBC_"), "exported: " << line);
+    }
+    CHECK(symbols > 0);
+    // spdlog compiled in once: a second registry would send main.cpp's lines elsewhere.
+    auto syms = run_command({"/usr/bin/nm", "-C", agent_bin}, 60s);
+    REQUIRE(syms.rc == 0);
+    std::istringstream symbol_lines(syms.out);
+    int registries = 0;
+    for (std::string line; std::getline(symbol_lines, line);)
+      if (line.ends_with(" spdlog::details::registry::instance()::s_instance") &&
+          !contains(line, "guard variable"))
+        ++registries;
+    CHECK_MESSAGE(registries == 1, "spdlog registries in firedrill-agent: " << registries);
+  }
 
   // A running agent whose tests are all tcp_connect has delivered results without libcurl.
   Collector c;
@@ -426,7 +456,9 @@ TEST_CASE("the agent links neither libcurl nor libsystemd and maps libcurl only 
       wait_until([&] { return idle.status()["acked_seq"].get<std::uint64_t>() >= 2; }, 60s),
       idle.log());
   auto maps = read_text("/proc/" + std::to_string(idle.process().pid()) + "/maps");
-  CHECK(contains(maps, "libcrypto"));  // the file was read: it lists the agent's libraries
+  CHECK(contains(maps, "libc.so"));  // the file was read: it lists the agent's libraries
+  CHECK(contains(maps, "libcrypto") == !FIREDRILL_STATIC_AGENT);
+  CHECK(contains(maps, "libstdc++") == !FIREDRILL_STATIC_AGENT);
   CHECK_FALSE(contains(maps, "libcurl"));
   CHECK_FALSE(contains(maps, "libgnutls"));
   idle.stop();

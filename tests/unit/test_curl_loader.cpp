@@ -27,6 +27,14 @@ TEST_CASE("libcurl.so.4 loads with every function the web probes call, on OpenSS
                       a.easy_getinfo && a.easy_strerror && a.slist_append && a.slist_free_all &&
                       a.global_init && a.version_info;
   CHECK(all_resolved);
+  const CurlOpenSsl& o = a.openssl;
+  bool openssl_resolved = o.init_crypto && o.ssl_ctx_set_cert_verify_callback &&
+                          o.x509_verify_cert && o.x509_store_ctx_get0_cert &&
+                          o.x509_store_ctx_get_error && o.x509_get0_notAfter &&
+                          o.asn1_time_diff && o.asn1_time_to_tm;
+  CHECK(openssl_resolved);
+  // This test program links the shared OpenSSL: libcurl's copy is the same one.
+  CHECK(reinterpret_cast<void*>(o.x509_verify_cert) == reinterpret_cast<void*>(&X509_verify_cert));
   CHECK(a.version.find("OpenSSL/3") != std::string::npos);
   CHECK(&api() == &a);  // loaded once
   Easy e = make_easy(a);
