@@ -141,10 +141,8 @@ int verify_and_capture(X509_STORE_CTX* store, void* arg) {
   if (X509* leaf = o.x509_store_ctx_get0_cert(store)) {
     const ASN1_TIME* not_after = o.x509_get0_notAfter(leaf);
     int days = 0, secs = 0;
-    if (o.asn1_time_diff(&days, &secs, nullptr, not_after) == 1) {
-      std::int64_t total = std::int64_t{days} * 86400 + secs;
-      cap->days_left = total >= 0 ? total / 86400 : -((-total + 86399) / 86400);
-    }
+    if (o.asn1_time_diff(&days, &secs, nullptr, not_after) == 1)
+      cap->days_left = common::whole_days(days, secs);
     struct tm tm {};
     if (o.asn1_time_to_tm(not_after, &tm) == 1) cap->not_after = common::utc_text(tm);
   }

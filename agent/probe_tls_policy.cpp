@@ -357,9 +357,8 @@ CertFacts cert_facts(X509* c, const std::string& name) {
   f.not_after = common::cert_not_after_utc(c);
   int days = 0, secs = 0;
   if (ASN1_TIME_diff(&days, &secs, nullptr, X509_get0_notAfter(c)) == 1) {
-    std::int64_t total = std::int64_t{days} * 86400 + secs;
-    f.expired = total < 0;
-    f.days_left = total >= 0 ? total / 86400 : -((-total + 86399) / 86400);
+    f.days_left = common::whole_days(days, secs);
+    f.expired = f.days_left < 0;
   }
   f.self_signed = X509_self_signed(c, 1) == 1;
   if (!name.empty())

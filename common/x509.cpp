@@ -82,6 +82,11 @@ std::string cert_not_after_utc(X509* cert) {
   return utc_text(tm);
 }
 
+std::int64_t whole_days(int days, int secs) {
+  std::int64_t total = std::int64_t{days} * 86400 + secs;
+  return total >= 0 ? total / 86400 : -((-total + 86399) / 86400);
+}
+
 std::string utc_text(const struct tm& tm) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);

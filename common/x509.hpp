@@ -3,6 +3,7 @@
 
 #include <openssl/x509.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -33,5 +34,8 @@ Ed25519Key cert_public_key(X509* cert);  // throws if the key is not Ed25519
 std::string cert_fingerprint_hex(X509* cert);  // SHA-256 of DER
 std::string cert_not_after_utc(X509* cert);    // "2027-11-28T00:00:00Z"
 std::string utc_text(const struct tm& tm);     // the same format, from a broken-down UTC time
+// The whole days in ASN1_TIME_diff's (days, secs) span, rounded down: negative from the first
+// second past the end (an expired certificate's days left).
+std::int64_t whole_days(int days, int secs);
 
 }  // namespace firedrill::common

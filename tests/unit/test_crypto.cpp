@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/crypto.hpp"
+#include "common/x509.hpp"
 #include "tests/unit/temp_dir.hpp"
 
 namespace fs = std::filesystem;
@@ -245,4 +246,15 @@ TEST_CASE("read_file refuses a file over its size limit and a missing file") {
   CHECK(read_file(tmp / "big", 100).size() == 100);
   CHECK_THROWS_AS(read_file(tmp / "big", 99), std::runtime_error);
   CHECK_THROWS_AS(read_file(tmp / "missing"), std::runtime_error);
+}
+
+TEST_CASE("whole_days rounds ASN1_TIME_diff's span down, negative from the first second past") {
+  using firedrill::common::whole_days;
+  CHECK(whole_days(0, 0) == 0);
+  CHECK(whole_days(0, 86399) == 0);
+  CHECK(whole_days(1, 0) == 1);
+  CHECK(whole_days(30, 5) == 30);
+  CHECK(whole_days(0, -1) == -1);
+  CHECK(whole_days(-1, 0) == -1);
+  CHECK(whole_days(-1, -1) == -2);
 }
