@@ -15,7 +15,7 @@
 #include "common/config.hpp"
 #include "common/log.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
@@ -416,4 +416,4 @@ const NonceStore& ActionRunner::nonces() const {
   return impl_->nonces;
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

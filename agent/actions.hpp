@@ -22,11 +22,11 @@
 #include "common/crypto.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 class ConfigNode;
 }
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 struct ClockState;
 
@@ -172,4 +172,4 @@ class ActionRunner {
   std::shared_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -16,7 +16,7 @@
 #include "common/crypto.hpp"
 #include "common/tls.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 
@@ -196,4 +196,4 @@ void Agent::stop() {
   if (uplink_) uplink_->stop();
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -17,7 +17,7 @@
 #include "agent/scheduler.hpp"
 #include "agent/uplink.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 using ProbeSet = std::map<std::string, std::unique_ptr<Probe>>;
 // One instance of every probe kind, sharing the agent's allowlist and clock.
@@ -64,4 +64,4 @@ class Agent {
   std::unique_ptr<boost::asio::steady_timer> start_timer_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 namespace {
 
 // The whole text must be a decimal number (std::stoul alone ignores trailing junk).
@@ -126,4 +126,4 @@ bool Allowlist::allows_address(const boost::asio::ip::address& addr, std::uint16
   return false;
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // Entries: "127.0.0.1", "10.0.0.0/8:445", "host.example:80-443", "[::1]:1-65535", "*.lab:22".
 // A host name matches by name (case-insensitive; "*." prefix for subdomains); a network
@@ -30,4 +30,4 @@ class Allowlist {
   std::vector<Entry> entries_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

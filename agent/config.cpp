@@ -10,7 +10,7 @@
 #include "agent/platform.hpp"
 #include "common/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace {
 
@@ -257,4 +257,4 @@ AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   return c;
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -13,7 +13,7 @@
 #include "agent/allowlist.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 using namespace std::chrono_literals;
 
@@ -60,7 +60,7 @@ struct TestSpec {
   std::shared_ptr<const TlsPolicyParams> tls_policy;
   std::shared_ptr<const HttpCheckParams> http_check;
   std::shared_ptr<const DnsLookupParams> dns_lookup;
-  std::string summary;  // one line on what the test touches, for `firedrill-agent tests`
+  std::string summary;  // one line on what the test touches, for `tocsin-agent tests`
 };
 
 struct UplinkOptions {
@@ -98,4 +98,4 @@ struct AgentConfig {
   static AgentConfig load(const std::filesystem::path& file);
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

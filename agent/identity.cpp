@@ -19,7 +19,7 @@
 #include "common/wire.hpp"
 #include "common/x509.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
@@ -31,7 +31,7 @@ Identity Identity::load(const fs::path& state_dir) {
   auto file = state_dir / "identity.yaml";
   if (!fs::exists(file))
     throw std::runtime_error("no agent identity in " + state_dir.string() +
-                             "; enroll first: firedrill-agent enroll --server HOST:PORT --token T "
+                             "; enroll first: tocsin-agent enroll --server HOST:PORT --token T "
                              "--ca ca.pem --state-dir " + state_dir.string());
   auto node = common::ConfigNode::load_file(file);
   id.agent_id = node.str("agent_id");
@@ -102,7 +102,7 @@ Identity enroll(const EnrollOptions& opts) {
   req.csr_pem = common::make_csr_pem(key, hostname());
   req.hostname = hostname();
   req.os = os_description();
-  req.version = FIREDRILL_VERSION;
+  req.version = TOCSIN_VERSION;
 
   asio::io_context io(1);
   auto ctx = common::make_client_context({opts.ca_file, {}, {}});
@@ -153,10 +153,10 @@ Identity enroll(const EnrollOptions& opts) {
   if (command_key)
     common::write_file_atomic(paths.command_key_file(), command_key->public_pem(), priv);
   common::write_file_atomic(opts.state_dir / "identity.yaml",
-                            "# Written by firedrill-agent enroll; do not edit.\nagent_id: " +
+                            "# Written by tocsin-agent enroll; do not edit.\nagent_id: " +
                                 ok->agent_id + "\nserver: \"" + server.to_string() + "\"\n",
                             priv);
   return Identity::load(opts.state_dir);
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // Files under the state directory (directory 0700, key and certificate 0600).
 struct Identity {
@@ -45,4 +45,4 @@ struct EnrollOptions {
 
 Identity enroll(const EnrollOptions& opts);
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

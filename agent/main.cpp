@@ -1,4 +1,4 @@
-// firedrill-agent: `enroll` once with a token, then `run` the scheduled tests as a service.
+// tocsin-agent: `enroll` once with a token, then `run` the scheduled tests as a service.
 #include <CLI/CLI.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -20,7 +20,7 @@
 #include "common/file_io.hpp"
 #include "common/log.hpp"
 
-using namespace firedrill;
+using namespace tocsin;
 namespace fs = std::filesystem;
 
 namespace {
@@ -40,7 +40,7 @@ int cmd_enroll(agent::EnrollOptions opts, const std::string& token_file) {
               << "  pinned CA: " << id.ca_file().string() << "\n";
     return 0;
   } catch (const agent::EnrollError& e) {
-    std::cerr << "firedrill-agent: enrollment failed (" << e.code << "): " << e.what() << "\n";
+    std::cerr << "tocsin-agent: enrollment failed (" << e.code << "): " << e.what() << "\n";
     return 3;
   }
 }
@@ -125,7 +125,7 @@ int cmd_run_once(const fs::path& config_file, const std::string& test_id, bool j
   auto it = std::find_if(cfg.tests.begin(), cfg.tests.end(),
                          [&](const agent::TestSpec& t) { return t.id == test_id; });
   if (it == cfg.tests.end()) {
-    std::cerr << "firedrill-agent: no test '" << test_id << "' in " << config_file.string() << "\n";
+    std::cerr << "tocsin-agent: no test '" << test_id << "' in " << config_file.string() << "\n";
     return 2;
   }
   boost::asio::io_context io(1);
@@ -163,11 +163,11 @@ int cmd_run_once(const fs::path& config_file, const std::string& test_id, bool j
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"FireDrill agent: runs safe, marker-tagged attack simulations and streams signed "
+  CLI::App app{"Tocsin agent: runs safe, marker-tagged attack simulations and streams signed "
                "results to the collector."};
   // The OpenSSL in use: the Linux build links it statically (cmake/linux-deps.cmake), so a
   // host's OpenSSL update does not reach the agent until the agent is rebuilt.
-  app.set_version_flag("--version", std::string(FIREDRILL_VERSION) + " (" +
+  app.set_version_flag("--version", std::string(TOCSIN_VERSION) + " (" +
                                         OpenSSL_version(OPENSSL_VERSION) + ")");
   app.require_subcommand(1);
   const std::string default_config = agent::platform::default_config_file().string();
@@ -178,7 +178,7 @@ int main(int argc, char** argv) {
   std::string token_file;
   enroll->add_option("--server", eo.server, "Collector agent endpoint, host:port")->required();
   auto* tok = enroll->add_option("--token", eo.token,
-                                 "Enrollment token from `firedrill token create`");
+                                 "Enrollment token from `tocsin token create`");
   enroll->add_option("--token-file", token_file, "Read the token from this file instead")
       ->excludes(tok);
   enroll->add_option("--ca", eo.ca_file, "The collector's CA certificate (ca.pem) to pin")
@@ -242,36 +242,36 @@ int main(int argc, char** argv) {
   try {
     if (*enroll) {
       if (eo.token.empty() && token_file.empty()) {
-        std::cerr << "firedrill-agent: enroll needs --token or --token-file\n";
+        std::cerr << "tocsin-agent: enroll needs --token or --token-file\n";
         return 2;
       }
       return cmd_enroll(eo, token_file);
     }
     if (*install_config) return cmd_install_config(config_from, config);
     if (*configure_service) {
-      agent::platform::set_service_recovery("firedrill-agent");
-      std::cout << "firedrill-agent: restarts 60 s after a failure\n";
+      agent::platform::set_service_recovery("tocsin-agent");
+      std::cout << "tocsin-agent: restarts 60 s after a failure\n";
       return 0;
     }
     if (*status) return cmd_status(config);
     if (*tests) return cmd_tests(config);
     if (*run_once) return cmd_run_once(config, test_id, json);
     if (*service)
-      return agent::platform::run_as_service("firedrill-agent", [&] {
+      return agent::platform::run_as_service("tocsin-agent", [&] {
         try {
           return cmd_run(config, false, log_level);
         } catch (const std::exception& e) {
           // Before the log is set up (a bad config) there is only the SCM's exit code and
           // this line, in agent.log when the service has no console.
           auto log = agent::platform::service_log_file();
-          if (!log.empty()) std::ofstream(log, std::ios::app) << "firedrill-agent: " << e.what() << "\n";
-          std::cerr << "firedrill-agent: " << e.what() << "\n";
+          if (!log.empty()) std::ofstream(log, std::ios::app) << "tocsin-agent: " << e.what() << "\n";
+          std::cerr << "tocsin-agent: " << e.what() << "\n";
           return 1;
         }
       });
     return cmd_run(config, once, log_level);
   } catch (const std::exception& e) {
-    std::cerr << "firedrill-agent: " << e.what() << "\n";
+    std::cerr << "tocsin-agent: " << e.what() << "\n";
     return 1;
   }
 }

@@ -8,7 +8,7 @@
 #include "agent/probe_web_download.hpp"
 #include "common/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 bool optional_probes_built() {
   return true;
@@ -37,4 +37,4 @@ void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex, cons
   probes["dns_lookup"] = std::make_unique<DnsLookupProbe>(ex, cfg.allowlist, clock);
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -1,5 +1,5 @@
 // The probe kinds built on libcurl and c-ares (web_download, http_beacon, tls_policy,
-// http_check, dns_lookup) are optional: CMake option FIREDRILL_WEB_PROBES picks
+// http_check, dns_lookup) are optional: CMake option TOCSIN_WEB_PROBES picks
 // optional_probes.cpp (all of them) or optional_probes_none.cpp (none; the Windows build).
 // The agent does not link libcurl: the first web probe run loads it (common/curl_loader.hpp).
 #pragma once
@@ -13,11 +13,11 @@
 
 #include "agent/config.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 class ConfigNode;
 }
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 class Probe;
 struct ClockState;
@@ -35,4 +35,4 @@ void load_optional_params(const common::ConfigNode& t, const common::ConfigNode&
 void add_optional_probes(ProbeSet& probes, boost::asio::any_io_executor ex, const AgentConfig& cfg,
                          const ClockState& clock);
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -1,10 +1,10 @@
-// A build without libcurl and c-ares (FIREDRILL_WEB_PROBES=OFF, the Windows agent): a test of
+// A build without libcurl and c-ares (TOCSIN_WEB_PROBES=OFF, the Windows agent): a test of
 // one of those kinds is refused when the configuration is loaded, never at run time.
 #include "agent/optional_probes.hpp"
 
 #include "common/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 bool optional_probes_built() {
   return false;
@@ -20,4 +20,4 @@ void load_optional_params(const common::ConfigNode& t, const common::ConfigNode&
 void add_optional_probes(ProbeSet&, boost::asio::any_io_executor, const AgentConfig&,
                          const ClockState&) {}
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

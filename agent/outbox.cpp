@@ -9,7 +9,7 @@
 #include "common/clock.hpp"
 #include "common/file_io.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 namespace fs = std::filesystem;
 namespace fio = common::file_io;
 
@@ -442,4 +442,4 @@ OutboxStats Outbox::stats() const {
           dropped_unreported_};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

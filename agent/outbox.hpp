@@ -20,7 +20,7 @@
 
 #include "common/wire.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 struct OutboxOptions {
   std::filesystem::path dir;
@@ -102,4 +102,4 @@ class Outbox {
   std::uint64_t reporting_ = 0;  // drops covered by a report appended but not yet flushed
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

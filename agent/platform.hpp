@@ -12,10 +12,10 @@
 #include <memory>
 #include <string>
 
-namespace firedrill::agent::platform {
+namespace tocsin::agent::platform {
 
-// Linux: /etc/firedrill/agent.yaml, /var/lib/firedrill-agent, /etc/firedrill/disabled.
-// Windows: %ProgramData%\FireDrill\agent.yaml, ...\FireDrill\state, ...\FireDrill\disabled.
+// Linux: /etc/tocsin/agent.yaml, /var/lib/tocsin-agent, /etc/tocsin/disabled.
+// Windows: %ProgramData%\Tocsin\agent.yaml, ...\Tocsin\state, ...\Tocsin\disabled.
 std::filesystem::path default_config_file();
 std::filesystem::path default_state_dir();
 std::filesystem::path default_kill_switch();
@@ -58,7 +58,7 @@ class ServiceHost {
 // systemd starts `run` directly, it just calls body.
 int run_as_service(const std::string& name, const std::function<int()>& body);
 // Where the log goes when the agent runs as a service without a console: Windows under the
-// SCM, %ProgramData%\FireDrill\agent.log; otherwise empty (stderr; journald under systemd).
+// SCM, %ProgramData%\Tocsin\agent.log; otherwise empty (stderr; journald under systemd).
 std::filesystem::path service_log_file();
 
 // Windows: the SCM restarts the installed service `name` 60 s after it fails (a crash or a
@@ -66,4 +66,4 @@ std::filesystem::path service_log_file();
 // (Restart=on-failure); this throws std::runtime_error saying so.
 void set_service_recovery(const std::string& name);
 
-}  // namespace firedrill::agent::platform
+}  // namespace tocsin::agent::platform

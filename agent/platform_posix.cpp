@@ -14,16 +14,16 @@
 #include "agent/platform.hpp"
 #include "agent/systemd_notify.hpp"
 
-namespace firedrill::agent::platform {
+namespace tocsin::agent::platform {
 
 std::filesystem::path default_config_file() {
-  return "/etc/firedrill/agent.yaml";
+  return "/etc/tocsin/agent.yaml";
 }
 std::filesystem::path default_state_dir() {
-  return "/var/lib/firedrill-agent";
+  return "/var/lib/tocsin-agent";
 }
 std::filesystem::path default_kill_switch() {
-  return "/etc/firedrill/disabled";
+  return "/etc/tocsin/disabled";
 }
 
 std::string hostname() {
@@ -127,7 +127,7 @@ std::filesystem::path service_log_file() {
 void set_service_recovery(const std::string&) {
   throw std::runtime_error(
       "nothing to configure: systemd restarts the agent (Restart=on-failure "
-      "in firedrill-agent.service)");
+      "in tocsin-agent.service)");
 }
 
-}  // namespace firedrill::agent::platform
+}  // namespace tocsin::agent::platform

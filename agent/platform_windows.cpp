@@ -1,4 +1,4 @@
-// Windows: paths under %ProgramData%\FireDrill, the Service Control Manager, and file
+// Windows: paths under %ProgramData%\Tocsin, the Service Control Manager, and file
 // operations whose refusals by an anti-malware scanner (ERROR_VIRUS_INFECTED, access denied)
 // read as EACCES with the Win32 error kept as evidence.
 #include <windows.h>
@@ -18,7 +18,7 @@
 #include "agent/platform.hpp"
 #include "agent/win32.hpp"
 
-namespace firedrill::agent::platform {
+namespace tocsin::agent::platform {
 
 namespace fs = std::filesystem;
 
@@ -30,7 +30,7 @@ fs::path program_data() {
   if (SUCCEEDED(::SHGetKnownFolderPath(FOLDERID_ProgramData, 0, nullptr, &path)) && path)
     out = path;
   ::CoTaskMemFree(path);
-  return out / "FireDrill";
+  return out / "Tocsin";
 }
 
 FileStatus status_of(DWORD code) {
@@ -195,13 +195,13 @@ void WINAPI service_main(DWORD, LPWSTR*) {
     std::string name(s.name.begin(), s.name.end());
     set_service_recovery(name);
   } catch (const std::exception& e) {
-    std::cerr << "firedrill-agent: " << e.what() << "\n";
+    std::cerr << "tocsin-agent: " << e.what() << "\n";
   }
   int rc = 1;
   try {
     rc = (*s.body)();
   } catch (const std::exception& e) {
-    std::cerr << "firedrill-agent: " << e.what() << "\n";
+    std::cerr << "tocsin-agent: " << e.what() << "\n";
   }
   s.exit_code = rc;
   // A non-zero code is a failure: the SCM's recovery actions (restart) apply to it.
@@ -270,10 +270,10 @@ int run_as_service(const std::string& name, const std::function<int()>& body) {
   if (!::StartServiceCtrlDispatcherW(table)) {
     DWORD code = ::GetLastError();
     if (code == ERROR_FAILED_SERVICE_CONTROLLER_CONNECT)
-      std::cerr << "firedrill-agent: `service` is for the Service Control Manager (sc start "
+      std::cerr << "tocsin-agent: `service` is for the Service Control Manager (sc start "
                 << name << "); on a console use `run`\n";
     else
-      std::cerr << "firedrill-agent: cannot connect to the Service Control Manager: "
+      std::cerr << "tocsin-agent: cannot connect to the Service Control Manager: "
                 << win32::message(code) << "\n";
     return 2;
   }
@@ -315,4 +315,4 @@ void set_service_recovery(const std::string& name) {
                              win32::message(::GetLastError()));
 }
 
-}  // namespace firedrill::agent::platform
+}  // namespace tocsin::agent::platform

@@ -10,7 +10,7 @@
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -31,7 +31,7 @@ boost::asio::thread_pool& blocking_pool() {
   return pool;
 }
 
-std::string new_marker() { return "fdr-" + common::random_id(10); }
+std::string new_marker() { return "tcn-" + common::random_id(10); }
 
 common::ResultBody start_result(const TestSpec& test, const std::string& marker) {
   common::ResultBody b;
@@ -106,4 +106,4 @@ asio::awaitable<AllowedAddresses> resolve_allowed(asio::any_io_executor ex, cons
   co_return out;
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

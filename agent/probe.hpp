@@ -22,7 +22,7 @@
 #include "agent/config.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // The agent's latest clock exchange with the collector (error -1: never synchronised).
 struct ClockState {
@@ -30,7 +30,7 @@ struct ClockState {
   std::int64_t error_ns = -1;
 };
 
-// A unique, detector-visible marker for one run: "fdr-" + 10 random [a-z0-9].
+// A unique, detector-visible marker for one run: "tcn-" + 10 random [a-z0-9].
 std::string new_marker();
 
 // The fields every result of a run shares: test, kind, technique, marker, expectation, and
@@ -108,4 +108,4 @@ class Probe {
                                                                       std::string marker) = 0;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -11,7 +11,7 @@
 
 #include "common/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 using asio::ip::address;
@@ -75,7 +75,7 @@ std::string normalize_domain(const std::string& name) {
   std::string d = name;
   if (!d.empty() && d.back() == '.') d.pop_back();
   std::transform(d.begin(), d.end(), d.begin(), [](unsigned char c) { return std::tolower(c); });
-  // The marker label ("fdr-" + 10) and its dot must still fit in a 253-character name.
+  // The marker label ("tcn-" + 10) and its dot must still fit in a 253-character name.
   if (d.empty() || d.size() > 253 - 15)
     throw std::invalid_argument("'" + name + "' is not a domain name of 1-238 characters");
   std::size_t start = 0;
@@ -554,4 +554,4 @@ asio::awaitable<std::vector<common::ResultBody>> DnsLookupProbe::run(const TestS
   co_return std::vector<common::ResultBody>{b};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -13,7 +13,7 @@
 #include "common/config.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 enum class DnsRecordType { a, aaaa };
 std::string to_string(DnsRecordType t);
@@ -105,4 +105,4 @@ class DnsLookupProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -11,7 +11,7 @@
 #include "agent/platform.hpp"
 #include "common/clock.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace fs = std::filesystem;
 
@@ -68,7 +68,7 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
 
   // Positive control: the same steps with a benign twin must work, or nothing can be concluded.
   auto control = dir / (marker + "-control.txt");
-  std::string control_text = "FireDrill control file for run " + marker + "\n";
+  std::string control_text = "Tocsin control file for run " + marker + "\n";
   int control_err = 0;
   if (auto w = platform::create_new_file(control, control_text); w.error != 0) {
     o.control_ok = false;
@@ -151,4 +151,4 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EicarDropProbe::run(cons
   co_return std::vector<common::ResultBody>{b};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

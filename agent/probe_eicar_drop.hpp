@@ -9,7 +9,7 @@
 #include "agent/probe.hpp"
 #include "common/payloads.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 using common::eicar_test_string;
 
@@ -42,4 +42,4 @@ class EicarDropProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

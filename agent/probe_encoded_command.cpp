@@ -9,7 +9,7 @@
 
 #include "common/clock.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 std::string base64(const std::string& bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
@@ -35,10 +35,10 @@ std::vector<std::string> encoded_command_argv(const std::string& interpreter_pat
   if (interpreter == "sh") {
     // The marker is in the script text; base64 keeps it out of the plain command line, as the
     // technique does. Built in here: no text from the network ever reaches a shell.
-    auto script = "echo 'FireDrill encoded-command test " + marker + "'\n";
+    auto script = "echo 'Tocsin encoded-command test " + marker + "'\n";
     return {interpreter_path, "-c", "echo " + base64(script) + " | base64 -d | sh"};
   }
-  auto script = "Write-Output 'FireDrill encoded-command test " + marker + "'";
+  auto script = "Write-Output 'Tocsin encoded-command test " + marker + "'";
   return {interpreter_path, "-NoProfile", "-NonInteractive", "-EncodedCommand",
           base64(utf16le(script))};
 }
@@ -86,4 +86,4 @@ boost::asio::awaitable<std::vector<common::ResultBody>> EncodedCommandProbe::run
   co_return std::vector<common::ResultBody>{b};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

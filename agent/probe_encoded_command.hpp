@@ -6,7 +6,7 @@
 #include "agent/probe.hpp"
 #include "agent/process.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // The command line an attacker would use, for a benign script that prints the marker.
 // sh: ["sh", "-c", "echo <base64> | base64 -d | sh"]; pwsh/powershell.exe: -EncodedCommand with
@@ -37,4 +37,4 @@ class EncodedCommandProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

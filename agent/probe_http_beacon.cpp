@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 using namespace std::chrono_literals;
 
@@ -22,7 +22,7 @@ void load_http_beacon(const common::ConfigNode& test, const common::ConfigNode& 
     params.fail("header", "must be an HTTP header name (letters, digits, '-')");
   // Looks like a common implant's default, with the marker a detector can key on.
   p->user_agent = load_user_agent_param(
-      params, "Mozilla/5.0 (Windows NT 10.0; Win64; x64) FireDrill-Beacon/1.0 {marker}");
+      params, "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Tocsin-Beacon/1.0 {marker}");
   p->ca_file = load_ca_file_param(params);
   if (!test.has("timeout")) s.timeout = 10s;
   s.summary = p->method + " " + u.str() + (p->proxy ? " via " + p->proxy->to_string() : " direct");
@@ -113,4 +113,4 @@ boost::asio::awaitable<std::vector<common::ResultBody>> HttpBeaconProbe::run(con
   co_return std::vector<common::ResultBody>{b};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -9,7 +9,7 @@
 #include "agent/probe_web_download.hpp"
 #include "common/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 struct HttpBeaconParams {
   std::string url;  // may contain {marker}; without it the marker is appended as a path segment
@@ -48,4 +48,4 @@ class HttpBeaconProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -18,7 +18,7 @@
 #include "common/curl_loader.hpp"
 #include "common/x509.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -227,7 +227,7 @@ Fetched fetch(const HttpCheckParams& p, const std::string& marker,
   CertCapture cap;
   cap.openssl = &api->openssl;
   curl::Slist headers = curl::make_slist(*api);
-  curl::append(*api, headers, "X-FireDrill-Marker: " + marker);
+  curl::append(*api, headers, "X-Tocsin-Marker: " + marker);
   curl::Slist resolve = curl::make_slist(*api);
   boost::system::error_code ec;
   (void)asio::ip::make_address(p.host, ec);
@@ -239,7 +239,7 @@ Fetched fetch(const HttpCheckParams& p, const std::string& marker,
     curl::append(*api, resolve, entry);
     api->easy_setopt(c, CURLOPT_RESOLVE, resolve.get());
   }
-  std::string ua = "FireDrill-http_check/1 (" + marker + ")";
+  std::string ua = "Tocsin-http_check/1 (" + marker + ")";
   api->easy_setopt(c, CURLOPT_URL, p.url.c_str());
   api->easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
   api->easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);  // a redirect is an answer to report
@@ -364,4 +364,4 @@ asio::awaitable<std::vector<common::ResultBody>> HttpCheckProbe::run(const TestS
   co_return std::vector<common::ResultBody>{b};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -14,7 +14,7 @@
 #include "agent/probe.hpp"
 #include "common/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 struct HttpCheckParams {
   std::string url;
@@ -75,4 +75,4 @@ class HttpCheckProbe : public Probe {
   std::map<std::string, std::string> last_hash_;  // test id -> body SHA-256 of its last run
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

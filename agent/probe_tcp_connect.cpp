@@ -14,7 +14,7 @@
 #include "common/crypto.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -208,4 +208,4 @@ asio::awaitable<std::vector<common::ResultBody>> TcpConnectProbe::run(const Test
   co_return out;
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

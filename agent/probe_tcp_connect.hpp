@@ -6,7 +6,7 @@
 #include "agent/allowlist.hpp"
 #include "agent/probe.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // How a single connection attempt ended, in the reason codes of DESIGN.md.
 enum class ConnectOutcome {
@@ -51,4 +51,4 @@ class TcpConnectProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -15,14 +15,14 @@
 
 #include "common/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
 using namespace std::chrono_literals;
 
 bool is_marker(std::string_view s) {
-  return s.size() == 14 && s.substr(0, 4) == "fdr-" &&
+  return s.size() == 14 && s.substr(0, 4) == "tcn-" &&
          s.substr(4).find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789") == std::string_view::npos;
 }
 
@@ -188,4 +188,4 @@ asio::awaitable<std::vector<common::ResultBody>> TcpListenProbe::run(const TestS
   co_return out;
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -11,16 +11,16 @@
 #include "agent/allowlist.hpp"
 #include "agent/probe.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // The handshake, one line each way, ASCII:
-//   sender:   "FIREDRILL-HELLO <sender marker>\n"
-//   receiver: "FIREDRILL-ACK <sender marker> <receiver marker>\n"
-inline constexpr std::string_view kHelloPrefix = "FIREDRILL-HELLO ";
-inline constexpr std::string_view kAckPrefix = "FIREDRILL-ACK ";
+//   sender:   "TOCSIN-HELLO <sender marker>\n"
+//   receiver: "TOCSIN-ACK <sender marker> <receiver marker>\n"
+inline constexpr std::string_view kHelloPrefix = "TOCSIN-HELLO ";
+inline constexpr std::string_view kAckPrefix = "TOCSIN-ACK ";
 inline constexpr std::size_t kHandshakeLineMax = 128;
 
-bool is_marker(std::string_view s);  // "fdr-" + 10 of [a-z0-9]
+bool is_marker(std::string_view s);  // "tcn-" + 10 of [a-z0-9]
 std::string hello_line(const std::string& marker);
 std::string ack_line(const std::string& sender_marker, const std::string& receiver_marker);
 // The sender marker of a hello line (without its '\n'), or nullopt.
@@ -43,4 +43,4 @@ class TcpListenProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

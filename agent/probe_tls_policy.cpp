@@ -23,7 +23,7 @@
 
 #include "common/x509.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -293,8 +293,8 @@ Step proxy_connect(int fd, const common::HostPort& target, const std::string& ma
                               ? "[" + target.host + "]:" + std::to_string(target.port)
                               : target.to_string();
   std::string req = "CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority +
-                    "\r\nUser-Agent: FireDrill-tls_policy/1 (" + marker +
-                    ")\r\nX-FireDrill-Marker: " + marker + "\r\n\r\n";
+                    "\r\nUser-Agent: Tocsin-tls_policy/1 (" + marker +
+                    ")\r\nX-Tocsin-Marker: " + marker + "\r\n\r\n";
   std::size_t sent = 0;
   while (sent < req.size()) {
     ssize_t n = ::send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
@@ -737,4 +737,4 @@ asio::awaitable<std::vector<common::ResultBody>> TlsPolicyProbe::run(const TestS
   co_return std::vector<common::ResultBody>{b};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

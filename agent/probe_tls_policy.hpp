@@ -13,7 +13,7 @@
 #include "common/config.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 struct TlsPolicyParams {
   enum class Mode { outbound, inbound };
@@ -101,4 +101,4 @@ class TlsPolicyProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -13,7 +13,7 @@
 #include "common/crypto.hpp"
 #include "common/curl_loader.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace {
 
@@ -521,7 +521,7 @@ void load_web_download(const common::ConfigNode& test, const common::ConfigNode&
     params.fail("sha256", "must be 64 hex digits (the SHA-256 of the payload)");
   p->variants = params.boolean("variants", true);
   p->user_agent =
-      load_user_agent_param(params, "Mozilla/5.0 (compatible; FireDrill/1.0; {marker})");
+      load_user_agent_param(params, "Mozilla/5.0 (compatible; Tocsin/1.0; {marker})");
   p->max_bytes = params.size("max_bytes", p->max_bytes);
   if (p->max_bytes < 1 || p->max_bytes > (1ull << 30))
     params.fail("max_bytes", "must be 1 to 1GiB");
@@ -718,4 +718,4 @@ boost::asio::awaitable<std::vector<common::ResultBody>> WebDownloadProbe::run(co
   co_return std::vector<common::ResultBody>{b};
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

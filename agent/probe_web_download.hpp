@@ -16,7 +16,7 @@
 #include "common/config.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // ---- URLs -----------------------------------------------------------------------------------
 
@@ -178,4 +178,4 @@ class WebDownloadProbe : public Probe {
   const ClockState& clock_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

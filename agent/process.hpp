@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 struct ProcessOutcome {
   int spawn_errno = 0;  // non-zero: the program could not be started
@@ -37,4 +37,4 @@ boost::asio::awaitable<ProcessOutcome> run_process(boost::asio::any_io_executor 
                                                    std::chrono::milliseconds timeout,
                                                    std::size_t max_output = 64 * 1024);
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

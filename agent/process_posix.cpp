@@ -20,7 +20,7 @@
 
 extern char** environ;
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 
@@ -152,7 +152,7 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
     timer.cancel();
     o.spawn_errno = 0;
     o.timed_out = watch->fired;
-    o.err += "\n[firedrill] could not collect the exit status: " + std::string(std::strerror(errno));
+    o.err += "\n[tocsin] could not collect the exit status: " + std::string(std::strerror(errno));
     co_return o;
   }
   timer.cancel();
@@ -169,4 +169,4 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
   co_return o;
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -15,7 +15,7 @@
 #include "agent/process.hpp"
 #include "agent/win32.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
@@ -97,13 +97,13 @@ ProcessOutcome run_blocking_process(const std::vector<std::string>& argv,
   HANDLE out_r = nullptr, out_w = nullptr, err_r = nullptr, err_w = nullptr;
   if (!::CreatePipe(&out_r, &out_w, &inherit, 0)) {
     o.spawn_errno = EIO;
-    o.err = "[firedrill] " + win32_message(::GetLastError());
+    o.err = "[tocsin] " + win32_message(::GetLastError());
     return o;
   }
   Handle hout_r(out_r), hout_w(out_w);
   if (!::CreatePipe(&err_r, &err_w, &inherit, 0)) {
     o.spawn_errno = EIO;
-    o.err = "[firedrill] " + win32_message(::GetLastError());
+    o.err = "[tocsin] " + win32_message(::GetLastError());
     return o;
   }
   Handle herr_r(err_r), herr_w(err_w);
@@ -130,7 +130,7 @@ ProcessOutcome run_blocking_process(const std::vector<std::string>& argv,
                         CREATE_NO_WINDOW | CREATE_SUSPENDED, nullptr, nullptr, &si, &pi)) {
     DWORD code = ::GetLastError();
     o.spawn_errno = errno_for_spawn(code);
-    o.err = "[firedrill] CreateProcess: " + win32_message(code);
+    o.err = "[tocsin] CreateProcess: " + win32_message(code);
     return o;
   }
   Handle process(pi.hProcess), thread(pi.hThread);
@@ -221,4 +221,4 @@ asio::awaitable<ProcessOutcome> run_process(asio::any_io_executor ex, std::vecto
   co_return co_await run_blocking(job);
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

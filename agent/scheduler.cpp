@@ -13,7 +13,7 @@
 
 #include "common/log.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 
@@ -125,4 +125,4 @@ void Scheduler::stop() {
   for (auto& t : impl_->timers) t.cancel();
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

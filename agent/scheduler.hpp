@@ -12,7 +12,7 @@
 
 #include "agent/config.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 using SteadyTime = std::chrono::steady_clock::time_point;
 
@@ -41,4 +41,4 @@ class Scheduler {
   std::shared_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

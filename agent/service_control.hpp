@@ -15,7 +15,7 @@
 #include <string>
 #include <string_view>
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // How an action ran.
 struct ActionOutcome {
@@ -45,4 +45,4 @@ boost::asio::awaitable<ActionOutcome> restart_service_native(boost::asio::any_io
                                                              std::chrono::milliseconds timeout,
                                                              std::string systemctl);
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

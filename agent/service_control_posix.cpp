@@ -4,7 +4,7 @@
 #include "agent/process.hpp"
 #include "agent/service_control.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 std::string service_name_problem(std::string_view name) {
   if (!valid_action_name(name))
@@ -24,4 +24,4 @@ boost::asio::awaitable<ActionOutcome> restart_service_native(boost::asio::any_io
   co_return outcome_of_process(p, systemctl);
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -12,7 +12,7 @@
 #include "agent/service_control.hpp"
 #include "agent/win32.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace {
 
@@ -242,4 +242,4 @@ boost::asio::awaitable<ActionOutcome> restart_service_native(boost::asio::any_io
   co_return co_await run_blocking(job);
 }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -11,7 +11,7 @@
 #include <cstring>
 #include <string>
 
-namespace firedrill::agent::systemd {
+namespace tocsin::agent::systemd {
 
 namespace {
 
@@ -53,4 +53,4 @@ std::chrono::microseconds watchdog_interval() {
   return std::chrono::microseconds(value);
 }
 
-}  // namespace firedrill::agent::systemd
+}  // namespace tocsin::agent::systemd

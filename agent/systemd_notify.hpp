@@ -7,7 +7,7 @@
 #include <chrono>
 #include <string_view>
 
-namespace firedrill::agent::systemd {
+namespace tocsin::agent::systemd {
 
 // Sends `state` (e.g. "READY=1\nSTATUS=running") to the socket in $NOTIFY_SOCKET: a path, or
 // an abstract name starting with '@'. False when the variable is unset (not under systemd) or
@@ -18,4 +18,4 @@ bool notify(std::string_view state);
 // is unset or names us); zero when it expects none.
 std::chrono::microseconds watchdog_interval();
 
-}  // namespace firedrill::agent::systemd
+}  // namespace tocsin::agent::systemd

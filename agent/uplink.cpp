@@ -19,7 +19,7 @@
 #include "common/tls.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 namespace asio = boost::asio;
 using asio::use_awaitable;
@@ -224,7 +224,7 @@ struct Uplink::Impl {
                                                                    : e.code().message()));
     }
     wd.disarm();
-    common::Hello hello{agent_id, FIREDRILL_VERSION, common::kProtocolVersion};
+    common::Hello hello{agent_id, TOCSIN_VERSION, common::kProtocolVersion};
     co_await write(s, wd, hello);
     auto ack = co_await expect<common::HelloAck>(s, wd);
     if (auto err = outbox.reconcile(ack.next_seq, ack.head_hash); !err.empty())
@@ -310,4 +310,4 @@ void Uplink::on_commands(std::function<void(common::Commands)> fn) {
 }
 UplinkStats Uplink::stats() const { return impl_->stats; }
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

@@ -15,7 +15,7 @@
 #include "common/net.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::agent {
+namespace tocsin::agent {
 
 // What the uplink does with the answer to a CommandPoll, apart from the socket (a seam for
 // tests): Commands go to `dispatch`; an ErrorMsg saying the collector does not know the poll
@@ -57,4 +57,4 @@ class Uplink {
   std::shared_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::agent
+}  // namespace tocsin::agent

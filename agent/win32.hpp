@@ -7,7 +7,7 @@
 #include <cerrno>
 #include <string>
 
-namespace firedrill::agent::win32 {
+namespace tocsin::agent::win32 {
 
 // Not in every SDK's headers (mingw-w64 lacks them); values from winerror.h.
 constexpr DWORD kErrorVirusInfected =
@@ -53,4 +53,4 @@ inline int to_errno(DWORD code) {
   }
 }
 
-}  // namespace firedrill::agent::win32
+}  // namespace tocsin::agent::win32

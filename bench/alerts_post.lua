@@ -1,5 +1,5 @@
 -- wrk script for bench/alerts: every request POSTs one generic webhook alert whose marker names
--- a distinct seeded run (fdr-b000000000 ...), so each alert is new and matches exactly one run.
+-- a distinct seeded run (tcn-b000000000 ...), so each alert is new and matches exactly one run.
 -- Threads take disjoint marker ranges; MARKER_SPAN is set by the bench script.
 local counter = 0
 thread_base = 0  -- a global: setup() sets it per thread with thread:set()
@@ -18,13 +18,13 @@ end
 function init(args)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["X-FireDrill-Token"] = token
+  wrk.headers["X-Tocsin-Token"] = token
 end
 
 local function alert(id)
   return string.format(
     '{"host":"bench-host-%d","rule":"Bench lateral movement","technique":"T1021",' ..
-    '"message":"connection from fdr-b%09d","severity":"high"}', id % 1000, id)
+    '"message":"connection from tcn-b%09d","severity":"high"}', id % 1000, id)
 end
 
 function request()

@@ -1,4 +1,4 @@
-// firedrill-bench-ingest: many simulated agents over real mutual TLS against a running collector,
+// tocsin-bench-ingest: many simulated agents over real mutual TLS against a running collector,
 // plus the two local limits the collector's ingest sits against (Ed25519 verify, synced writes).
 //
 // The collector is the real binary in another process; this tool only speaks the wire protocol
@@ -49,7 +49,7 @@
 
 namespace fs = std::filesystem;
 namespace asio = boost::asio;
-using namespace firedrill;
+using namespace tocsin;
 using asio::awaitable;
 using asio::use_awaitable;
 using asio::ip::tcp;
@@ -181,7 +181,7 @@ std::string realistic_body(std::size_t i) {
   b.probe = "tcp_connect";
   b.technique = "T1021.002";
   b.target = "10.20." + std::to_string(i % 250) + "." + std::to_string(7 + i % 200) + ":445";
-  b.marker = "fdr-" + common::random_id(10);
+  b.marker = "tcn-" + common::random_id(10);
   b.verdict = i % 3 == 0 ? "not_prevented" : "prevented";
   b.reason = i % 3 == 0 ? "connected" : "refused";
   b.expect_prevent = true;
@@ -200,7 +200,7 @@ std::string realistic_body(std::size_t i) {
 // reused marker and records it): overwrite the 10 marker characters of a pre-encoded body with
 // the agent index and seq in base 36, which is unique per (agent, seq).
 void set_marker(std::string& body, std::size_t agent_index, std::uint64_t seq) {
-  auto pos = body.find("fdr-");
+  auto pos = body.find("tcn-");
   if (pos == std::string::npos || pos + 14 > body.size()) return;
   static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
   std::uint64_t v = seq + (static_cast<std::uint64_t>(agent_index) << 40);
@@ -339,7 +339,7 @@ struct LoadRun {
       common::set_expected_peer_name(s.native_handle(), "127.0.0.1");
       co_await s.async_handshake(Stream::client, use_awaitable);
       wd.disarm();
-      common::Hello hello{a.agent_id, FIREDRILL_VERSION, common::kProtocolVersion};
+      common::Hello hello{a.agent_id, TOCSIN_VERSION, common::kProtocolVersion};
       co_await write_bytes(s, wd, common::frame_message(hello));
       auto hm = co_await read_msg(s, wd);
       auto* ack = std::get_if<common::HelloAck>(&hm);
@@ -680,7 +680,7 @@ int run(const Options& o) {
   if (!o.summary_file.empty() && !sum)
     throw std::runtime_error("cannot write " + o.summary_file.string());
   std::printf(
-      "firedrill-bench-ingest: %zu agents x batch %zu, %s, %.0f s (+%.0f s warm-up "
+      "tocsin-bench-ingest: %zu agents x batch %zu, %s, %.0f s (+%.0f s warm-up "
       "excluded), collector 127.0.0.1:%u\n",
       o.agents, o.batch,
       o.rate > 0 ? ("offered " + std::to_string(static_cast<long>(o.rate)) + " results/s").c_str()
@@ -801,7 +801,7 @@ int run(const Options& o) {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "Load a running FireDrill collector with simulated agents over mutual TLS and "
+      "Load a running Tocsin collector with simulated agents over mutual TLS and "
       "report durable results/s and ack latency, next to the Ed25519 verify and "
       "synced RocksDB write rates of this machine."};
   Options o;
@@ -845,7 +845,7 @@ int main(int argc, char** argv) {
   try {
     return run(o);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "firedrill-bench-ingest: %s\n", e.what());
+    std::fprintf(stderr, "tocsin-bench-ingest: %s\n", e.what());
     return 2;
   }
 }

@@ -1,4 +1,4 @@
-// Seeds a collector database with pending runs (markers fdr-b000000000, fdr-b000000001, ...)
+// Seeds a collector database with pending runs (markers tcn-b000000000, tcn-b000000001, ...)
 // so bench/alerts can measure matching with a large index. Run it while the collector is down.
 #include <CLI/CLI.hpp>
 
@@ -10,7 +10,7 @@
 #include "collector/store.hpp"
 #include "common/clock.hpp"
 
-using namespace firedrill;
+using namespace tocsin;
 
 int main(int argc, char** argv) {
   CLI::App app{"Seed a collector database with pending runs for bench/alerts"};
@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
   for (std::size_t i = 0; i < runs; ++i) {
     collector::Run r;
     char marker[32];
-    std::snprintf(marker, sizeof marker, "fdr-b%09zu", i);
+    std::snprintf(marker, sizeof marker, "tcn-b%09zu", i);
     r.marker = marker;
     r.agent_id = "agt-bench" + std::to_string(i % 1000);
     r.seq = i / 1000 + 1;

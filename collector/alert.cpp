@@ -9,7 +9,7 @@
 
 #include "common/crypto.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 std::string quote_hostile(std::string_view s, std::size_t max) {
   std::string out;
@@ -26,7 +26,7 @@ namespace {
 // no recursion depends on the input.
 constexpr std::size_t kMaxFlattenDepth = 64;
 constexpr std::size_t kMarkerIdLen = 10;
-constexpr std::string_view kMarkerPrefix = "fdr-";
+constexpr std::string_view kMarkerPrefix = "tcn-";
 
 bool is_lower_alnum(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
@@ -443,4 +443,4 @@ std::string alert_key(const Alert& a) {
   return a.source + ":" + (a.id.empty() ? common::to_hex(common::sha256(a.text)) : a.id);
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

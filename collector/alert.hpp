@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 // Bad input from a source: the message names what was wrong ("alerts[2].startsAt: not a time").
 struct AlertParseError : std::runtime_error {
@@ -42,7 +42,7 @@ struct Alert {
 inline constexpr std::size_t kMaxAlertText = 16 * 1024;
 inline constexpr std::size_t kMaxAlertsPerRequest = 10000;
 
-// Run markers in a text: "fdr-" followed by exactly 10 of [a-z0-9], not part of a longer
+// Run markers in a text: "tcn-" followed by exactly 10 of [a-z0-9], not part of a longer
 // token. Distinct, in order of first appearance.
 std::vector<std::string> find_markers(std::string_view text);
 
@@ -65,4 +65,4 @@ std::string find_technique(std::string_view text);
 // Dedup identity of an alert: source + ":" + (id or SHA-256 of the flattened text).
 std::string alert_key(const Alert& a);
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -8,7 +8,7 @@
 
 #include "collector/alert.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 struct SubmitOutcome {
   std::size_t accepted = 0;    // new alerts stored
@@ -29,4 +29,4 @@ class AlertSink {
                         const std::string& detail) = 0;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -9,7 +9,7 @@
 #include "collector/webhooks.hpp"
 #include "common/crypto.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using common::ConfigNode;
 
@@ -332,4 +332,4 @@ std::vector<AlertSourceConfig> load_alert_sources(const ConfigNode& root,
   return out;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -15,7 +15,7 @@
 #include "common/config.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using namespace std::chrono_literals;
 
@@ -50,7 +50,7 @@ struct AlertSourceConfig {
   bool events = false;  // `delivers: events`: items are log events (-> "logged"), not alerts
 
   // Webhooks and HEC: the shared secret, from `token:` or `token_file:`. Accepted in the
-  // header X-FireDrill-Token, as "Authorization: Bearer <t>" (HEC: "Splunk <t>"), or -- for
+  // header X-Tocsin-Token, as "Authorization: Bearer <t>" (HEC: "Splunk <t>"), or -- for
   // senders that cannot set headers -- as ?token=<t> when `allow_url_token: true`.
   std::string token;
   bool allow_url_token = false;
@@ -85,4 +85,4 @@ struct AlertSourceConfig {
 std::vector<AlertSourceConfig> load_alert_sources(const common::ConfigNode& root,
                                                   const std::filesystem::path& base_dir);
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -47,7 +47,7 @@
 #include "common/payloads.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -90,7 +90,7 @@ std::string dump_json(const json& j) {
 
 Response make_response(http::status status, const json& body, const Request* req) {
   Response res{status, req ? req->version() : 11};
-  res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+  res.set(http::field::server, "tocsin-collector/" TOCSIN_VERSION);
   res.set(http::field::content_type, "application/json");
   res.set(http::field::cache_control, "no-store");  // answers may carry fresh secrets
   res.keep_alive(req ? req->keep_alive() : false);
@@ -396,7 +396,7 @@ ApiToken authorize(State& st, const Request& req, Role min_role) {
 }
 
 json get_health() {
-  return {{"status", "ok"}, {"version", FIREDRILL_VERSION}};
+  return {{"status", "ok"}, {"version", TOCSIN_VERSION}};
 }
 
 json post_enroll_token(State& st, const Request& req, const ApiToken& who) {
@@ -974,7 +974,7 @@ std::optional<Response> dispatch_commands(State& st, const Request& req, std::st
 Response html_response(http::status status, const std::string& title, const std::string& body,
                        const Request& req) {
   Response res{status, req.version()};
-  res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+  res.set(http::field::server, "tocsin-collector/" TOCSIN_VERSION);
   res.set(http::field::content_type, "text/html; charset=utf-8");
   res.set(http::field::cache_control, "no-store");
   res.set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'");
@@ -1158,7 +1158,7 @@ Response dispatch(State& st, const Request& req) {
       return res;
     }
     Response res{http::status::ok, req.version()};
-    res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+    res.set(http::field::server, "tocsin-collector/" TOCSIN_VERSION);
     res.set(http::field::content_type, p->content_type);
     res.set(http::field::content_disposition, "attachment; filename=\"" + p->name + "\"");
     res.set(http::field::cache_control, "no-store");
@@ -1268,7 +1268,7 @@ HookRequest hook_request(const Request& req, std::int64_t arrival_ns) {
   hr.query = qpos == std::string_view::npos ? std::string_view{} : target.substr(qpos + 1);
   auto auth = req[http::field::authorization];
   hr.authorization = std::string_view(auth.data(), auth.size());
-  auto tok = req["X-FireDrill-Token"];
+  auto tok = req["X-Tocsin-Token"];
   hr.token_header = std::string_view(tok.data(), tok.size());
   hr.body = req.body();
   hr.arrival_ns = arrival_ns;
@@ -1277,7 +1277,7 @@ HookRequest hook_request(const Request& req, std::int64_t arrival_ns) {
 
 Response hook_response(const Request& req, const HookReply& r) {
   Response res{static_cast<http::status>(r.status), req.version()};
-  res.set(http::field::server, "firedrill-collector/" FIREDRILL_VERSION);
+  res.set(http::field::server, "tocsin-collector/" TOCSIN_VERSION);
   res.set(http::field::content_type, "application/json");
   if (r.challenge) res.set(http::field::www_authenticate, "Bearer");
   res.keep_alive(req.keep_alive());
@@ -1655,4 +1655,4 @@ void ApiServer::wait() {
   impl_->threads.clear();
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -1,4 +1,4 @@
-// The collector's HTTPS JSON API (Boost.Beast) used by the `firedrill` CLI; role-checked.
+// The collector's HTTPS JSON API (Boost.Beast) used by the `tocsin` CLI; role-checked.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -18,7 +18,7 @@
 #include "collector/store.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 // Alert intake on the same HTTPS listener: /hooks/<source> and the Splunk HEC endpoint.
 // Both must be set for alert endpoints to exist; they must outlive the server.
@@ -53,4 +53,4 @@ class ApiServer {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

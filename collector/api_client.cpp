@@ -7,7 +7,7 @@
 #include <memory>
 #include <mutex>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace curl = common::curl;
 namespace {
 
@@ -150,4 +150,4 @@ nlohmann::json ApiClient::request(const std::string& method, const std::string& 
   return j;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

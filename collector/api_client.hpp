@@ -1,4 +1,4 @@
-// HTTPS JSON client for the collector API (libcurl), used by the `firedrill` CLI and tests.
+// HTTPS JSON client for the collector API (libcurl), used by the `tocsin` CLI and tests.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 // A request that did not get a 2xx answer. `status` is 0 when no HTTP answer arrived.
 struct ApiError : std::runtime_error {
@@ -32,4 +32,4 @@ class ApiClient {
   long timeout_ms_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

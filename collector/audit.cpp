@@ -6,14 +6,14 @@
 #include "common/clock.hpp"
 #include "common/log.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace {
 
 using nlohmann::json;
 
 constexpr std::string_view kEntryMagic = "FDA1";
 constexpr std::string_view kAnchorMagic = "FDH1";
-constexpr std::string_view kAnchorContext = "firedrill-audit-head-v1";
+constexpr std::string_view kAnchorContext = "tocsin-audit-head-v1";
 constexpr std::size_t kDigestSize = 32;
 constexpr std::size_t kAnchorSize = 4 + 8 + 32 + 64;
 constexpr std::string_view kStarted = "audit_log_started";
@@ -476,4 +476,4 @@ std::uint64_t AuditLog::head_seq() const {
   return next_seq_ - 1;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

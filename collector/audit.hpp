@@ -27,7 +27,7 @@
 #include "collector/store.hpp"
 #include "common/crypto.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 // What a caller wants recorded; the log adds seq, time, prev_hash and hash.
 // actor: an API token's name, "system", or an agent id. action: a snake_case verb phrase
@@ -137,4 +137,4 @@ std::optional<AuditEntry> decode_audit_entry(std::string_view value);
 std::string audit_entry_key(std::uint64_t seq);
 inline const std::string kAuditAnchorKey = "a";
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -6,7 +6,7 @@
 
 #include <stdexcept>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace {
 
 using common::X509Ptr;
@@ -47,7 +47,7 @@ X509Ptr new_cert(const std::string& cn, EVP_PKEY* subject_key, std::chrono::hour
   X509_gmtime_adj(X509_getm_notAfter(x.get()), static_cast<long>(validity.count()) * 3600);
   X509_NAME* name = X509_get_subject_name(x.get());
   X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8,
-                             reinterpret_cast<const unsigned char*>("FireDrill"), -1, -1, 0);
+                             reinterpret_cast<const unsigned char*>("Tocsin"), -1, -1, 0);
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
                              reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
   crypto_check(X509_set_pubkey(x.get(), subject_key), "set public key");
@@ -74,7 +74,7 @@ void CertificateAuthority::initialize(const std::filesystem::path& dir,
                                       const std::vector<std::string>& server_names) {
   if (server_names.empty()) throw std::invalid_argument("the server certificate needs a name");
   auto ca_key = common::Ed25519Key::generate();
-  auto ca = new_cert("FireDrill Collector CA " + common::random_id(6), ca_key.get(),
+  auto ca = new_cert("Tocsin Collector CA " + common::random_id(6), ca_key.get(),
                      std::chrono::hours(24 * 3650));
   X509_set_issuer_name(ca.get(), X509_get_subject_name(ca.get()));
   add_ext(ca.get(), ca.get(), NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
@@ -129,4 +129,4 @@ std::string CertificateAuthority::issue_agent_cert(const std::string& csr_pem,
 
 std::string CertificateAuthority::ca_pem() const { return common::cert_to_pem(cert_.get()); }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

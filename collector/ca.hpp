@@ -9,7 +9,7 @@
 #include "common/crypto.hpp"
 #include "common/x509.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 class CertificateAuthority {
  public:
@@ -33,4 +33,4 @@ class CertificateAuthority {
   common::Ed25519Key key_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

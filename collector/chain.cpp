@@ -1,6 +1,6 @@
 #include "collector/chain.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using common::Batch;
 using common::compute_result_hash;
@@ -99,4 +99,4 @@ std::string verify_stored_batch(const Store& store, const std::string& agent_id,
   return {};
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

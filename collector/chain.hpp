@@ -11,7 +11,7 @@
 #include "common/crypto.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 struct ChainHead {
   std::uint64_t next_seq = 1;
@@ -50,4 +50,4 @@ BatchCheck check_batch(const ChainHead& head, const std::string& cert_agent_id,
 std::string verify_stored_batch(const Store& store, const std::string& agent_id,
                                 std::uint64_t head_seq, const common::Ed25519Key& agent_key);
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

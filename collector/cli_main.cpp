@@ -1,4 +1,4 @@
-// The `firedrill` admin CLI: parses the command line, calls the collector's HTTPS API through
+// The `tocsin` admin CLI: parses the command line, calls the collector's HTTPS API through
 // ApiClient and prints tables or JSON. It never opens the collector's database.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -17,8 +17,8 @@
 #include "common/curl.hpp"
 
 namespace fs = std::filesystem;
-using firedrill::collector::ApiClient;
-using firedrill::collector::ApiError;
+using tocsin::collector::ApiClient;
+using tocsin::collector::ApiError;
 using nlohmann::json;
 
 namespace {
@@ -46,10 +46,10 @@ std::string trim(const std::string& s) {
 
 ApiClient make_client(const GlobalOptions& g) {
   if (g.token_file.empty())
-    throw UsageError("no API token: pass --token-file or set FIREDRILL_TOKEN_FILE");
+    throw UsageError("no API token: pass --token-file or set TOCSIN_TOKEN_FILE");
   std::string token;
   try {
-    token = trim(firedrill::common::read_file(g.token_file, 4096));
+    token = trim(tocsin::common::read_file(g.token_file, 4096));
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot read token file: " + std::string(e.what()));
   }
@@ -63,7 +63,7 @@ ApiClient make_client(const GlobalOptions& g) {
 }
 
 std::string url_encode(const std::string& s) {
-  return firedrill::common::curl::percent_encode(s);
+  return tocsin::common::curl::percent_encode(s);
 }
 
 // Agents and SIEMs control some of these strings: never let them send escape sequences
@@ -450,7 +450,7 @@ void print_incident(const json& i) {
   for (const auto& e : i.value("timeline", json::array())) {
     auto t = e.value("t", std::int64_t{0});
     rows.push_back(
-        {firedrill::common::format_time(t), text(e, "actor"), text(e, "what"), text(e, "detail")});
+        {tocsin::common::format_time(t), text(e, "actor"), text(e, "what"), text(e, "detail")});
   }
   std::cout << "\n";
   print_table({"WHEN", "WHO", "WHAT", "DETAIL"}, rows);
@@ -547,7 +547,7 @@ int cmd_commands(const ApiClient& api, const std::string& verb, const CommandArg
     json c = api.post("/api/v1/commands", body);
     if (a.as_json) return print_json(c), 0;
     print_command(c);
-    std::cout << "An approver other than you must run: firedrill approve " << text(c, "id") << "\n";
+    std::cout << "An approver other than you must run: tocsin approve " << text(c, "id") << "\n";
     return 0;
   }
   if (verb == "approve" || verb == "deny") {
@@ -606,19 +606,19 @@ int cmd_audit_export(const ApiClient& api, const std::string& since) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"firedrill: administer a FireDrill collector through its HTTPS API."};
-  app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
+  CLI::App app{"tocsin: administer a Tocsin collector through its HTTPS API."};
+  app.set_version_flag("--version", std::string(TOCSIN_VERSION));
   app.require_subcommand(1);
   app.fallthrough();  // global options are accepted after the subcommand too
 
   GlobalOptions g;
   app.add_option("--server", g.server, "Collector API base URL")
-      ->envname("FIREDRILL_SERVER")
+      ->envname("TOCSIN_SERVER")
       ->check(check_https)
       ->capture_default_str();
   app.add_option("--token-file", g.token_file,
                  "File holding the API token (e.g. <data dir>/admin.token)")
-      ->envname("FIREDRILL_TOKEN_FILE");
+      ->envname("TOCSIN_TOKEN_FILE");
   app.add_option("--ca", g.ca,
                  "Collector CA certificate to pin (default: ca.pem beside the token file)");
   app.add_option("--timeout", g.timeout_s, "Seconds to wait for the collector's answer")
@@ -801,7 +801,7 @@ int main(int argc, char** argv) {
                     commands_list, approvals, approve, deny})
     sub->footer(
         "Global options (--server, --token-file, --ca, --timeout) may follow the "
-        "subcommand; see firedrill --help.");
+        "subcommand; see tocsin --help.");
 
   try {
     app.parse(argc, argv);
@@ -829,15 +829,15 @@ int main(int argc, char** argv) {
       if (*sub) return cmd_incident(api, verb, ia);
     return kExitUsage;  // require_subcommand makes this unreachable
   } catch (const UsageError& e) {
-    std::cerr << "firedrill: " << e.what() << "\n";
+    std::cerr << "tocsin: " << e.what() << "\n";
     return kExitUsage;
   } catch (const ApiError& e) {
-    std::cerr << "firedrill: " << e.what();
+    std::cerr << "tocsin: " << e.what();
     if (e.status != 0) std::cerr << " (HTTP " << e.status << ")";
     std::cerr << "\n";
     return kExitApiError;
   } catch (const std::exception& e) {
-    std::cerr << "firedrill: " << e.what() << "\n";
+    std::cerr << "tocsin: " << e.what() << "\n";
     return kExitApiError;
   }
 }

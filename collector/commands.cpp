@@ -8,7 +8,7 @@
 #include "collector/audit.hpp"
 #include "common/clock.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -344,7 +344,7 @@ CommandRecord CommandEngine::deny_locked(CommandRecord c, const std::string& who
 // ---- approval links ------------------------------------------------------------------------
 
 namespace {
-constexpr std::string_view kLinkTag = "firedrill-approval-link-v1\n";
+constexpr std::string_view kLinkTag = "tocsin-approval-link-v1\n";
 constexpr std::size_t kMaxLinkToken = 2048;
 
 std::vector<std::uint8_t> link_signing_bytes(std::string_view payload) {
@@ -536,4 +536,4 @@ std::vector<CommandRecord> CommandEngine::list(std::optional<CommandState> state
   return all;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

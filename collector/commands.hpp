@@ -28,7 +28,7 @@
 #include "common/crypto.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 class AuditLog;
 
@@ -155,4 +155,4 @@ inline std::filesystem::path command_key_path(const std::filesystem::path& data_
   return data_dir / "command.key";
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -4,7 +4,7 @@
 
 #include "common/config.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
@@ -69,11 +69,11 @@ CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
 
 std::string CollectorConfig::to_yaml() const {
   std::ostringstream o;
-  o << "# FireDrill collector configuration (written by `firedrill-collector init`).\n"
+  o << "# Tocsin collector configuration (written by `tocsin-collector init`).\n"
     << "data_dir: " << data_dir.string() << "\n"
     << "# Agents connect here (mutual TLS). Use 0.0.0.0 to accept agents from the network.\n"
     << "agent_listen: " << agent_listen.to_string() << "\n"
-    << "# The HTTPS API used by the `firedrill` CLI (token authentication).\n"
+    << "# The HTTPS API used by the `tocsin` CLI (token authentication).\n"
     << "api_listen: " << api_listen.to_string() << "\n"
     << "# Threads serving API and webhook connections (each connection stays on one).\n"
     << "api_threads: " << api_threads << "\n"
@@ -107,8 +107,8 @@ std::string CollectorConfig::to_yaml() const {
     << "# Who hears about incidents (docs/NOTIFICATIONS.md); for example:\n"
     << "# notify:\n"
     << "#   channels:\n"
-    << "#     - {name: soc-mail, type: email, url: \"smtp://mail.example:587\", from: firedrill@example.com,\n"
-    << "#        to: [soc@example.com], username: firedrill, password_file: smtp.password}\n"
+    << "#     - {name: soc-mail, type: email, url: \"smtp://mail.example:587\", from: tocsin@example.com,\n"
+    << "#        to: [soc@example.com], username: tocsin, password_file: smtp.password}\n"
     << "#     - {name: pager, type: pagerduty, routing_key_file: pagerduty.key, severities: [critical]}\n"
     << "#   status_mail: {channel: soc-mail, every: 30m, to: [soc-manager@example.com]}\n"
     << "#   link_base: https://collector.example:7444   # approval links point here\n"
@@ -118,7 +118,7 @@ std::string CollectorConfig::to_yaml() const {
     << "# watch:\n"
     << "#   - {test: wordpress-health, target: nginx.service, recheck_after: 180s, max_restarts: 3 per 1h}\n"
     << "# Where alerts come from (see docs/ALERT-SOURCES.md). Webhooks are served on api_listen:\n"
-    << "# POST https://<api_listen>/hooks/<name> with the header X-FireDrill-Token: <token>.\n"
+    << "# POST https://<api_listen>/hooks/<name> with the header X-Tocsin-Token: <token>.\n"
     << "# alert_sources:\n"
     << "#   - name: siem\n"
     << "#     type: generic          # generic, splunk_webhook, elastic, alertmanager, crowdsec, hec,\n"
@@ -132,4 +132,4 @@ std::string CollectorConfig::to_yaml() const {
   return o.str();
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -14,7 +14,7 @@
 #include "collector/watchdog.hpp"
 #include "common/net.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using namespace std::chrono_literals;
 
@@ -44,4 +44,4 @@ struct CollectorConfig {
   std::string to_yaml() const;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -24,7 +24,7 @@
 
 #include "common/clock.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 namespace asio = boost::asio;
 using nlohmann::json;
@@ -1208,4 +1208,4 @@ void Correlator::drain() {
   fut.wait();
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

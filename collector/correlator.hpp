@@ -26,7 +26,7 @@
 #include "common/config.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using namespace std::chrono_literals;
 
@@ -146,4 +146,4 @@ class Correlator : public AlertSink {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -7,7 +7,7 @@
 
 #include "collector/webhooks.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using nlohmann::json;
 
@@ -162,7 +162,7 @@ std::variant<const AlertSourceConfig*, HookReply> authenticate_hook(
   if (!token) {
     sink.rejected(src->name, "bad_token", "no token presented");
     return error_reply(401,
-                       "token required: send it in X-FireDrill-Token or Authorization: Bearer" +
+                       "token required: send it in X-Tocsin-Token or Authorization: Bearer" +
                            std::string(src->allow_url_token ? " or as ?token=" : ""),
                        true);
   }
@@ -190,4 +190,4 @@ HookReply hook_reply(const AlertSourceConfig& source, const SubmitOutcome& outco
                            outcome.duplicates, outcome.matched)};
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

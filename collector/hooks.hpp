@@ -13,7 +13,7 @@
 #include "collector/alert_sink.hpp"
 #include "collector/alert_sources.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 inline constexpr std::string_view kHookPrefix = "/hooks/";
 inline constexpr std::string_view kHecPath = "/services/collector/event";
@@ -24,7 +24,7 @@ struct HookRequest {
   std::string_view path;           // without the query
   std::string_view query;          // raw, after '?'
   std::string_view authorization;  // the Authorization header
-  std::string_view token_header;   // X-FireDrill-Token
+  std::string_view token_header;   // X-Tocsin-Token
   std::string_view body;
   std::int64_t arrival_ns = 0;
 };
@@ -56,4 +56,4 @@ std::variant<HookAccepted, HookReply> prepare_hook(const std::vector<AlertSource
 // The answer once the correlator stored the alerts (or failed to).
 HookReply hook_reply(const AlertSourceConfig& source, const SubmitOutcome& outcome);
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

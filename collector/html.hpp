@@ -1,10 +1,10 @@
-// The little HTML FireDrill writes (notification mails, the approval page): escaping and a
+// The little HTML Tocsin writes (notification mails, the approval page): escaping and a
 // page shell. Every value that reaches HTML goes through html_escape.
 #pragma once
 
 #include <string>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 inline std::string html_escape(const std::string& s) {
   std::string out;
@@ -28,4 +28,4 @@ inline std::string html_page(const std::string& title, const std::string& body) 
          "</title></head><body>\n" + body + "</body></html>\n";
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -9,7 +9,7 @@
 
 #include "common/clock.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using nlohmann::json;
 
@@ -1134,4 +1134,4 @@ std::size_t IncidentFeed::poll_once() {
   return n;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -34,7 +34,7 @@
 #include "common/config.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 enum class Severity { informational = 0, low, medium, high, critical };
 enum class IncidentState { open, acknowledged, resolved, closed };
@@ -92,7 +92,7 @@ struct IncidentPolicy {
   static IncidentPolicy load(const common::ConfigNode& node);
 };
 
-// Dedup key: kind, test, agent and (if any) target, separated by '|', which no id in FireDrill
+// Dedup key: kind, test, agent and (if any) target, separated by '|', which no id in Tocsin
 // contains. A test that reaches several targets (tcp_connect) gives one result and run per target: the
 // target is part of the key, so one target passing never clears another's failure.
 std::string dedup_key(IncidentKind kind, const std::string& test_id, const std::string& agent_id,
@@ -357,4 +357,4 @@ class IncidentFeed {
   std::thread thread_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

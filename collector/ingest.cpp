@@ -25,7 +25,7 @@
 #include "common/wire.hpp"
 #include "common/x509.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 namespace asio = boost::asio;
 using asio::awaitable;
@@ -519,4 +519,4 @@ IngestStats IngestServer::stats() const {
   return impl_->stats_;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -12,7 +12,7 @@
 #include "collector/registry.hpp"
 #include "collector/store.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 struct IngestStats {
   std::uint64_t connections = 0;        // currently open
@@ -40,4 +40,4 @@ class IngestServer {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

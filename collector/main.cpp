@@ -1,4 +1,4 @@
-// firedrill-collector: `init` creates a collector's data directory; `run` serves agents and the
+// tocsin-collector: `init` creates a collector's data directory; `run` serves agents and the
 // API.
 #include <unistd.h>
 
@@ -30,7 +30,7 @@
 #include "common/tls.hpp"
 
 namespace fs = std::filesystem;
-using namespace firedrill;
+using namespace tocsin;
 
 namespace {
 
@@ -53,7 +53,7 @@ int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
   cfg.api_listen = common::parse_host_port(api_listen);
   auto config_file = cfg.data_dir / "collector.yaml";
   if (fs::exists(config_file)) {
-    std::cerr << "firedrill-collector: " << config_file.string()
+    std::cerr << "tocsin-collector: " << config_file.string()
               << " already exists; refusing to overwrite an initialised collector\n";
     return 1;
   }
@@ -80,12 +80,12 @@ int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
                             fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
   std::string name_list;
   for (auto& n : names) name_list += (name_list.empty() ? "" : ", ") + n;
-  std::cout << "Initialised FireDrill collector in " << cfg.data_dir.string() << "\n"
+  std::cout << "Initialised Tocsin collector in " << cfg.data_dir.string() << "\n"
             << "  config:      " << config_file.string() << "\n"
             << "  CA (pin it): " << cfg.ca_cert.string() << "\n"
             << "  admin token: " << (cfg.data_dir / "admin.token").string() << " (0600)\n"
             << "  server certificate names: " << name_list << "\n"
-            << "Start it with: firedrill-collector run --config " << config_file.string() << "\n";
+            << "Start it with: tocsin-collector run --config " << config_file.string() << "\n";
   return 0;
 }
 
@@ -111,11 +111,11 @@ int cmd_audit_verify(const fs::path& data_dir) {
   cfg.data_dir = data_dir;
   auto key_file = collector::audit_key_path(data_dir);
   if (!fs::is_directory(cfg.db_dir())) {  // opening would create an empty database
-    std::cerr << "firedrill-collector: no database at " << cfg.db_dir().string() << "\n";
+    std::cerr << "tocsin-collector: no database at " << cfg.db_dir().string() << "\n";
     return 1;
   }
   if (!fs::exists(key_file)) {
-    std::cerr << "firedrill-collector: no audit key at " << key_file.string() << "\n";
+    std::cerr << "tocsin-collector: no audit key at " << key_file.string() << "\n";
     return 1;
   }
   auto key = common::Ed25519Key::from_private_pem(common::read_file(key_file, 64 * 1024));
@@ -123,8 +123,8 @@ int cmd_audit_verify(const fs::path& data_dir) {
   try {
     store = collector::Store::open(cfg.db_dir());
   } catch (const collector::StoreError& e) {
-    std::cerr << "firedrill-collector: " << e.what()
-              << "\n(is the collector running? stop it first, or use `firedrill audit verify`)\n";
+    std::cerr << "tocsin-collector: " << e.what()
+              << "\n(is the collector running? stop it first, or use `tocsin audit verify`)\n";
     return 1;
   }
   auto r = collector::verify_audit_log(*store, key);
@@ -235,8 +235,8 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
     api.stop();
     expiry.cancel();
   });
-  spdlog::info("FireDrill collector {} ready: agents on {}:{}, API on https://{}:{}, data in {}",
-               FIREDRILL_VERSION, cfg.agent_listen.host, ingest.port(), cfg.api_listen.host,
+  spdlog::info("Tocsin collector {} ready: agents on {}:{}, API on https://{}:{}, data in {}",
+               TOCSIN_VERSION, cfg.agent_listen.host, ingest.port(), cfg.api_listen.host,
                api.port(), cfg.data_dir.string());
   nlohmann::json syslog_ports = nlohmann::json::object();
   for (std::size_t i = 0, k = 0; i < cfg.alert_sources.size(); ++i) {
@@ -277,9 +277,9 @@ int cmd_run(const fs::path& config_file, const std::string& ready_file) {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "FireDrill collector: receives signed probe results from agents over mutual TLS "
+      "Tocsin collector: receives signed probe results from agents over mutual TLS "
       "and serves the admin API."};
-  app.set_version_flag("--version", std::string(FIREDRILL_VERSION));
+  app.set_version_flag("--version", std::string(TOCSIN_VERSION));
   app.require_subcommand(1);
 
   auto* init = app.add_subcommand("init",
@@ -292,7 +292,7 @@ int main(int argc, char** argv) {
       ->required();
   init->add_option("--agent-listen", agent_listen, "host:port agents connect to (mutual TLS)")
       ->capture_default_str();
-  init->add_option("--api-listen", api_listen, "host:port of the HTTPS API for the firedrill CLI")
+  init->add_option("--api-listen", api_listen, "host:port of the HTTPS API for the tocsin CLI")
       ->capture_default_str();
   init->add_option("--server-name", names,
                    "DNS name or IP agents use to reach the collector; repeatable "
@@ -318,7 +318,7 @@ int main(int argc, char** argv) {
     if (*audit_verify) return cmd_audit_verify(audit_dir);
     return cmd_run(config, ready_file);
   } catch (const std::exception& e) {
-    std::cerr << "firedrill-collector: " << e.what() << "\n";
+    std::cerr << "tocsin-collector: " << e.what() << "\n";
     return 1;
   }
 }

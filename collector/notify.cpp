@@ -23,7 +23,7 @@
 #include "common/crypto.hpp"
 #include "common/curl.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace curl = common::curl;
 using json = nlohmann::json;
 using std::chrono::milliseconds;
@@ -372,7 +372,7 @@ Mail incident_mail(const json& snap, const NotifyConfig& cfg) {
   std::int64_t now = num(snap, "time_ns");
   std::string what = event_title(str(ev, "notify"), str(ev, "what"));
   Mail m;
-  m.subject = "[FireDrill] " + what + " " + incident_headline(inc);
+  m.subject = "[Tocsin] " + what + " " + incident_headline(inc);
   std::string happened = str(ev, "what") + " by " + str(ev, "actor") + " at " +
                          human_time(num(ev, "time_ns")) +
                          (str(ev, "detail").empty() ? "" : ": " + one_line(str(ev, "detail"), 500));
@@ -381,7 +381,7 @@ Mail incident_mail(const json& snap, const NotifyConfig& cfg) {
   std::string link = incident_link(cfg, num(inc, "id"));
   if (!link.empty()) f.push_back({"Link", link});
   m.text = "Incident " + incident_headline(inc) + "\n\n" + text_block(f, "") +
-           "\nfiredrill incident show " + std::to_string(num(inc, "id")) + "\n";
+           "\ntocsin incident show " + std::to_string(num(inc, "id")) + "\n";
   m.html = html_page(m.subject, "<h2>" + html_escape(what + " " + incident_headline(inc)) + "</h2>\n" +
                                     html_table(f));
   return m;
@@ -394,7 +394,7 @@ Mail status_mail(const json& snap) {
   auto ids = ids_of(list, "id");
   std::string n = std::to_string(num(snap, "number"));
   Mail m;
-  m.subject = "[FireDrill] Major incident status " + n + ": " + std::to_string(ids.size()) +
+  m.subject = "[Tocsin] Major incident status " + n + ": " + std::to_string(ids.size()) +
               " critical open (" + ids_words(ids) + ")";
   std::string intro = "A major incident has been running since " + human_time(since) + " (" +
                       human_duration(now - since) + "). Status update " + n + " at " +
@@ -419,10 +419,10 @@ Mail status_mail(const json& snap) {
           "an all-clear mail follows when the last critical incident is resolved.\n";
   m.text = text;
   m.html = html_page(m.subject, html);
-  m.attachments.push_back({"firedrill-status-" + n + ".html", "text/html; charset=utf-8",
-                           html_page("FireDrill major incident status " + n,
+  m.attachments.push_back({"tocsin-status-" + n + ".html", "text/html; charset=utf-8",
+                           html_page("Tocsin major incident status " + n,
                                      "<p>" + html_escape(intro) + "</p>\n" + detail_html)});
-  m.attachments.push_back({"firedrill-status-" + n + ".csv", "text/csv; charset=utf-8", csv});
+  m.attachments.push_back({"tocsin-status-" + n + ".csv", "text/csv; charset=utf-8", csv});
   return m;
 }
 
@@ -430,7 +430,7 @@ Mail all_clear_mail(const json& snap) {
   auto ids = ids_of(snap.at("incidents"), nullptr);
   std::int64_t now = num(snap, "time_ns"), since = num(snap, "since_ns");
   Mail m;
-  m.subject = "[FireDrill] All clear: no critical incident open (was " + ids_words(ids) + ")";
+  m.subject = "[Tocsin] All clear: no critical incident open (was " + ids_words(ids) + ")";
   m.text = "The major incident that began at " + human_time(since) + " is over after " +
            human_duration(now - since) + ": no critical incident is open since " +
            human_time(now) + ".\nIncidents it covered: " + ids_words(ids) +
@@ -497,7 +497,7 @@ json slack_body(const json& snap, const NotifyConfig& cfg) {
   });
   if (!link.empty())
     blocks.push_back({{"type", "context"},
-                      {"elements", json::array({{{"type", "mrkdwn"}, {"text", "<" + link + "|Open in FireDrill>"}}})}});
+                      {"elements", json::array({{{"type", "mrkdwn"}, {"text", "<" + link + "|Open in Tocsin>"}}})}});
   return {{"text", text}, {"blocks", blocks}};
 }
 
@@ -523,7 +523,7 @@ json teams_body(const json& snap, const NotifyConfig& cfg) {
   };
   std::string link = incident_link(cfg, num(inc, "id"));
   if (!link.empty())
-    card["actions"] = json::array({{{"type", "Action.OpenUrl"}, {"title", "Open in FireDrill"}, {"url", link}}});
+    card["actions"] = json::array({{{"type", "Action.OpenUrl"}, {"title", "Open in Tocsin"}, {"url", link}}});
   return {{"type", "message"},
           {"attachments", json::array({{{"contentType", "application/vnd.microsoft.card.adaptive"},
                                         {"contentUrl", nullptr},
@@ -551,7 +551,7 @@ json pagerduty_body(const ChannelConfig& ch, const json& snap, const NotifyConfi
                      {"group", cfg.collector_name},
                      {"class", str(inc, "kind")},
                      {"custom_details", details}};
-  body["client"] = "FireDrill";
+  body["client"] = "Tocsin";
   std::string link = incident_link(cfg, id);
   if (!link.empty()) {
     body["client_url"] = link;
@@ -566,11 +566,11 @@ json thehive_body(const json& snap, const NotifyConfig& cfg) {
   std::int64_t reopen = num(inc, "reopen_count");
   std::string description;
   for (const auto& [k, v] : facts(inc, num(snap, "time_ns"))) description += "**" + k + "**: " + v + "\n\n";
-  json tags = json::array({"firedrill", "kind:" + str(inc, "kind")});
+  json tags = json::array({"tocsin", "kind:" + str(inc, "kind")});
   if (!str(inc, "test_id").empty()) tags.push_back("test:" + str(inc, "test_id"));
   if (!str(inc, "agent_id").empty()) tags.push_back("agent:" + str(inc, "agent_id"));
-  json body = {{"type", "firedrill-incident"},
-               {"source", "FireDrill:" + cfg.collector_name},
+  json body = {{"type", "tocsin-incident"},
+               {"source", "Tocsin:" + cfg.collector_name},
                // TheHive keeps (type, source, sourceRef) unique: a reopened incident is a new alert.
                {"sourceRef", reopen ? std::to_string(id) + "-reopen-" + std::to_string(reopen) : std::to_string(id)},
                {"title", one_line(incident_headline(inc), 512)},
@@ -848,11 +848,11 @@ Mail approval_mail(const json& snap) {
   const json& cmd = snap.at("command");
   std::string id = std::to_string(num(cmd, "id"));
   Mail m;
-  m.subject = "[FireDrill] " + approval_headline(cmd);
+  m.subject = "[Tocsin] " + approval_headline(cmd);
   auto f = approval_facts(cmd);
   std::string link = str(snap, "link");
   std::string who = str(snap, "approver");
-  std::string how = "With the CLI: firedrill approve " + id + "   or   firedrill deny " + id + " \"why\"";
+  std::string how = "With the CLI: tocsin approve " + id + "   or   tocsin deny " + id + " \"why\"";
   m.text = approval_headline(cmd) + "\n\n" + text_block(f, "");
   std::string html = "<h2>" + html_escape(approval_headline(cmd)) + "</h2>\n" + html_table(f);
   if (!link.empty()) {
@@ -872,7 +872,7 @@ Mail approval_mail(const json& snap) {
 json approval_slack_body(const json& snap) {
   const json& cmd = snap.at("command");
   std::string text = approval_headline(cmd) + ". Requested by " + str(cmd, "requester") + ": " +
-                     one_line(str(cmd, "reason"), 500) + ". Approve with `firedrill approve " +
+                     one_line(str(cmd, "reason"), 500) + ". Approve with `tocsin approve " +
                      std::to_string(num(cmd, "id")) + "` (approvers also get a personal link by mail).";
   return {{"text", slack_escape(text)}};
 }
@@ -888,7 +888,7 @@ json approval_teams_body(const json& snap) {
                                       {"wrap", true}, {"text", approval_headline(cmd)}},
                                      {{"type", "FactSet"}, {"facts", facts}},
                                      {{"type", "TextBlock"}, {"wrap", true},
-                                      {"text", "Approve with: firedrill approve " +
+                                      {"text", "Approve with: tocsin approve " +
                                                    std::to_string(num(cmd, "id"))}}})}};
   return {{"type", "message"},
           {"attachments", json::array({{{"contentType", "application/vnd.microsoft.card.adaptive"},
@@ -917,7 +917,7 @@ std::string webhook_signature(const std::string& secret, std::int64_t timestamp_
 }
 
 std::string pagerduty_dedup_key(const NotifyConfig& cfg, std::uint64_t incident_id) {
-  return "firedrill-" + cfg.collector_name + "-" + std::to_string(incident_id);
+  return "tocsin-" + cfg.collector_name + "-" + std::to_string(incident_id);
 }
 
 HttpMessage render_http(const ChannelConfig& ch, const json& snap, const NotifyConfig& cfg,
@@ -949,13 +949,13 @@ HttpMessage render_http(const ChannelConfig& ch, const json& snap, const NotifyC
       break;
     case ChannelType::webhook: {
       json body = snap;
-      body["source"] = "firedrill";
+      body["source"] = "tocsin";
       body["collector"] = cfg.collector_name;
       m.body = dump(body);
-      m.headers.push_back("X-FireDrill-Timestamp: " + std::to_string(now_s));
-      m.headers.push_back("X-FireDrill-Signature: " + webhook_signature(ch.secret, now_s, m.body));
+      m.headers.push_back("X-Tocsin-Timestamp: " + std::to_string(now_s));
+      m.headers.push_back("X-Tocsin-Signature: " + webhook_signature(ch.secret, now_s, m.body));
       if (snap.contains("delivery_id"))
-        m.headers.push_back("X-FireDrill-Delivery: " + std::to_string(num(snap, "delivery_id")));
+        m.headers.push_back("X-Tocsin-Delivery: " + std::to_string(num(snap, "delivery_id")));
       break;
     }
     case ChannelType::email: throw std::invalid_argument("email is not an HTTP channel");
@@ -991,7 +991,7 @@ int abort_on_stop(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 
 std::string ehlo_name() {
   char host[256] = {0};
-  if (gethostname(host, sizeof host - 1) != 0 || !host[0]) return "firedrill.localdomain";
+  if (gethostname(host, sizeof host - 1) != 0 || !host[0]) return "tocsin.localdomain";
   return host;
 }
 
@@ -1033,7 +1033,7 @@ void send_mail(const ChannelConfig& ch, const std::vector<std::string>& to, cons
   curl::set(c, CURLOPT_MAIL_RCPT, rcpt.get());
   curl::SlistPtr headers;
   curl::append(headers, "Date: " + rfc5322_date(now_ns));
-  curl::append(headers, "From: FireDrill <" + ch.from + ">");
+  curl::append(headers, "From: Tocsin <" + ch.from + ">");
   curl::append(headers, "To: " + to_header);
   curl::append(headers, "Subject: " + header_text(m.subject));
   curl::append(headers, "Message-ID: " + message_id);
@@ -1383,7 +1383,7 @@ struct Notifier::Impl {
                                                  cfg.approvals ? cfg.approvals->link_ttl : 0ms);
       }
       send_mail(c, to, render_mail(snap, cfg),
-                "<firedrill-" + std::to_string(d.id) + "." + std::to_string(d.created_ns) + "@" +
+                "<tocsin-" + std::to_string(d.id) + "." + std::to_string(d.created_ns) + "@" +
                     cfg.collector_name + ">",
                 now(), stopping);
       return;
@@ -1596,4 +1596,4 @@ std::vector<Delivery> Notifier::list(std::optional<DeliveryState> state, std::si
   return out;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -38,7 +38,7 @@
 #include "collector/store.hpp"
 #include "common/config.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 enum class ChannelType { email, slack, teams, pagerduty, webhook, thehive };
 std::string channel_type_name(ChannelType t);
@@ -109,7 +109,7 @@ struct NotifyConfig {
   RetryPolicy retry;
   std::optional<StatusMailConfig> status;
   std::optional<ApprovalMailConfig> approvals;
-  std::string collector_name = "firedrill";  // names this collector in messages and dedup keys
+  std::string collector_name = "tocsin";  // names this collector in messages and dedup keys
   std::string link_base;  // e.g. https://soc.example:7444: messages link to incidents there
   // Sent and failed delivery records older than this are deleted (pending ones never are).
   std::chrono::milliseconds keep{90LL * 24 * 3600 * 1000};
@@ -177,7 +177,7 @@ Mail render_mail(const nlohmann::json& snapshot, const NotifyConfig& cfg);
 HttpMessage render_http(const ChannelConfig& ch, const nlohmann::json& snapshot,
                         const NotifyConfig& cfg, std::int64_t now_s);
 // The generic webhook's signature header value: "sha256=" + hex HMAC-SHA256 over
-// "<timestamp>.<body>" with the channel secret (the timestamp is sent as X-FireDrill-Timestamp).
+// "<timestamp>.<body>" with the channel secret (the timestamp is sent as X-Tocsin-Timestamp).
 std::string webhook_signature(const std::string& secret, std::int64_t timestamp_s,
                               const std::string& body);
 // The PagerDuty dedup key for an incident: stable across trigger, acknowledge and resolve.
@@ -233,4 +233,4 @@ class Notifier {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

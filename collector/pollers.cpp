@@ -29,7 +29,7 @@
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace curl = common::curl;
 namespace {
 
@@ -1056,4 +1056,4 @@ PollerStatus Poller::status() const {
   return impl_->stat;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -15,7 +15,7 @@
 #include "collector/alert_sink.hpp"
 #include "collector/alert_sources.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 // A consistent snapshot of one poller's health, for the dashboard and health checks.
 struct PollerStatus {
@@ -56,4 +56,4 @@ class Poller {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

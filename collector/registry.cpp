@@ -3,7 +3,7 @@
 #include "common/clock.hpp"
 #include "common/x509.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using nlohmann::json;
 
@@ -136,4 +136,4 @@ std::optional<ApiToken> Registry::authenticate_api(const std::string& token) con
   return store_.get_api_token(hash_token(token));
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

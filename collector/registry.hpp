@@ -10,7 +10,7 @@
 #include "collector/store.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 class Registry {
  public:
@@ -55,4 +55,4 @@ class Registry {
   void commit(WriteSet ws, std::vector<AuditRecord> records);
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

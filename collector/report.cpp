@@ -4,7 +4,7 @@
 #include <cmath>
 #include <map>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 std::optional<GroupBy> parse_group_by(const std::string& s) {
   if (s == "test") return GroupBy::test;
@@ -112,4 +112,4 @@ std::vector<LatencyRow> latency_report(const std::vector<Run>& runs, GroupBy by)
   return out;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -9,7 +9,7 @@
 
 #include "collector/correlator.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 enum class GroupBy { test, technique, host, source };
 std::optional<GroupBy> parse_group_by(const std::string& s);
@@ -36,4 +36,4 @@ struct LatencyRow {
 // Runs that expected no alert are left out; rows sorted by group name.
 std::vector<LatencyRow> latency_report(const std::vector<Run>& runs, GroupBy by);
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -12,7 +12,7 @@
 
 #include <cstring>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace {
 
 using nlohmann::json;
@@ -472,4 +472,4 @@ std::optional<ApiToken> Store::get_api_token(const std::string& token_hash) cons
                   j.value("created_ns", std::int64_t{0})};
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

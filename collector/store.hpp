@@ -25,7 +25,7 @@
 #include "common/crypto.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 struct StoreError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -193,4 +193,4 @@ class Store {
   std::thread committer_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

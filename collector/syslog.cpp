@@ -7,7 +7,7 @@
 #include <optional>
 #include <utility>
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace {
 
 using Fields = std::vector<std::pair<std::string, std::string>>;
@@ -984,4 +984,4 @@ SyslogFramer::Result SyslogFramer::finish() {
   return r;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

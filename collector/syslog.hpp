@@ -12,7 +12,7 @@
 #include "collector/alert.hpp"
 #include "collector/alert_sources.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 // One syslog message (a datagram or a TCP frame) as an Alert of source `src`.
 //
@@ -70,4 +70,4 @@ namespace detail {
 std::vector<std::pair<std::string, std::string>> cef_extension_fields(std::string_view extension);
 }  // namespace detail
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

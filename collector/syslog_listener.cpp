@@ -30,7 +30,7 @@
 #include "common/net.hpp"
 #include "common/tls.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 namespace asio = boost::asio;
 using asio::awaitable;
@@ -434,4 +434,4 @@ std::uint16_t SyslogListener::tls_port() const {
   return impl_->tls_port_;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -10,7 +10,7 @@
 #include "collector/alert_sink.hpp"
 #include "collector/alert_sources.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 class SyslogListener {
  public:
@@ -42,4 +42,4 @@ class SyslogListener {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

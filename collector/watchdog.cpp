@@ -8,7 +8,7 @@
 
 #include "common/clock.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 using namespace std::chrono_literals;
 
 namespace {
@@ -289,4 +289,4 @@ std::size_t Watchdog::handle(const Incident& i, const WatchRule& rule,
   return actions + 1;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

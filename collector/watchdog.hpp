@@ -33,7 +33,7 @@
 #include "collector/incidents.hpp"
 #include "common/config.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 struct WatchRule {
   std::string test;                // an http_check test id
@@ -87,4 +87,4 @@ class Watchdog {
   std::thread thread_;
 };
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -10,7 +10,7 @@
 
 #include "common/crypto.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 using nlohmann::json;
 
@@ -671,4 +671,4 @@ std::vector<Alert> parse_webhook(const AlertSourceConfig& src, std::string_view 
   return out;
 }
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

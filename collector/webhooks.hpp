@@ -14,7 +14,7 @@
 #include "collector/alert.hpp"
 #include "collector/alert_sources.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 
 // Deeper JSON is refused outright: no real alert nests this far, and depth costs stack elsewhere.
 inline constexpr std::size_t kMaxJsonDepth = 64;
@@ -35,4 +35,4 @@ void check_field_path(std::string_view path);
 // multi-valued fields such as threat.technique). Throws std::invalid_argument for a bad path.
 const nlohmann::json* json_at_path(const nlohmann::json& root, std::string_view path);
 
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -9,7 +9,7 @@
 
 #include "common/config.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -98,4 +98,4 @@ ClockSample clock_sample(std::int64_t t1, std::int64_t t2, std::int64_t t3, std:
   return s;
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

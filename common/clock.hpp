@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 std::int64_t now_ns();  // system_clock since the Unix epoch
 std::string format_time(std::int64_t ns);  // "2026-11-28T00:48:43.123Z"
@@ -19,4 +19,4 @@ struct ClockSample {
 };
 ClockSample clock_sample(std::int64_t t1, std::int64_t t2, std::int64_t t3, std::int64_t t4);
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -7,7 +7,7 @@
 
 #include "common/crypto.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 std::chrono::milliseconds parse_duration(const std::string& text) {
   std::size_t i = 0;
@@ -251,4 +251,4 @@ std::optional<std::string> config_secret(const ConfigNode& n, const std::string&
   return value;
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -70,4 +70,4 @@ std::optional<std::string> config_secret(const ConfigNode& n, const std::string&
                                          const std::filesystem::path& base_dir,
                                          std::size_t max_bytes = 64 * 1024);
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

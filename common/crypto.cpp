@@ -11,7 +11,7 @@
 
 #include "common/file_io.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 namespace {
 
 struct BioDeleter {
@@ -284,4 +284,4 @@ std::string read_file(const std::filesystem::path& path, std::size_t max_bytes) 
   return s;
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

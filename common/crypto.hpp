@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 using Bytes = std::vector<std::uint8_t>;
 using Digest = std::array<std::uint8_t, 32>;
@@ -92,4 +92,4 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
                                                       std::filesystem::perms::owner_write);
 std::string read_file(const std::filesystem::path& path, std::size_t max_bytes = 16 << 20);
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -7,7 +7,7 @@
 
 #include "common/clock.hpp"
 
-namespace firedrill::common::curl {
+namespace tocsin::common::curl {
 
 void global_init() {
   static std::once_flag once;
@@ -185,4 +185,4 @@ std::chrono::milliseconds parse_retry_after(const std::string& v, std::chrono::m
   return std::clamp<milliseconds>(milliseconds(delta_ms), milliseconds(0), cap);
 }
 
-}  // namespace firedrill::common::curl
+}  // namespace tocsin::common::curl

@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-namespace firedrill::common::curl {
+namespace tocsin::common::curl {
 
 struct EasyDeleter {
   void operator()(CURL* c) const { curl_easy_cleanup(c); }
@@ -96,4 +96,4 @@ class HttpClient {
 // asks for, at most `cap`; 0 when absent or unparseable.
 std::chrono::milliseconds parse_retry_after(const std::string& v, std::chrono::milliseconds cap);
 
-}  // namespace firedrill::common::curl
+}  // namespace tocsin::common::curl

@@ -6,7 +6,7 @@
 #include <new>
 #include <string_view>
 
-namespace firedrill::common::curl::loaded {
+namespace tocsin::common::curl::loaded {
 
 namespace {
 
@@ -116,4 +116,4 @@ void append(const Api& a, Slist& list, const std::string& line) {
   list.reset(l);
 }
 
-}  // namespace firedrill::common::curl::loaded
+}  // namespace tocsin::common::curl::loaded

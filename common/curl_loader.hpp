@@ -13,7 +13,7 @@
 #include <string>
 
 // A namespace of its own: common/curl.hpp's names (EasyDeleter, ...) call the linked libcurl.
-namespace firedrill::common::curl::loaded {
+namespace tocsin::common::curl::loaded {
 
 // libcurl cannot be used: not installed, too old, built without OpenSSL 3, or
 // curl_global_init failed. The message says which, naming the library.
@@ -26,7 +26,7 @@ inline constexpr const char* kLibcurlSoname = "libcurl.so.4";
 // OpenSSL as libcurl uses it: what a CURLOPT_SSL_CTX_FUNCTION callback may call on libcurl's
 // SSL_CTX and on the objects hanging off it, resolved through libcurl's handle from the
 // libssl.so.3 and libcrypto.so.3 it is bound to. These need not be the OpenSSL the program is
-// linked with: firedrill-agent links a static copy (cmake/linux-deps.cmake), and an object made
+// linked with: tocsin-agent links a static copy (cmake/linux-deps.cmake), and an object made
 // by one copy must never reach the other's functions.
 struct CurlOpenSsl {
   decltype(&::OPENSSL_init_crypto) init_crypto = nullptr;
@@ -81,4 +81,4 @@ inline Slist make_slist(const Api& a) { return Slist(nullptr, SlistDeleter{&a});
 // Appends a header line (curl_slist_append's ownership dance); throws std::bad_alloc.
 void append(const Api& a, Slist& list, const std::string& line);
 
-}  // namespace firedrill::common::curl::loaded
+}  // namespace tocsin::common::curl::loaded

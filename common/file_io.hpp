@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 
-namespace firedrill::common::file_io {
+namespace tocsin::common::file_io {
 
 enum class Mode {
   read,             // existing file, read only
@@ -46,4 +46,4 @@ void make_private_dir(const std::filesystem::path& dir);
 // any user drop the kill switch). POSIX: create_directories only; packaging sets modes.
 void make_config_dir(const std::filesystem::path& dir);
 
-}  // namespace firedrill::common::file_io
+}  // namespace tocsin::common::file_io

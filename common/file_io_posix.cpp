@@ -6,7 +6,7 @@
 
 #include "common/file_io.hpp"
 
-namespace firedrill::common::file_io {
+namespace tocsin::common::file_io {
 
 int open(const std::filesystem::path& p, Mode mode, std::filesystem::perms perms) {
   int flags = O_CLOEXEC;
@@ -80,4 +80,4 @@ void make_config_dir(const std::filesystem::path& dir) {
   std::filesystem::create_directories(dir);
 }
 
-}  // namespace firedrill::common::file_io
+}  // namespace tocsin::common::file_io

@@ -14,7 +14,7 @@
 
 #include "common/file_io.hpp"
 
-namespace firedrill::common::file_io {
+namespace tocsin::common::file_io {
 
 int open(const std::filesystem::path& p, Mode mode, std::filesystem::perms) {
   int flags = _O_BINARY | _O_NOINHERIT;
@@ -133,4 +133,4 @@ void make_config_dir(const std::filesystem::path& dir) {
                     "Users may only read");
 }
 
-}  // namespace firedrill::common::file_io
+}  // namespace tocsin::common::file_io

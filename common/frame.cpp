@@ -1,6 +1,6 @@
 #include "common/frame.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 std::string encode_frame(std::string_view payload, std::size_t cap) {
   if (payload.empty() || payload.size() > cap)
@@ -26,4 +26,4 @@ std::size_t decode_frame_length(const std::array<std::uint8_t, 4>& h, std::size_
   return n;
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

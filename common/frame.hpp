@@ -12,7 +12,7 @@
 #include <string>
 #include <string_view>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 inline constexpr std::size_t kMaxFrameBytes = 1 << 20;  // 1 MiB, the wire protocol's hard cap
 
@@ -44,4 +44,4 @@ boost::asio::awaitable<void> write_frame(Stream& stream, std::string frame_bytes
                                     boost::asio::use_awaitable);
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -4,7 +4,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <unistd.h>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 void setup_logging(const std::string& program, const std::string& level,
                    const std::filesystem::path& file) {
@@ -23,4 +23,4 @@ void setup_logging(const std::string& program, const std::string& level,
   spdlog::set_default_logger(logger);
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

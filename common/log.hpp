@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <string>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 // Completion handler for co_spawn: logs an exception that escaped the coroutine, with context.
 inline auto log_if_failed(std::string what) {
@@ -27,4 +27,4 @@ inline auto log_if_failed(std::string what) {
 void setup_logging(const std::string& program, const std::string& level,
                    const std::filesystem::path& file = {});
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -2,7 +2,7 @@
 
 #include <stdexcept>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 std::string HostPort::to_string() const {
   return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
@@ -71,4 +71,4 @@ void Watchdog::wait() {
   });
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 struct HostPort {
   std::string host;
@@ -43,4 +43,4 @@ class Watchdog {
   std::uint64_t generation_ = 0;
 };
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

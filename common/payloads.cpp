@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 std::string eicar_test_string() {
   // XOR 0x5a of the standard string (https://www.eicar.org/download-anti-malware-testfile/).
@@ -100,8 +100,8 @@ std::optional<Payload> builtin_payload(std::string_view path) {
     return Payload{"eicar.zip", "application/zip", zip_stored("eicar.com", eicar_test_string())};
   if (rest == "benign.txt")
     return Payload{"benign.txt", "text/plain",
-                   "FireDrill benign control payload: a proxy that blocks this blocks everything.\n"};
+                   "Tocsin benign control payload: a proxy that blocks this blocks everything.\n"};
   return std::nullopt;
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -6,9 +6,9 @@
 #include <string>
 #include <string_view>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
-// The 68-byte EICAR test string, decoded at run time: no FireDrill binary holds it in clear,
+// The 68-byte EICAR test string, decoded at run time: no Tocsin binary holds it in clear,
 // so an anti-malware scan of the agent or collector does not quarantine the program itself.
 std::string eicar_test_string();
 
@@ -25,4 +25,4 @@ struct Payload {
 // marker segment the URL carries for detectors), query ignored; nullopt for anything else.
 std::optional<Payload> builtin_payload(std::string_view path);
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

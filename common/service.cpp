@@ -6,7 +6,7 @@
 
 #include <functional>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 struct ServiceNotifier::Impl {
   explicit Impl(boost::asio::io_context& io) : timer(io) {}
@@ -40,4 +40,4 @@ void ServiceNotifier::stopping() {
   sd_notify(0, "STOPPING=1");
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

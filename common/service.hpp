@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 class ServiceNotifier {
  public:
@@ -21,4 +21,4 @@ class ServiceNotifier {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -3,7 +3,7 @@
 // Every other target links libspdlog.so and libfmt.so; all code, this file included, sees
 // spdlog's "compiled library" headers, so the definitions below are the ones those libraries
 // hold: the -inl.h files that carry them, and the class templates the agent uses instantiated
-// for the mutex it uses. A name missing here is a link error of firedrill-agent, never a
+// for the mutex it uses. A name missing here is a link error of tocsin-agent, never a
 // silent difference.
 #ifndef SPDLOG_COMPILED_LIB
 #error spdlog_builtin.cpp is built with SPDLOG_COMPILED_LIB (cmake/linux-deps.cmake)

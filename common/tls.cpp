@@ -9,7 +9,7 @@
 
 #include "common/crypto.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 namespace {
 
 void base_options(ssl::context& ctx) {
@@ -80,4 +80,4 @@ void set_expected_peer_name(SSL* ssl, const std::string& host) {
   }
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <string>
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 namespace ssl = boost::asio::ssl;
 
@@ -31,4 +31,4 @@ ssl::context make_client_context(const ClientTlsFiles& files);
 // Enables host name (or IP address) verification on a client stream's native handle.
 void set_expected_peer_name(SSL* ssl, const std::string& host);
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <type_traits>
 
-namespace firedrill::common {
+namespace tocsin::common {
 namespace {
 
 using Packer = msgpack::packer<msgpack::sbuffer>;
@@ -314,7 +314,7 @@ ResultBody decode_body(std::string_view bytes) {
 Digest compute_result_hash(std::string_view agent_id, std::uint64_t seq, const Digest& prev_hash,
                            std::string_view body) {
   Sha256 h;
-  h.update(std::string_view("fdr-result-v1"));
+  h.update(std::string_view("tcn-result-v1"));
   h.update_u64(agent_id.size()).update(agent_id);
   h.update_u64(seq);
   h.update(prev_hash);
@@ -325,7 +325,7 @@ Digest compute_result_hash(std::string_view agent_id, std::uint64_t seq, const D
 Bytes batch_signing_bytes(std::string_view agent_id, std::uint64_t head_seq,
                           const Digest& head_hash) {
   Sha256 h;
-  h.update(std::string_view("fdr-batch-v1"));
+  h.update(std::string_view("tcn-batch-v1"));
   h.update_u64(agent_id.size()).update(agent_id);
   h.update_u64(head_seq);
   h.update(head_hash);
@@ -335,7 +335,7 @@ Bytes batch_signing_bytes(std::string_view agent_id, std::uint64_t head_seq,
 
 Bytes command_signing_bytes(const Command& c) {
   Sha256 h;
-  h.update(std::string_view("fdr-command-v1"));
+  h.update(std::string_view("tcn-command-v1"));
   for (const std::string* f : {&c.id, &c.agent_id, &c.kind, &c.target, &c.requester})
     h.update_u64(f->size()).update(*f);
   h.update_u64(c.approvals.size());
@@ -404,4 +404,4 @@ std::string message_type_name(const Message& m) {
   return kNames[m.index()];
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -16,7 +16,7 @@
 #include "common/crypto.hpp"
 #include "common/frame.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 inline constexpr std::uint32_t kProtocolVersion = 1;
 inline constexpr Digest kGenesisHash{};  // prev_hash of seq 1
@@ -52,7 +52,7 @@ struct ResultRecord {
   std::string body;  // msgpack bytes of a ResultBody
 };
 
-// SHA-256 over "fdr-result-v1", agent_id, seq, prev_hash and body (length-prefixed parts).
+// SHA-256 over "tcn-result-v1", agent_id, seq, prev_hash and body (length-prefixed parts).
 Digest compute_result_hash(std::string_view agent_id, std::uint64_t seq, const Digest& prev_hash,
                            std::string_view body);
 // What the agent signs for a batch: binds agent, head seq and head hash.
@@ -115,7 +115,7 @@ struct Command {
   std::int64_t recheck_after_ns = 0;
   Signature signature{};
 };
-// SHA-256 over "fdr-command-v1" and every field but the signature (length-prefixed).
+// SHA-256 over "tcn-command-v1" and every field but the signature (length-prefixed).
 Bytes command_signing_bytes(const Command& c);
 
 // Agent -> collector when idle: any commands for me? Answered with Commands.
@@ -134,4 +134,4 @@ std::string message_type_name(const Message& m);
 
 inline std::string frame_message(const Message& m) { return encode_frame(encode_message(m)); }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -6,7 +6,7 @@
 #include <ctime>
 #include <stdexcept>
 
-namespace firedrill::common {
+namespace tocsin::common {
 namespace {
 struct BioDeleter {
   void operator()(BIO* b) const { BIO_free(b); }
@@ -93,4 +93,4 @@ std::string utc_text(const struct tm& tm) {
   return buf;
 }
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -11,7 +11,7 @@
 
 #include "common/crypto.hpp"
 
-namespace firedrill::common {
+namespace tocsin::common {
 
 struct X509Deleter {
   void operator()(X509* x) const { X509_free(x); }
@@ -38,4 +38,4 @@ std::string utc_text(const struct tm& tm);     // the same format, from a broken
 // second past the end (an expired certificate's days left).
 std::int64_t whole_days(int days, int secs);
 
-}  // namespace firedrill::common
+}  // namespace tocsin::common

@@ -11,15 +11,15 @@
 #include "common/crypto.hpp"
 #include "tests/integration/harness.hpp"
 
-namespace firedrill::test {
+namespace tocsin::test {
 
 struct ClamAv {
   explicit ClamAv(const fs::path& root) : dir(root / "clam") {
     fs::create_directories(dir / "db");
     fs::create_directories(dir / "quarantine");
     std::string body = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE";
-    std::ofstream(dir / "db" / "firedrill.ndb")
-        << "FireDrillTest.EICAR.Body:0:*:"
+    std::ofstream(dir / "db" / "tocsin.ndb")
+        << "TocsinTest.EICAR.Body:0:*:"
         << common::to_hex(
                std::span(reinterpret_cast<const std::uint8_t*>(body.data()), body.size()))
         << "\n";
@@ -60,4 +60,4 @@ struct ClamAv {
   Process clamd;
 };
 
-}  // namespace firedrill::test
+}  // namespace tocsin::test

@@ -18,9 +18,9 @@
 
 #include "collector/api_client.hpp"
 
-namespace firedrill::test {
+namespace tocsin::test {
 
-fs::path bin(const std::string& name) { return fs::path(FIREDRILL_BIN_DIR) / name; }
+fs::path bin(const std::string& name) { return fs::path(TOCSIN_BIN_DIR) / name; }
 
 namespace {
 
@@ -171,7 +171,7 @@ bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds tim
 }
 
 Collector::Collector(CollectorOptions opts) {
-  auto r = run_command({bin("firedrill-collector").string(), "init", "--data-dir", dir().string(),
+  auto r = run_command({bin("tocsin-collector").string(), "init", "--data-dir", dir().string(),
                         "--agent-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"});
   if (r.rc != 0) throw std::runtime_error("collector init failed: " + r.err);
   auto cfg = dir() / "collector.yaml";
@@ -192,7 +192,7 @@ void Collector::start() {
     replace_line(dir() / "collector.yaml", "agent_listen", agent_endpoint());
     replace_line(dir() / "collector.yaml", "api_listen", "127.0.0.1:" + std::to_string(api_port_));
   }
-  proc_ = Process({bin("firedrill-collector").string(), "run", "--config",
+  proc_ = Process({bin("tocsin-collector").string(), "run", "--config",
                    (dir() / "collector.yaml").string(), "--ready-file", ready.string()},
                   tmp_.path() / ("collector-" + std::to_string(++starts_) + ".log"));
   if (!wait_until([&] { return fs::exists(ready) || !proc_.running(); }, 30s) || !fs::exists(ready))
@@ -214,7 +214,7 @@ CommandResult Collector::cli(std::vector<std::string> args) {
 }
 
 CommandResult Collector::cli_as(const fs::path& token_file, std::vector<std::string> args) {
-  std::vector<std::string> argv = {bin("firedrill").string(),
+  std::vector<std::string> argv = {bin("tocsin").string(),
                                    "--server",
                                    "https://127.0.0.1:" + std::to_string(api_port_),
                                    "--token-file",
@@ -274,7 +274,7 @@ nlohmann::json Collector::security_events() {
 
 Agent::Agent(Collector& c, std::string outbox_max) : c_(c), outbox_max_(std::move(outbox_max)) {
   auto token = c.create_token();
-  auto r = run_command({bin("firedrill-agent").string(), "enroll", "--server", c.agent_endpoint(),
+  auto r = run_command({bin("tocsin-agent").string(), "enroll", "--server", c.agent_endpoint(),
                         "--token", token, "--ca", c.ca_pem().string(), "--state-dir",
                         state_dir().string()});
   if (r.rc != 0) throw std::runtime_error("enroll failed: " + r.err);
@@ -315,7 +315,7 @@ void Agent::write_config(const std::vector<AgentTest>& tests, const std::string&
 
 void Agent::start(const std::vector<std::string>& extra, const std::vector<std::string>& prefix) {
   std::vector<std::string> argv = prefix;
-  for (auto a : {bin("firedrill-agent").string(), std::string("run"), std::string("--config"),
+  for (auto a : {bin("tocsin-agent").string(), std::string("run"), std::string("--config"),
                  config().string()})
     argv.push_back(a);
   argv.insert(argv.end(), extra.begin(), extra.end());
@@ -328,7 +328,7 @@ void Agent::stop() {
 }
 
 nlohmann::json Agent::status() {
-  auto r = run_command({bin("firedrill-agent").string(), "status", "--config", config().string()});
+  auto r = run_command({bin("tocsin-agent").string(), "status", "--config", config().string()});
   if (r.rc != 0) throw std::runtime_error("agent status failed: " + r.err);
   return nlohmann::json::parse(r.out);
 }
@@ -375,4 +375,4 @@ std::uint16_t closed_port() {
   return ntohs(a.sin_port);
 }
 
-}  // namespace firedrill::test
+}  // namespace tocsin::test

@@ -15,7 +15,7 @@
 
 #include "tests/unit/temp_dir.hpp"
 
-namespace firedrill::test {
+namespace tocsin::test {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -82,7 +82,7 @@ class Collector {
   // The --ready-file JSON of the running collector (ports, pid, "syslog": {source: ports}).
   fs::path ready_file() const { return tmp_.path() / "ready.json"; }
 
-  // The `firedrill` CLI against this collector with the admin token.
+  // The `tocsin` CLI against this collector with the admin token.
   CommandResult cli(std::vector<std::string> args);
   // The same with the token in `token_file` (see api_token).
   CommandResult cli_as(const fs::path& token_file, std::vector<std::string> args);
@@ -128,7 +128,7 @@ class Agent {
   void stop();
   bool running() { return proc_.running(); }
   Process& process() { return proc_; }
-  nlohmann::json status();  // `firedrill-agent status`
+  nlohmann::json status();  // `tocsin-agent status`
   const std::string& id() const { return id_; }
   fs::path state_dir() const { return tmp_.path() / "state"; }
   fs::path config() const { return tmp_.path() / "agent.yaml"; }
@@ -161,4 +161,4 @@ class OpenPort {
 
 std::uint16_t closed_port();  // a loopback port with nothing listening
 
-}  // namespace firedrill::test
+}  // namespace tocsin::test

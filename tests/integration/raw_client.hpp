@@ -20,7 +20,7 @@
 #include "common/tls.hpp"
 #include "common/wire.hpp"
 
-namespace firedrill::test {
+namespace tocsin::test {
 
 struct Timeout : std::runtime_error {
   Timeout() : std::runtime_error("timed out") {}
@@ -96,7 +96,7 @@ class ChainBuilder {
     b.probe = "tcp_connect";
     b.verdict = "prevented";
     b.reason = "refused";
-    b.marker = "fdr-" + common::random_id(10);
+    b.marker = "tcn-" + common::random_id(10);
     common::ResultRecord r{agent_id_, seq_ + 1, head_, {}, common::encode_body(b)};
     r.hash = common::compute_result_hash(r.agent_id, r.seq, r.prev_hash, r.body);
     seq_ = r.seq;
@@ -123,4 +123,4 @@ class ChainBuilder {
   common::Digest head_{};
 };
 
-}  // namespace firedrill::test
+}  // namespace tocsin::test

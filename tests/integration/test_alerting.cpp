@@ -26,8 +26,8 @@
 #include "tests/integration/clamav.hpp"
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill;
-using namespace firedrill::test;
+using namespace tocsin;
+using namespace tocsin::test;
 using nlohmann::json;
 
 namespace {
@@ -288,16 +288,16 @@ TEST_CASE("a ClamAV quarantine line carried by syslog-ng over HTTPS makes the ei
       << "options { stats-freq(0); frac-digits(3); };\n"
       << "source s_av { file(\"" << detections_log.string()
       << "\" follow-freq(0.1) flags(no-parse)); };\n"
-      << "filter f_detection { message('(fdr-[a-z0-9]{10})\\S*: (\\S+) FOUND' type(pcre) "
+      << "filter f_detection { message('(tcn-[a-z0-9]{10})\\S*: (\\S+) FOUND' type(pcre) "
          "flags(store-matches)); };\n"
-      << "destination d_firedrill { http(url(\"" << api_url(c, "/hooks/sng")
+      << "destination d_tocsin { http(url(\"" << api_url(c, "/hooks/sng")
       << "\") method(\"POST\")\n"
-      << "  headers(\"X-FireDrill-Token: " << kSngToken
+      << "  headers(\"X-Tocsin-Token: " << kSngToken
       << "\", \"Content-Type: application/json\")\n"
       << "  tls(ca-file(\"" << c.ca_pem().string() << "\") peer-verify(yes))\n"
       << "  body(\"$(format-json --scope none ts=${ISODATE} host=${HOST} rule=$2 marker=$1 "
          "line=${MESSAGE})\")); };\n"
-      << "log { source(s_av); filter(f_detection); destination(d_firedrill); };\n";
+      << "log { source(s_av); filter(f_detection); destination(d_tocsin); };\n";
   auto syntax = run_command({"/usr/sbin/syslog-ng", "-s", "-f", sng_conf.string()});
   REQUIRE_MESSAGE(syntax.rc == 0, "syslog-ng config: " << syntax.err << syntax.out);
   auto ctl = tmp / "sng" / "ctl";
@@ -331,7 +331,7 @@ TEST_CASE("a ClamAV quarantine line carried by syslog-ng over HTTPS makes the ei
     CHECK(run["time_to_alert_ns"].get<std::int64_t>() > 0);
     CHECK(run["clock_anomaly"] == false);
     CHECK(run["alert"]["source"] == "sng");
-    CHECK(contains(run["alert"]["rule"].get<std::string>(), "FireDrillTest.EICAR.Body"));
+    CHECK(contains(run["alert"]["rule"].get<std::string>(), "TocsinTest.EICAR.Body"));
     CHECK(contains(run["alert"]["match_reason"].get<std::string>(), "exact marker " + marker));
     CHECK(run["alert"]["confidence"].get<double>() == 1.0);
     CHECK(run["alert"]["siem_event_time"].is_string());  // syslog-ng ISODATE, fields.event_time
@@ -372,9 +372,9 @@ TEST_CASE("Alertmanager v4 webhooks over HTTPS mark a run alerted and a run with
   auto am_port = closed_port();
   auto am_url = "http://127.0.0.1:" + std::to_string(am_port);
   std::ofstream(tmp / "am.yml")
-      << "route: {receiver: firedrill, group_by: [alertname, marker], group_wait: 0s, "
+      << "route: {receiver: tocsin, group_by: [alertname, marker], group_wait: 0s, "
          "group_interval: 1s, repeat_interval: 1h}\n"
-      << "receivers:\n  - name: firedrill\n    webhook_configs:\n"
+      << "receivers:\n  - name: tocsin\n    webhook_configs:\n"
       << "      - url: \"" << api_url(c, "/hooks/am") << "\"\n        send_resolved: false\n"
       << "        http_config:\n          authorization: {type: Bearer, credentials: \""
       << kAmToken << "\"}\n          tls_config: {ca_file: \"" << c.ca_pem().string() << "\"}\n";
@@ -403,7 +403,7 @@ TEST_CASE("Alertmanager v4 webhooks over HTTPS mark a run alerted and a run with
   // The SIEM side: a rule fired on the beacon and hands the alert to Alertmanager.
   auto posted = http_request(am_url + "/api/v2/alerts", {"Content-Type: application/json"},
                              json::array({{{"labels",
-                                            {{"alertname", "FireDrillBeacon"},
+                                            {{"alertname", "TocsinBeacon"},
                                              {"marker", alerted_marker},
                                              {"severity", "critical"}}},
                                            {"annotations", {{"summary", "beacon seen"}}}}})
@@ -416,7 +416,7 @@ TEST_CASE("Alertmanager v4 webhooks over HTTPS mark a run alerted and a run with
     REQUIRE(run["state"] == "alerted");
     CHECK(run["verdict"] == "not_prevented");
     CHECK(run["alert"]["source"] == "am");
-    CHECK(run["alert"]["rule"] == "FireDrillBeacon");
+    CHECK(run["alert"]["rule"] == "TocsinBeacon");
     CHECK(contains(run["alert"]["match_reason"].get<std::string>(),
                    "exact marker " + alerted_marker));
     CHECK(run["alert"]["alert_created_time"].is_string());  // Alertmanager's startsAt
@@ -526,7 +526,7 @@ TEST_CASE("time to alert stays within its error bound of the truth when agent cl
     // four-timestamp exchange use system_clock). By default libfaketime also moves
     // steady_clock to the fake wall-clock value (TEST-PEERS §8); the agent's schedule and
     // timeouts would then rest on libfaketime's rewriting of every monotonic deadline handed
-    // to the kernel, which is a test of libfaketime (see the shim above), not of FireDrill.
+    // to the kernel, which is a test of libfaketime (see the shim above), not of Tocsin.
     std::string offset = (skew_s > 0 ? "+" : "") + std::to_string(skew_s) + "s";
     s.agent->start({}, {"/usr/bin/env", "LD_PRELOAD=" + shim->string(),
                         "FAKETIME_DONT_FAKE_MONOTONIC=1", faketime.string(), "-f", offset});
@@ -588,8 +588,8 @@ TEST_CASE("time to alert stays within its error bound of the truth when agent cl
     auto due = s->accept_ns + s->delay_ms * 1'000'000;
     if (auto wait = due - common::now_ns(); wait > 0)
       std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
-    auto reply = post_hook(c, "/hooks/gen", {std::string("X-FireDrill-Token: ") + kGenericToken},
-                           json{{"rule", "FireDrillBeacon"},
+    auto reply = post_hook(c, "/hooks/gen", {std::string("X-Tocsin-Token: ") + kGenericToken},
+                           json{{"rule", "TocsinBeacon"},
                                 {"host", "siem"},
                                 {"message", "outbound beacon " + s->marker}}
                                .dump());
@@ -677,11 +677,11 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
   auto m_gen = wait_first_run(c, "via-webhook")["marker"].get<std::string>();
   auto m_hec = wait_first_run(c, "via-hec")["marker"].get<std::string>();
   auto m_sys = wait_first_run(c, "via-syslog")["marker"].get<std::string>();
-  const auto alert = json{{"rule", "FireDrillBeacon"}, {"message", "beacon " + m_gen}}.dump();
-  const std::string good_token = std::string("X-FireDrill-Token: ") + kGenericToken;
+  const auto alert = json{{"rule", "TocsinBeacon"}, {"message", "beacon " + m_gen}}.dump();
+  const std::string good_token = std::string("X-Tocsin-Token: ") + kGenericToken;
 
   // Wrong and missing token: 401 with a challenge, nothing stored, counted as bad_token.
-  auto wrong = post_hook(c, "/hooks/gen", {"X-FireDrill-Token: not-the-token-0123456789"}, alert);
+  auto wrong = post_hook(c, "/hooks/gen", {"X-Tocsin-Token: not-the-token-0123456789"}, alert);
   CHECK(wrong.status == 401);
   CHECK(wrong.has_header("WWW-Authenticate"));
   auto wrong_bearer =
@@ -698,7 +698,7 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
       "s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[2]))),"
       " server_hostname='127.0.0.1')\n"
       "s.settimeout(10)\n"
-      "s.sendall(b'POST /hooks/gen HTTP/1.1\\r\\nHost: x\\r\\nX-FireDrill-Token: wrong-token-0123456789\\r\\n'"
+      "s.sendall(b'POST /hooks/gen HTTP/1.1\\r\\nHost: x\\r\\nX-Tocsin-Token: wrong-token-0123456789\\r\\n'"
       " b'Content-Length: 900000\\r\\n\\r\\n')\n"
       "print(s.recv(200).split(b'\\r\\n')[0].decode())\n";
   auto early = run_command({"/usr/bin/python3", "-c", script, c.ca_pem().string(),
@@ -724,7 +724,7 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
   CHECK(rejected(source_counters(c, "gen"), "malformed") == 1);
 
   // Over max_body (4 KiB): 413, counted as oversized, nothing matched.
-  auto big = json{{"rule", "FireDrillBeacon"}, {"message", "beacon " + m_gen},
+  auto big = json{{"rule", "TocsinBeacon"}, {"message", "beacon " + m_gen},
                   {"padding", std::string(8 * 1024, 'x')}}.dump();
   auto oversized = post_hook(c, "/hooks/gen", {good_token}, big);
   CHECK_MESSAGE(oversized.status == 413, oversized.body);
@@ -737,7 +737,7 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
   // ... and a source's larger max_body (1 MiB by default) admits a body above the API's own
   // 64 KiB request limit: a big Alertmanager group or Splunk result set is not refused.
   auto bulk_alert =
-      json{{"rule", "FireDrillBulk"}, {"padding", std::string(100 * 1024, 'x')}}.dump();
+      json{{"rule", "TocsinBulk"}, {"padding", std::string(100 * 1024, 'x')}}.dump();
   auto bulky = post_hook(c, "/hooks/bulk", {good_token}, bulk_alert);
   CHECK_MESSAGE(bulky.status == 200, bulky.body);
 
@@ -760,8 +760,8 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
   const auto hec_url = api_url(c, "/services/collector/event");
   auto hec_event = json{{"time", common::now_ns() / 1'000'000'000},
                         {"host", "siem01"},
-                        {"sourcetype", "firedrill:alert"},
-                        {"event", {{"rule", "FireDrillBeacon"}, {"message", "beacon " + m_hec}}}}
+                        {"sourcetype", "tocsin:alert"},
+                        {"event", {{"rule", "TocsinBeacon"}, {"message", "beacon " + m_hec}}}}
                        .dump();
   auto hec_wrong = http_request(hec_url, {"Authorization: Splunk not-the-token-0123456789"},
                                 hec_event, c.ca_pem());
@@ -792,7 +792,7 @@ TEST_CASE("alert endpoints refuse bad tokens, malformed and oversized input with
   CHECK(source_counters(c, "sys")["accepted"] == 0);
   CHECK(run_of(c, m_sys).value()["state"] == "pending");
   send_udp(udp_port, "<134>1 " + common::format_time(common::now_ns()) +
-                         " siem01 firedrill - - - FireDrillBeacon fired for " + m_sys);
+                         " siem01 tocsin - - - TocsinBeacon fired for " + m_sys);
   auto via_sys = wait_state(c, m_sys, "alerted");
   CHECK(via_sys["state"] == "alerted");
   CHECK(via_sys["alert"]["source"] == "sys");

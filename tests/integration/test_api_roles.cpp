@@ -6,8 +6,8 @@
 #include "collector/api_client.hpp"
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill;
-using namespace firedrill::test;
+using namespace tocsin;
+using namespace tocsin::test;
 
 namespace {
 long status_of(Collector& c, const std::string& path, const std::string& token) {
@@ -49,13 +49,13 @@ TEST_CASE("the API refuses missing and wrong tokens and enforces roles") {
   fs::path tf = c.dir().parent_path() / "viewer.token";
   std::ofstream(tf) << viewer_token << "\n";
   fs::copy_file(c.ca_pem(), c.dir().parent_path() / "ca.pem", fs::copy_options::overwrite_existing);
-  auto r = run_command({bin("firedrill").string(), "--server",
+  auto r = run_command({bin("tocsin").string(), "--server",
                         "https://127.0.0.1:" + std::to_string(c.api_port()), "--token-file",
                         tf.string(), "token", "create", "--ttl", "1h"});
   CHECK(r.rc == 1);
   CHECK(r.err.find("403") != std::string::npos);
   CHECK(r.err.find("admin") != std::string::npos);
-  auto ok = run_command({bin("firedrill").string(), "--server",
+  auto ok = run_command({bin("tocsin").string(), "--server",
                          "https://127.0.0.1:" + std::to_string(c.api_port()), "--token-file",
                          tf.string(), "agents"});
   CHECK(ok.rc == 0);
@@ -77,7 +77,7 @@ TEST_CASE("results listed by the CLI carry re-verified signatures") {
   for (auto& x : j) {
     CHECK(x["verified"] == true);
     CHECK(x["signature"].get<std::string>().size() == 128);
-    CHECK(x["marker"].get<std::string>().rfind("fdr-", 0) == 0);
+    CHECK(x["marker"].get<std::string>().rfind("tcn-", 0) == 0);
     CHECK(x["clock_error_ms"].is_number());  // the clock exchange ran before the tests
     verdicts[x["test_id"]] = x["verdict"].get<std::string>() + "/" + x["reason"].get<std::string>();
   }

@@ -1,7 +1,7 @@
 // The audit log end to end: a real collector records an enrollment, tokens and an incident
-// worked through the CLI; `firedrill audit verify` passes and `audit export` shows them; then one
+// worked through the CLI; `tocsin audit verify` passes and `audit export` shows them; then one
 // byte of the stored log is changed while the collector is stopped, and both the offline check
-// and `firedrill audit verify` against the restarted collector fail naming that entry.
+// and `tocsin audit verify` against the restarted collector fail naming that entry.
 #include <doctest/doctest.h>
 
 #include <sstream>
@@ -11,9 +11,9 @@
 #include "collector/store.hpp"
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 using json = nlohmann::json;
-namespace collector = firedrill::collector;
+namespace collector = tocsin::collector;
 
 namespace {
 
@@ -140,7 +140,7 @@ TEST_CASE(
       store->commit(std::move(ws));
     }
     auto offline = run_command(
-        {bin("firedrill-collector").string(), "audit", "verify", "--data-dir", c.dir().string()});
+        {bin("tocsin-collector").string(), "audit", "verify", "--data-dir", c.dir().string()});
     CHECK(offline.rc == 1);
     CHECK_MESSAGE(offline.out.find("seq " + std::to_string(seq) + ": entry " + std::to_string(seq) +
                                    " does not match its hash") != std::string::npos,

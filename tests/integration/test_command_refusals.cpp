@@ -2,8 +2,8 @@
 // and agent on loopback, and a command forged or altered in the collector's database, signed
 // with another key, expired by the time the agent checks it, replayed, or approved by fewer
 // people than the agent demands. For each: the agent refuses with its reason code, its exec
-// action did not run (every action appends its name to a file the test reads), `firedrill
-// commands --json` shows the refusal, the collector audited it, and `firedrill audit verify`
+// action did not run (every action appends its name to a file the test reads), `tocsin
+// commands --json` shows the refusal, the collector audited it, and `tocsin audit verify`
 // still passes (the tampering is in the commands table, which the audit chain does not cover).
 #include <doctest/doctest.h>
 
@@ -21,10 +21,10 @@
 #include "common/wire.hpp"
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 using json = nlohmann::json;
-namespace collector = firedrill::collector;
-namespace common = firedrill::common;
+namespace collector = tocsin::collector;
+namespace common = tocsin::common;
 
 namespace {
 
@@ -60,13 +60,13 @@ struct Setup {
     return id;
   }
 
-  // The command as `firedrill commands --json` lists it.
+  // The command as `tocsin commands --json` lists it.
   json command(std::uint64_t id) {
     auto r = c.cli({"commands", "--json"});
     REQUIRE_MESSAGE(r.rc == 0, r.err);
     for (const auto& cmd : json::parse(r.out))
       if (cmd["id"] == id) return cmd;
-    FAIL("command " << id << " is not in `firedrill commands --json`: " << r.out);
+    FAIL("command " << id << " is not in `tocsin commands --json`: " << r.out);
     return nullptr;
   }
 

@@ -14,7 +14,7 @@
 #include "tests/integration/harness.hpp"
 #include "tests/unit/peers.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 using json = nlohmann::json;
 
 namespace {
@@ -245,7 +245,7 @@ TEST_CASE("the watchdog: unhealthy nginx, approval mail with a one-time link, re
   CollectorOptions o;
   o.extra_yaml = "notify:\n  link_base: https://collector.soc.test:7444\n  channels:\n"
                  "    - {name: soc-mail, type: email, url: \"" + sink.url() +
-                 "\", starttls: off, from: firedrill@soc.test, to: [soc@soc.test]}\n"
+                 "\", starttls: off, from: tocsin@soc.test, to: [soc@soc.test]}\n"
                  "    - {name: hook, type: webhook, url: \"" + hook.url() +
                  "/hook\", secret: 0123456789abcdef-secret, events: [opened, updated, escalated, resolved]}\n"
                  "  approvals:\n    channel: soc-mail\n    approvers:\n"
@@ -271,10 +271,10 @@ TEST_CASE("the watchdog: unhealthy nginx, approval mail with a one-time link, re
                     return !anna_mail.is_null() && !ben_mail.is_null();
                   }, 60s),
                   "mails: " << sink.count() << "\n" << c.log());
-  CHECK(anna_mail["subject"] == "[FireDrill] Approval needed: restart nginx-test on agent " + agent.id() + " (cmd-1)");
+  CHECK(anna_mail["subject"] == "[Tocsin] Approval needed: restart nginx-test on agent " + agent.id() + " (cmd-1)");
   std::string text = anna_mail["text"];
   CHECK_MESSAGE(text.find("Requested by: watchdog") != std::string::npos, text);
-  CHECK_MESSAGE(text.find("firedrill approve 1") != std::string::npos, text);
+  CHECK_MESSAGE(text.find("tocsin approve 1") != std::string::npos, text);
   auto incident = health_incident(c);
   CHECK(incident["pause_reason"] == "waiting for approval of restart cmd-1");
   CHECK(command(c, 1)["requester"] == "watchdog");
@@ -342,7 +342,7 @@ TEST_CASE("the watchdog escalates a restart that did not help and stops at max_r
                  "    - {name: hook, type: webhook, url: \"" + hook.url() +
                  "/hook\", secret: 0123456789abcdef-secret}\n"
                  "    - {name: soc-mail, type: email, url: \"" + sink.url() +
-                 "\", starttls: off, from: firedrill@soc.test, to: [soc@soc.test]}\n"
+                 "\", starttls: off, from: tocsin@soc.test, to: [soc@soc.test]}\n"
                  "  approvals: {channel: soc-mail, link_ttl: 1s, approvers: [{name: anna, email: anna@soc.test}]}\n"
                  "watch:\n  - {test: wordpress-health, target: nginx-test, recheck_after: 1s, "
                  "max_restarts: 1 per 1h}\n";

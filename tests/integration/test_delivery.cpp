@@ -6,7 +6,7 @@
 
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 
 namespace {
 

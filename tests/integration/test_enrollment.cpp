@@ -3,13 +3,13 @@
 
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 
 namespace {
 
 CommandResult enroll(Collector& c, const std::string& token, const fs::path& state,
                      const fs::path& ca) {
-  return run_command({bin("firedrill-agent").string(), "enroll", "--server", c.agent_endpoint(),
+  return run_command({bin("tocsin-agent").string(), "enroll", "--server", c.agent_endpoint(),
                       "--token", token, "--ca", ca.string(), "--state-dir", state.string()});
 }
 

@@ -8,8 +8,8 @@
 #include "tests/integration/harness.hpp"
 #include "tests/integration/raw_client.hpp"
 
-using namespace firedrill;
-using namespace firedrill::test;
+using namespace tocsin;
+using namespace tocsin::test;
 
 namespace {
 

@@ -1,6 +1,6 @@
 // Incidents end to end: a real agent's failed expectations reach a real collector, the
 // collector opens deduplicated critical incidents on its own, and an operator works them
-// through the `firedrill` CLI while a viewer may only read.
+// through the `tocsin` CLI while a viewer may only read.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -9,7 +9,7 @@
 #include "tests/integration/harness.hpp"
 #include "tests/unit/peers.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 using json = nlohmann::json;
 
 namespace {
@@ -65,7 +65,7 @@ TEST_CASE("a failed prevention and a missed alert open critical incidents that a
   REQUIRE_MESSAGE(viewer.rc == 0, viewer.err);
   auto viewer_file = c.dir().parent_path() / "viewer.token";
   std::ofstream(viewer_file) << viewer.out.substr(viewer.out.rfind('\n', viewer.out.size() - 2) + 1);
-  auto as_viewer = run_command({bin("firedrill").string(), "--server",
+  auto as_viewer = run_command({bin("tocsin").string(), "--server",
                                 "https://127.0.0.1:" + std::to_string(c.api_port()),
                                 "--token-file", viewer_file.string(), "--ca", c.ca_pem().string(),
                                 "incident", "ack", id});
@@ -107,7 +107,7 @@ TEST_CASE("incidents leave the collector by mail and signed webhook, the CLI sho
   CollectorOptions o;
   o.extra_yaml = "notify:\n  retry: {initial: 1s, max: 2s}\n  channels:\n"
                  "    - {name: soc-mail, type: email, url: \"" + sink.url() +
-                 "\", starttls: off, from: firedrill@soc.test, to: [soc@soc.test]}\n"
+                 "\", starttls: off, from: tocsin@soc.test, to: [soc@soc.test]}\n"
                  "    - {name: hook, type: webhook, url: \"" + hook.url() +
                  "/hook\", secret: 0123456789abcdef-secret}\n"
                  "  status_mail: {channel: soc-mail, every: 30m, to: [manager@soc.test]}\n";
@@ -131,8 +131,8 @@ TEST_CASE("incidents leave the collector by mail and signed webhook, the CLI sho
     return std::any_of(subjects.begin(), subjects.end(),
                        [&](const std::string& s) { return s.rfind(prefix, 0) == 0; });
   };
-  CHECK(has("[FireDrill] Opened #1 [critical] "));
-  CHECK(has("[FireDrill] Major incident status 1: 1 critical open (#1)"));
+  CHECK(has("[Tocsin] Opened #1 [critical] "));
+  CHECK(has("[Tocsin] Major incident status 1: 1 critical open (#1)"));
   json body = json::parse(std::string(hook.requests("POST", "/hook")[1]["body"]));
   CHECK(body["incident"]["test_id"] == "smb-should-be-blocked");
 
@@ -151,7 +151,7 @@ TEST_CASE("incidents leave the collector by mail and signed webhook, the CLI sho
   // stopped may still reopen it on the feed's next round: resolve until none stays open.
   auto all_clear = [&] {
     for (int n = 1; n <= static_cast<int>(sink.count()); ++n)
-      if (sink.mail(n)["subject"].get<std::string>().rfind("[FireDrill] All clear", 0) == 0) return true;
+      if (sink.mail(n)["subject"].get<std::string>().rfind("[Tocsin] All clear", 0) == 0) return true;
     return false;
   };
   for (int round = 0; round < 30 && !all_clear(); ++round) {

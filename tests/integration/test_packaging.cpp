@@ -31,7 +31,7 @@
 
 extern char** environ;
 
-using namespace firedrill::test;  // run_command, TempDir, bin
+using namespace tocsin::test;  // run_command, TempDir, bin
 
 namespace {
 
@@ -44,10 +44,10 @@ constexpr int kAgentMaxExposure = 17;
 constexpr int kCollectorMaxExposure = 12;
 
 
-// The unit's `User=firedrill` does not exist on a build machine and we don't create users here.
-// `daemon` is in base-passwd (on every Debian system) and is, like `firedrill`, a static non-root
+// The unit's `User=tocsin` does not exist on a build machine and we don't create users here.
+// `daemon` is in base-passwd (on every Debian system) and is, like `tocsin`, a static non-root
 // system user, so the exposure score equals the real unit's (checked: an unresolvable
-// User=firedrill scores the same). `nobody` would make systemd warn "Special user nobody
+// User=tocsin scores the same). `nobody` would make systemd warn "Special user nobody
 // configured, this is not safe!" and cost 0.4 of exposure; with `daemon` no warning at all has to
 // be tolerated.
 constexpr const char* kStandInUser = "daemon";
@@ -116,18 +116,18 @@ void write_text(const fs::path& p, const std::string& text) {
 }
 
 fs::path shipped_unit(const std::string& name) {
-  return fs::path(FIREDRILL_SOURCE_DIR) / "packaging" / "deb" / (name + ".service");
+  return fs::path(TOCSIN_SOURCE_DIR) / "packaging" / "deb" / (name + ".service");
 }
 
 // Copies the shipped unit of binary `name` into `dir`, keeping its file name, with only what
 // this machine cannot provide changed: ExecStart points at the freshly built binary instead of
-// /usr/bin, and User=/Group=firedrill become kStandInUser.
+// /usr/bin, and User=/Group=tocsin become kStandInUser.
 fs::path prepare_unit(const std::string& name, const fs::path& dir) {
-  const fs::path built = fs::path(FIREDRILL_BIN_DIR) / name;
+  const fs::path built = fs::path(TOCSIN_BIN_DIR) / name;
   REQUIRE_MESSAGE(access(built.c_str(), X_OK) == 0, built << " is missing: build " << name);
   // Unquoted in ExecStart=, so it must not need quoting or specifier escaping.
   REQUIRE_MESSAGE(built.string().find_first_of(" \t\"'%\\") == std::string::npos,
-                  "FIREDRILL_BIN_DIR " << FIREDRILL_BIN_DIR << " needs quoting in ExecStart=");
+                  "TOCSIN_BIN_DIR " << TOCSIN_BIN_DIR << " needs quoting in ExecStart=");
   REQUIRE_MESSAGE(getpwnam(kStandInUser) != nullptr,
                   "user " << kStandInUser << " (base-passwd) is missing on this machine");
 
@@ -139,9 +139,9 @@ fs::path prepare_unit(const std::string& name, const fs::path& dir) {
     if (line.rfind(shipped_exec, 0) == 0) {
       line = "ExecStart=" + built.string() + line.substr(shipped_exec.size() - 1);
       ++exec_lines;
-    } else if (line == "User=firedrill") {
+    } else if (line == "User=tocsin") {
       line = std::string("User=") + kStandInUser;
-    } else if (line == "Group=firedrill") {
+    } else if (line == "Group=tocsin") {
       line = std::string("Group=") + kStandInUser;
     }
     copy += line + "\n";
@@ -262,16 +262,16 @@ void check_passes(const std::string& name, int max_exposure_tenths) {
 }  // namespace
 
 TEST_CASE("the agent unit passes systemd-analyze verify and security without a warning") {
-  check_passes("firedrill-agent", kAgentMaxExposure);
+  check_passes("tocsin-agent", kAgentMaxExposure);
 }
 
 TEST_CASE("the collector unit passes systemd-analyze verify and security without a warning") {
-  check_passes("firedrill-collector", kCollectorMaxExposure);
+  check_passes("tocsin-collector", kCollectorMaxExposure);
 }
 
 TEST_CASE("a unit with a misspelt key fails the packaging check although verify exits 0") {
   TempDir tmp;
-  auto unit = prepare_unit("firedrill-agent", tmp.path());
+  auto unit = prepare_unit("tocsin-agent", tmp.path());
   replace_line(unit, "ProtectSystem=strict", "ProtectSystm=strict");
   // A threshold nothing can exceed, so only the verify warning can fail the check.
   auto c = check_unit(unit, 100);
@@ -282,7 +282,7 @@ TEST_CASE("a unit with a misspelt key fails the packaging check although verify 
 
 TEST_CASE("a unit with weaker hardening fails the exposure threshold") {
   TempDir tmp;
-  auto unit = prepare_unit("firedrill-collector", tmp.path());
+  auto unit = prepare_unit("tocsin-collector", tmp.path());
   // Still a valid unit: verify stays silent, only the score gets worse.
   replace_line(unit, "SystemCallFilter=~@privileged @resources", "");
   replace_line(unit, "SystemCallFilter=@system-service", "");
@@ -298,12 +298,12 @@ TEST_CASE("a unit with weaker hardening fails the exposure threshold") {
 // The exposure score does not weigh restart policy, watchdog, limits or the service identity,
 // which the binaries and the design rely on; and its slack lets small weakenings through.
 TEST_CASE("both units keep the service contract and every listed hardening option") {
-  for (const std::string name : {"firedrill-agent", "firedrill-collector"}) {
+  for (const std::string name : {"tocsin-agent", "tocsin-collector"}) {
     CAPTURE(name);
     auto keys = parse_unit(shipped_unit(name));
-    const std::string config = name.substr(std::string("firedrill-").size()) + ".yaml";
+    const std::string config = name.substr(std::string("tocsin-").size()) + ".yaml";
     CHECK(single(keys, "Service.ExecStart") ==
-          "/usr/bin/" + name + " run --config /etc/firedrill/" + config);
+          "/usr/bin/" + name + " run --config /etc/tocsin/" + config);
     CHECK(single(keys, "Service.Type") == "notify");
     CHECK(single(keys, "Service.Restart") == "on-failure");
     for (const char* key : {"Service.RestartSec", "Service.WatchdogSec", "Service.TimeoutStopSec",
@@ -315,7 +315,7 @@ TEST_CASE("both units keep the service contract and every listed hardening optio
     CHECK(single(keys, "Unit.Wants") == "network-online.target");
     CHECK(single(keys, "Install.WantedBy") == "multi-user.target");
     CHECK(single(keys, "Service.StateDirectory") ==
-          (name == "firedrill-agent" ? "firedrill-agent" : "firedrill"));
+          (name == "tocsin-agent" ? "tocsin-agent" : "tocsin"));
     for (const auto& [key, value] : kHardening) {
       CAPTURE(key);
       CHECK(single(keys, std::string(key)) == value);
@@ -325,11 +325,11 @@ TEST_CASE("both units keep the service contract and every listed hardening optio
   }
   // The package enables and starts the agent on install; until `enroll` wrote its identity the
   // unit is skipped (condition failed) instead of failing into the start limit at every boot.
-  auto agent = parse_unit(shipped_unit("firedrill-agent"));
-  CHECK(single(agent, "Unit.ConditionPathExists") == "/var/lib/firedrill-agent/identity.yaml");
-  auto collector = parse_unit(shipped_unit("firedrill-collector"));
-  CHECK(single(collector, "Service.User") == "firedrill");
-  CHECK(single(collector, "Service.Group") == "firedrill");
+  auto agent = parse_unit(shipped_unit("tocsin-agent"));
+  CHECK(single(agent, "Unit.ConditionPathExists") == "/var/lib/tocsin-agent/identity.yaml");
+  auto collector = parse_unit(shipped_unit("tocsin-collector"));
+  CHECK(single(collector, "Service.User") == "tocsin");
+  CHECK(single(collector, "Service.Group") == "tocsin");
   // One TLS connection per agent, tens of thousands of agents, plus RocksDB's files.
   CHECK(std::atol(single(collector, "Service.LimitNOFILE").c_str()) >= 65536);
 }

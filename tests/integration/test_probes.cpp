@@ -15,13 +15,13 @@
 #include "tests/integration/clamav.hpp"
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill;
-using namespace firedrill::test;
+using namespace tocsin;
+using namespace tocsin::test;
 
 namespace {
 
 nlohmann::json run_once(const fs::path& config, const std::string& test) {
-  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config", config.string(),
+  auto r = run_command({bin("tocsin-agent").string(), "run-once", "--config", config.string(),
                         "--test", test, "--json"}, 120s);
   REQUIRE_MESSAGE(r.rc == 0, r.err);
   return nlohmann::json::parse(r.out);
@@ -52,7 +52,7 @@ TEST_CASE("eicar_drop is prevented when ClamAV quarantines the drop and not when
     // The defence's own record: the marker-named file is in quarantine, detected by name.
     auto marker = r["marker"].get<std::string>();
     CHECK(fs::exists(clam.dir / "quarantine" / (marker + "-eicar.com")));
-    CHECK(watcher.log().find("FireDrillTest.EICAR.Body.UNOFFICIAL FOUND") != std::string::npos);
+    CHECK(watcher.log().find("TocsinTest.EICAR.Body.UNOFFICIAL FOUND") != std::string::npos);
   }
   SUBCASE("defence absent") {
     auto r = run_once(tmp / "agent.yaml", "eicar-drop");
@@ -102,7 +102,7 @@ TEST_CASE("encoded_command is prevented when policy forbids executing the interp
       << "    technique: T1027\n    expect: {prevent: true}\n";
   auto r = run_command({"/usr/bin/unshare", "-m", "--propagation", "private", "/bin/bash", "-c",
                         "mount --bind " + shell + " " + shell + " && mount -o remount,bind,noexec " +
-                            shell + " " + shell + " && exec " + bin("firedrill-agent").string() +
+                            shell + " " + shell + " && exec " + bin("tocsin-agent").string() +
                             " run-once --config " + (tmp / "agent.yaml").string() +
                             " --test enc-sh --json"},
                        60s);
@@ -160,13 +160,13 @@ TEST_CASE("tcp_connect's handshake and a tcp_listen agent confirm an open path f
       << "    params: {targets: [\"127.0.0.1:" << open_port << "\", \"127.0.0.1:" << blocked_port
       << "\"], handshake: true}\n";
   Process receiver({"/bin/sh", "-c",
-                    bin("firedrill-agent").string() + " run-once --config " +
+                    bin("tocsin-agent").string() + " run-once --config " +
                         (tmp / "receiver.yaml").string() + " --test dmz-inbound --json > " +
                         (tmp / "rx.json").string()},
                    tmp / "rx.log");
   REQUIRE_MESSAGE(wait_until([&] { return listening(open_port); }, 10s), receiver.log());
 
-  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config",
+  auto r = run_command({bin("tocsin-agent").string(), "run-once", "--config",
                         (tmp / "sender.yaml").string(), "--test", "inbound-to-dmz", "--json"},
                        60s);
   REQUIRE_MESSAGE(r.rc == 0, r.err);

@@ -1,6 +1,6 @@
 // dns_lookup against real resolvers: dnsmasq instances started by the test on loopback, one
 // sinkholing the bad domain, one answering NXDOMAIN for it, one giving its real answer; run
-// through the real firedrill-agent binary (`run-once --json`).
+// through the real tocsin-agent binary (`run-once --json`).
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -16,7 +16,7 @@
 
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 
 namespace {
 
@@ -106,7 +106,7 @@ class Dnsmasq {
 };
 
 nlohmann::json run_once(const fs::path& config, const std::string& test) {
-  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config", config.string(),
+  auto r = run_command({bin("tocsin-agent").string(), "run-once", "--config", config.string(),
                         "--test", test, "--json"},
                        60s);
   REQUIRE_MESSAGE(r.rc == 0, r.err);
@@ -254,7 +254,7 @@ TEST_CASE("dns_lookup refuses at load a resolver that is not on the allowlist, n
                                     << "allowlist:\n  network: [\"10.0.0.0/8\"]\n"
                                     << "tests:\n"
                                     << dns_test("off-list", "127.0.0.1:53");
-  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config",
+  auto r = run_command({bin("tocsin-agent").string(), "run-once", "--config",
                         (tmp / "agent.yaml").string(), "--test", "off-list", "--json"},
                        30s);
   CHECK(r.rc != 0);

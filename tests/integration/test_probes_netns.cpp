@@ -11,7 +11,7 @@
 
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 
 namespace {
 
@@ -54,8 +54,8 @@ TEST_CASE(
   REQUIRE_MESSAGE(!ip.empty(), "ip not found: install iproute2 (scripts/deps --test)");
   REQUIRE_MESSAGE(!socat.empty(), "socat not found: install socat (scripts/deps --test)");
   const std::string id = std::to_string(::getpid());
-  const std::string client = "fdr-cli-" + id, server = "fdr-srv-" + id;
-  const std::string cli_if = "fdrc" + id, srv_if = "fdrs" + id;  // at most 15 characters
+  const std::string client = "tcn-cli-" + id, server = "tcn-srv-" + id;
+  const std::string cli_if = "tcnc" + id, srv_if = "tcns" + id;  // at most 15 characters
   // A private /30 that exists only inside the two namespaces this test creates.
   const std::string net = "10.213." + std::to_string(::getpid() % 250) + ".";
   const std::string cli_addr = net + "1", srv_addr = net + "2";
@@ -83,7 +83,7 @@ TEST_CASE(
     const bool firewall = !nft.empty();
     if (firewall) {
       std::ofstream(tmp / "rules.nft")
-          << "table inet firedrill {\n  chain input {\n"
+          << "table inet tocsin {\n  chain input {\n"
           << "    type filter hook input priority 0; policy accept;\n"
           << "    tcp dport 8081 drop\n    tcp dport 8082 reject with tcp reset\n  }\n}\n";
       must(
@@ -124,7 +124,7 @@ TEST_CASE(
         << "      control: \"" << srv_addr << ":8080\"\n      targets:\n"
         << "        - \"" << srv_addr << ":8080-8083\"\n";
     auto r = run_command(
-        {ip.string(), "netns", "exec", client, bin("firedrill-agent").string(), "run-once",
+        {ip.string(), "netns", "exec", client, bin("tocsin-agent").string(), "run-once",
          "--config", (tmp / "agent.yaml").string(), "--test", "segment-egress", "--json"},
         60s);
     REQUIRE_MESSAGE(r.rc == 0, r.err);

@@ -27,8 +27,8 @@
 #include "common/x509.hpp"
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill;
-using namespace firedrill::test;
+using namespace tocsin;
+using namespace tocsin::test;
 
 namespace {
 
@@ -63,7 +63,7 @@ Issued issue(const fs::path& dir, const std::string& name, const std::string& cn
   X509_set_pubkey(x, out.key.get());
   X509_NAME* n = X509_get_subject_name(x);
   X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("FireDrill test"), -1, -1, 0);
+                             reinterpret_cast<const unsigned char*>("Tocsin test"), -1, -1, 0);
   X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
                              reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
   X509_set_issuer_name(x, ca ? X509_get_subject_name(ca->cert.get()) : n);
@@ -178,7 +178,7 @@ class ResetAfterHello {
 };
 
 nlohmann::json run_once(const fs::path& config, const std::string& test) {
-  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config", config.string(),
+  auto r = run_command({bin("tocsin-agent").string(), "run-once", "--config", config.string(),
                         "--test", test, "--json"},
                        120s);
   REQUIRE_MESSAGE(r.rc == 0, r.err);
@@ -209,7 +209,7 @@ std::string port_s(std::uint16_t p) {
 
 TEST_CASE("tls_policy outbound: an invalid certificate that arrives as-is is not_prevented") {
   TempDir tmp("tls");
-  auto bad = issue(tmp.path(), "bad", "bad.firedrill.test", -60, -30);  // expired, self-signed
+  auto bad = issue(tmp.path(), "bad", "bad.tocsin.test", -60, -30);  // expired, self-signed
   auto port = closed_port();
   auto server = s_server(bad, port, tmp / "s_server.log");
   auto cfg = write_config(tmp,
@@ -217,7 +217,7 @@ TEST_CASE("tls_policy outbound: an invalid certificate that arrives as-is is not
                           "    expect: {prevent: true}\n"
                           "    params: {target: \"127.0.0.1:" +
                               port_s(port) +
-                              "\", server_name: bad.firedrill.test, sni_marker: true,"
+                              "\", server_name: bad.tocsin.test, sni_marker: true,"
                               " expect_fingerprint: \"" +
                               bad.sha256() +
                               "\"}\n"
@@ -230,7 +230,7 @@ TEST_CASE("tls_policy outbound: an invalid certificate that arrives as-is is not
   CHECK(r["reason"] == "invalid_certificate_delivered");
   CHECK(ev(r, "cert_sha256") == bad.sha256());
   CHECK(ev(r, "cert_self_signed") == "true");
-  CHECK(ev(r, "sni") == r["marker"].get<std::string>() + ".bad.firedrill.test");
+  CHECK(ev(r, "sni") == r["marker"].get<std::string>() + ".bad.tocsin.test");
   CHECK(std::stol(ev(r, "cert_days_left")) < 0);
   // Without an expected fingerprint the verdict rests on the certificate failing validation.
   auto r2 = run_once(cfg, "out-noexpect");
@@ -241,9 +241,9 @@ TEST_CASE("tls_policy outbound: an invalid certificate that arrives as-is is not
 
 TEST_CASE("tls_policy outbound: an inspecting proxy that re-signs or resets is prevented") {
   TempDir tmp("tls");
-  auto bad = issue(tmp.path(), "bad", "bad.firedrill.test", -60, -30);
-  auto proxy_ca = issue(tmp.path(), "proxy-ca", "FireDrill Inspection CA", -1, 365, nullptr, true);
-  auto proxy_leaf = issue(tmp.path(), "proxy-leaf", "bad.firedrill.test", -1, 30, &proxy_ca);
+  auto bad = issue(tmp.path(), "bad", "bad.tocsin.test", -60, -30);
+  auto proxy_ca = issue(tmp.path(), "proxy-ca", "Tocsin Inspection CA", -1, 365, nullptr, true);
+  auto proxy_leaf = issue(tmp.path(), "proxy-leaf", "bad.tocsin.test", -1, 30, &proxy_ca);
   auto bad_port = closed_port();
   auto server = s_server(bad, bad_port, tmp / "s_server.log");
   require_binary("/usr/bin/socat");
@@ -259,7 +259,7 @@ TEST_CASE("tls_policy outbound: an inspecting proxy that re-signs or resets is p
   ResetAfterHello blocker;
   auto params = [&](std::uint16_t port) {
     return "    params: {target: \"127.0.0.1:" + port_s(port) +
-           "\", server_name: bad.firedrill.test, expect_fingerprint: \"" + bad.sha256() + "\"}\n";
+           "\", server_name: bad.tocsin.test, expect_fingerprint: \"" + bad.sha256() + "\"}\n";
   };
   auto cfg = write_config(
       tmp, "  - id: out-mitm\n    kind: tls_policy\n    every: 1h\n" + params(mitm_port) +
@@ -271,7 +271,7 @@ TEST_CASE("tls_policy outbound: an inspecting proxy that re-signs or resets is p
     CHECK(r["reason"] == "certificate_replaced");
     CHECK(ev(r, "cert_sha256") == proxy_leaf.sha256());
     CHECK(ev(r, "expected_sha256") == bad.sha256());
-    CHECK(ev(r, "cert_issuer").find("FireDrill Inspection CA") != std::string::npos);
+    CHECK(ev(r, "cert_issuer").find("Tocsin Inspection CA") != std::string::npos);
   }
   SUBCASE("reset after the ClientHello") {
     auto r = run_once(cfg, "out-reset");
@@ -285,7 +285,7 @@ TEST_CASE("tls_policy outbound: an inspecting proxy that re-signs or resets is p
 TEST_CASE("tls_policy outbound through squid: allowed tunnel, denied tunnel, unreachable server") {
   require_binary("/usr/sbin/squid");
   TempDir tmp("tls");
-  auto bad = issue(tmp.path(), "bad", "bad.firedrill.test", -60, -30);
+  auto bad = issue(tmp.path(), "bad", "bad.tocsin.test", -60, -30);
   auto bad_port = closed_port();
   auto server = s_server(bad, bad_port, tmp / "s_server.log");
   auto denied_port = closed_port();  // squid denies CONNECT to it (nothing needs to listen)
@@ -358,8 +358,8 @@ TEST_CASE("tls_policy outbound: a closed port or an unresolvable proxy is inconc
 
 TEST_CASE("tls_policy inbound: a weak server is reported with each finding, a strict one passes") {
   TempDir tmp("tls");
-  auto ca = issue(tmp.path(), "ca", "FireDrill Test CA", -1, 3650, nullptr, true);
-  auto weak_cert = issue(tmp.path(), "weak", "weak.firedrill.test", -60, -30);
+  auto ca = issue(tmp.path(), "ca", "Tocsin Test CA", -1, 3650, nullptr, true);
+  auto weak_cert = issue(tmp.path(), "weak", "weak.tocsin.test", -60, -30);
   auto good_cert = issue(tmp.path(), "good", "localhost", -1, 365, &ca);
   auto short_cert = issue(tmp.path(), "short", "localhost", -1, 5, &ca);
   auto weak_port = closed_port(), good_port = closed_port(), short_port = closed_port();
@@ -373,7 +373,7 @@ TEST_CASE("tls_policy inbound: a weak server is reported with each finding, a st
            "    params: {mode: inbound, target: \"127.0.0.1:" + port_s(port) +
            "\", server_name: " + name + "}\n";
   };
-  auto cfg = write_config(tmp, test("in-weak", weak_port, "www.firedrill.test") +
+  auto cfg = write_config(tmp, test("in-weak", weak_port, "www.tocsin.test") +
                                    test("in-good", good_port) + test("in-short", short_port) +
                                    test("in-closed", closed_port()));
   SUBCASE("weak configuration accepted") {
@@ -426,7 +426,7 @@ struct Nginx {
     fs::create_directories(dir / "tmp");
     std::ofstream(dir / "www" / "health") << "status: ok\n";
     std::ofstream(dir / "www" / "page.html") << "<p>version 1</p>\n";
-    ca.emplace(issue(dir, "ca", "FireDrill Test CA", -1, 3650, nullptr, true));
+    ca.emplace(issue(dir, "ca", "Tocsin Test CA", -1, 3650, nullptr, true));
     auto good = issue(dir, "good", "localhost", -1, 365, &*ca);
     auto short_lived = issue(dir, "short", "localhost", -1, 5, &*ca);
     auto expired = issue(dir, "expired", "localhost", -60, -1, &*ca);

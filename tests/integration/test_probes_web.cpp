@@ -1,6 +1,6 @@
 // web_download and http_beacon against real peers started on loopback by the test: nginx as
 // the origin (it ignores the run's marker segment), squid as the egress proxy with and without
-// deny rules. Every run goes through the real `firedrill-agent run-once`.
+// deny rules. Every run goes through the real `tocsin-agent run-once`.
 #include <doctest/doctest.h>
 
 #include <signal.h>
@@ -16,8 +16,8 @@
 #include "common/crypto.hpp"
 #include "tests/integration/harness.hpp"
 
-using namespace firedrill;
-using namespace firedrill::test;
+using namespace tocsin;
+using namespace tocsin::test;
 
 namespace {
 
@@ -49,7 +49,7 @@ void stop(Process& p) {
   if (!p.wait(10s)) p.kill9();
 }
 
-// nginx as the origin: serves eicar.com, file.zip and index.txt; a leading "/fdr-..." path
+// nginx as the origin: serves eicar.com, file.zip and index.txt; a leading "/tcn-..." path
 // segment (the run's marker) is logged and ignored; /beacon answers 204.
 struct Nginx {
   explicit Nginx(const fs::path& root) : dir(root / "nginx") {
@@ -58,23 +58,23 @@ struct Nginx {
     fs::create_directories(dir / "tmp");
     std::ofstream(dir / "www" / "eicar.com", std::ios::binary) << agent::eicar_test_string();
     std::ofstream(dir / "www" / "file.zip", std::ios::binary)
-        << std::string("PK\x03\x04", 4) << "FireDrill test archive " << common::random_id(16);
-    std::ofstream(dir / "www" / "index.txt") << "FireDrill origin\n";
+        << std::string("PK\x03\x04", 4) << "Tocsin test archive " << common::random_id(16);
+    std::ofstream(dir / "www" / "index.txt") << "Tocsin origin\n";
     port = closed_port();
     auto d = dir.string();
     std::ofstream(dir / "nginx.conf")
         << "master_process off;\ndaemon off;\nworker_processes 1;\n"
         << "pid " << d << "/nginx.pid;\nerror_log " << d << "/error.log info;\n"
         << "events { worker_connections 64; }\nhttp {\n"
-        << "  log_format fdr '$remote_addr \"$request\" $status \"$http_user_agent\" "
+        << "  log_format tcn '$remote_addr \"$request\" $status \"$http_user_agent\" "
            "\"$http_x_request_id\"';\n"
-        << "  access_log " << d << "/access.log fdr;\n"
+        << "  access_log " << d << "/access.log tcn;\n"
         << "  client_body_temp_path " << d << "/tmp/body;\n  proxy_temp_path " << d
         << "/tmp/proxy;\n  fastcgi_temp_path " << d << "/tmp/fastcgi;\n  uwsgi_temp_path " << d
         << "/tmp/uwsgi;\n  scgi_temp_path " << d << "/tmp/scgi;\n"
         << "  types { application/octet-stream com zip; text/plain txt; }\n"
         << "  server {\n    listen 127.0.0.1:" << port << ";\n    root " << d << "/www;\n"
-        << "    rewrite ^/fdr-[a-z0-9]+(/.*)$ $1 last;\n"
+        << "    rewrite ^/tcn-[a-z0-9]+(/.*)$ $1 last;\n"
         << "    location /beacon { return 204; }\n  }\n}\n";
     proc = Process({exe.string(), "-e", d + "/error.log", "-p", d, "-c", d + "/nginx.conf"},
                    dir / "nginx.out");
@@ -122,7 +122,7 @@ struct Squid {
       auto chown = run_command({"/bin/chown", "-R", "proxy:proxy", d}, 10s);
       REQUIRE_MESSAGE(chown.rc == 0, "chown for squid failed: " << chown.err);
     }
-    proc = Process({exe.string(), "-N", "-d", "1", "-n", "fdr" + common::random_id(10), "-f",
+    proc = Process({exe.string(), "-N", "-d", "1", "-n", "tcn" + common::random_id(10), "-f",
                     d + "/squid.conf"},
                    dir / "squid.out");
     REQUIRE_MESSAGE(wait_until([&] { return port_open(port); }, 30s),
@@ -137,7 +137,7 @@ struct Squid {
 };
 
 nlohmann::json run_once(const fs::path& config, const std::string& test) {
-  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config", config.string(),
+  auto r = run_command({bin("tocsin-agent").string(), "run-once", "--config", config.string(),
                         "--test", test, "--json"},
                        120s);
   REQUIRE_MESSAGE(r.rc == 0, r.err);
@@ -158,7 +158,7 @@ void write_config(const fs::path& file, const std::vector<std::uint16_t>& ports,
   std::ofstream out(file);
   out << "state_dir: " << (file.parent_path() / "state").string() << "\nallowlist:\n  network:\n";
   for (auto p : ports) out << "    - \"127.0.0.1:" << p << "\"\n";
-  out << "    - \"fdr-nonexistent.invalid:80\"\ntests:\n" << tests;
+  out << "    - \"tcn-nonexistent.invalid:80\"\ntests:\n" << tests;
 }
 
 std::string test_yaml(const std::string& id, const std::string& kind, const std::string& params) {
@@ -276,7 +276,7 @@ TEST_CASE("web_download: a broken path is inconclusive, never prevented") {
                              "url: \"http://127.0.0.1:" + std::to_string(dead_origin) +
                                  "/{marker}/eicar.com\", proxy: \"" + open.proxy() + "\"") +
                    test_yaml("no-such-host", "web_download",
-                             "url: \"http://fdr-nonexistent.invalid/{marker}/eicar.com\""));
+                             "url: \"http://tcn-nonexistent.invalid/{marker}/eicar.com\""));
   auto down = run_once(tmp / "agent.yaml", "proxy-down");
   INFO(down.dump(2));
   CHECK(down["verdict"] == "inconclusive");
@@ -297,7 +297,7 @@ TEST_CASE("web_download: a URL off the allowlist stops the agent at load with fi
   TempDir tmp("probes-web");
   write_config(tmp / "agent.yaml", {8080},
                test_yaml("off-list", "web_download", "url: \"http://127.0.0.1:9/{marker}/x\""));
-  auto r = run_command({bin("firedrill-agent").string(), "run-once", "--config",
+  auto r = run_command({bin("tocsin-agent").string(), "run-once", "--config",
                         (tmp / "agent.yaml").string(), "--test", "off-list", "--json"},
                        60s);
   CHECK(r.rc != 0);
@@ -320,7 +320,7 @@ TEST_CASE("http_beacon: reaches the origin unless a proxy rule refuses it, a bro
           test_yaml("strict", "http_beacon", url + ", proxy: \"" + strict.proxy() + "\"") +
           test_yaml("proxy-down", "http_beacon",
                     url + ", proxy: \"127.0.0.1:" + std::to_string(closed_proxy) + "\"") +
-          test_yaml("no-such-host", "http_beacon", "url: \"http://fdr-nonexistent.invalid/c2\""));
+          test_yaml("no-such-host", "http_beacon", "url: \"http://tcn-nonexistent.invalid/c2\""));
 
   {  // defence absent: direct, the origin answered
     auto r = run_once(tmp / "agent.yaml", "direct");
@@ -409,7 +409,7 @@ TEST_CASE("web_download over https: trusted with ca_file, inconclusive (tls_erro
 }
 
 TEST_CASE("the agent links neither libcurl nor libsystemd and maps libcurl only for a web probe") {
-  auto agent_bin = bin("firedrill-agent").string();
+  auto agent_bin = bin("tocsin-agent").string();
   auto dynamic = run_command({"/usr/bin/readelf", "-d", agent_bin}, 30s);
   REQUIRE_MESSAGE(dynamic.rc == 0, "/usr/bin/readelf -d (binutils) failed: " << dynamic.err);
   CHECK(contains(dynamic.out, "(NEEDED)"));
@@ -419,7 +419,7 @@ TEST_CASE("the agent links neither libcurl nor libsystemd and maps libcurl only 
   auto version = run_command({agent_bin, "--version"}, 30s);
   CHECK(version.rc == 0);
   CHECK_MESSAGE(contains(version.out, "(OpenSSL 3."), version.out);
-  if (FIREDRILL_STATIC_AGENT) {  // cmake/linux-deps.cmake: libc and nothing else
+  if (TOCSIN_STATIC_AGENT) {  // cmake/linux-deps.cmake: libc and nothing else
     for (const char* lib : {"libssl", "libcrypto", "libstdc++", "libyaml-cpp", "libcares",
                             "libspdlog", "libfmt", "libgcc_s"})
       CHECK_MESSAGE(!contains(dynamic.out, lib), lib << " in " << dynamic.out);
@@ -443,7 +443,7 @@ TEST_CASE("the agent links neither libcurl nor libsystemd and maps libcurl only 
       if (line.ends_with(" spdlog::details::registry::instance()::s_instance") &&
           !contains(line, "guard variable"))
         ++registries;
-    CHECK_MESSAGE(registries == 1, "spdlog registries in firedrill-agent: " << registries);
+    CHECK_MESSAGE(registries == 1, "spdlog registries in tocsin-agent: " << registries);
   }
 
   // A running agent whose tests are all tcp_connect has delivered results without libcurl.
@@ -457,8 +457,8 @@ TEST_CASE("the agent links neither libcurl nor libsystemd and maps libcurl only 
       idle.log());
   auto maps = read_text("/proc/" + std::to_string(idle.process().pid()) + "/maps");
   CHECK(contains(maps, "libc.so"));  // the file was read: it lists the agent's libraries
-  CHECK(contains(maps, "libcrypto") == !FIREDRILL_STATIC_AGENT);
-  CHECK(contains(maps, "libstdc++") == !FIREDRILL_STATIC_AGENT);
+  CHECK(contains(maps, "libcrypto") == !TOCSIN_STATIC_AGENT);
+  CHECK(contains(maps, "libstdc++") == !TOCSIN_STATIC_AGENT);
   CHECK_FALSE(contains(maps, "libcurl"));
   CHECK_FALSE(contains(maps, "libgnutls"));
   idle.stop();

@@ -15,8 +15,8 @@
 #
 # Usage: tests/packaging/deb_lifecycle.sh [--build-dir DIR]   (root; CTest label `packaging`)
 # The clean root is cached as a tarball keyed by the packages' dependencies:
-#   FIREDRILL_TEST_CACHE   (default /var/cache/firedrill-test)
-#   FIREDRILL_DEBIAN_MIRROR (default http://deb.debian.org/debian)
+#   TOCSIN_TEST_CACHE   (default /var/cache/tocsin-test)
+#   TOCSIN_DEBIAN_MIRROR (default http://deb.debian.org/debian)
 # Everything else lives in a temporary directory that is removed at exit. The chroot part runs
 # in its own mount and network namespaces (loopback only): the collector it starts binds its
 # packaged ports 7443/7444 without touching this machine's, and /proc is unmounted with the
@@ -62,15 +62,15 @@ inner() {
 
   # State as "path mode owner group size" plus a SHA-256 of every file.
   snapshot() {
-    R sh -c 'cd /var/lib && find firedrill firedrill-agent -printf "%p %m %u %g %s\n" | LC_ALL=C sort &&
-             find firedrill firedrill-agent -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum'
+    R sh -c 'cd /var/lib && find tocsin tocsin-agent -printf "%p %m %u %g %s\n" | LC_ALL=C sort &&
+             find tocsin tocsin-agent -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum'
   }
 
   start_collector() {
     R rm -f /tmp/collector.ready
     # As the unit runs it: the service user, the packaged config path (a link into the data dir).
-    chroot "$root" setpriv --reuid=firedrill --regid=firedrill --clear-groups \
-      /usr/bin/firedrill-collector run --config /etc/firedrill/collector.yaml \
+    chroot "$root" setpriv --reuid=tocsin --regid=tocsin --clear-groups \
+      /usr/bin/tocsin-collector run --config /etc/tocsin/collector.yaml \
       --ready-file /tmp/collector.ready >>"$debs/collector.log" 2>&1 &
     collector_pid=$!
     for _ in $(seq 300); do
@@ -89,7 +89,7 @@ inner() {
     rm -f "$root/tmp/collector.ready"
   }
   cli() {
-    R firedrill --server https://127.0.0.1:7444 --token-file /var/lib/firedrill/admin.token "$@"
+    R tocsin --server https://127.0.0.1:7444 --token-file /var/lib/tocsin/admin.token "$@"
   }
   count_results() { cli results --json 2>/dev/null | grep -c '"test_id": *"reach-collector"' || true; }
 
@@ -102,97 +102,97 @@ inner() {
   # --- Version A: first install ---------------------------------------------------------------
   cp "$debs"/a/*.deb "$debs"/b/*.deb "$root/tmp/"
   # An extra certificate name, as an admin would give it at the first install.
-  export FIREDRILL_SERVER_NAMES=collector.firedrill.test
+  export TOCSIN_SERVER_NAMES=collector.tocsin.test
   check "install version A of both packages (dpkg -i, no systemd running)" \
-    dpkg_do -i "/tmp/firedrill-collector_${version_a}_amd64.deb" "/tmp/firedrill-agent_${version_a}_amd64.deb" ||
+    dpkg_do -i "/tmp/tocsin-collector_${version_a}_amd64.deb" "/tmp/tocsin-agent_${version_a}_amd64.deb" ||
     return 1
-  unset FIREDRILL_SERVER_NAMES
-  for p in firedrill-agent firedrill-collector; do
+  unset TOCSIN_SERVER_NAMES
+  for p in tocsin-agent tocsin-collector; do
     check "$p $version_a is installed" test "$(installed_version $p)" = "install ok installed $version_a"
   done
-  for b in firedrill firedrill-collector firedrill-agent; do
+  for b in tocsin tocsin-collector tocsin-agent; do
     check "/usr/bin/$b is 0755 root:root" stat_is /usr/bin/$b "755 root root"
   done
-  for u in firedrill-agent firedrill-collector; do
+  for u in tocsin-agent tocsin-collector; do
     check "unit $u.service installed 0644 root" stat_is /lib/systemd/system/$u.service "644 root root"
     check "$u.service enabled without systemd running" \
       R test -L /etc/systemd/system/multi-user.target.wants/$u.service
   done
-  check "/etc/firedrill/agent.yaml is 0644 root:root" stat_is /etc/firedrill/agent.yaml "644 root root"
-  check "/etc/firedrill/agent.yaml is a conffile" \
-    sh -c "chroot '$root' dpkg-query -W -f='\${Conffiles}' firedrill-agent | grep -q '/etc/firedrill/agent.yaml'"
-  check "/etc/firedrill/collector.yaml links to the data dir" \
-    test "$(R readlink /etc/firedrill/collector.yaml)" = /var/lib/firedrill/collector.yaml
+  check "/etc/tocsin/agent.yaml is 0644 root:root" stat_is /etc/tocsin/agent.yaml "644 root root"
+  check "/etc/tocsin/agent.yaml is a conffile" \
+    sh -c "chroot '$root' dpkg-query -W -f='\${Conffiles}' tocsin-agent | grep -q '/etc/tocsin/agent.yaml'"
+  check "/etc/tocsin/collector.yaml links to the data dir" \
+    test "$(R readlink /etc/tocsin/collector.yaml)" = /var/lib/tocsin/collector.yaml
   local pw
-  pw=$(R getent passwd firedrill || true)
+  pw=$(R getent passwd tocsin || true)
   IFS=: read -r _ _ fd_uid fd_gid _ fd_home fd_shell <<<"$pw"
-  check "system user firedrill exists (uid $fd_uid < 1000)" test -n "$pw" -a "${fd_uid:-9999}" -lt 1000
-  check "its group is firedrill" test "$(R getent group firedrill | cut -d: -f3)" = "$fd_gid"
-  check "its home is /var/lib/firedrill, shell $fd_shell" \
-    test "$fd_home" = /var/lib/firedrill -a "$fd_shell" = /usr/sbin/nologin
-  check "/var/lib/firedrill is 0700 firedrill" stat_is /var/lib/firedrill "700 firedrill firedrill"
+  check "system user tocsin exists (uid $fd_uid < 1000)" test -n "$pw" -a "${fd_uid:-9999}" -lt 1000
+  check "its group is tocsin" test "$(R getent group tocsin | cut -d: -f3)" = "$fd_gid"
+  check "its home is /var/lib/tocsin, shell $fd_shell" \
+    test "$fd_home" = /var/lib/tocsin -a "$fd_shell" = /usr/sbin/nologin
+  check "/var/lib/tocsin is 0700 tocsin" stat_is /var/lib/tocsin "700 tocsin tocsin"
   for f in ca.pem server.pem; do
-    check "init ran: $f 0644 firedrill" stat_is /var/lib/firedrill/$f "644 firedrill firedrill"
+    check "init ran: $f 0644 tocsin" stat_is /var/lib/tocsin/$f "644 tocsin tocsin"
   done
-  check "init ran: db/ 0700 firedrill" stat_is /var/lib/firedrill/db "700 firedrill firedrill"
+  check "init ran: db/ 0700 tocsin" stat_is /var/lib/tocsin/db "700 tocsin tocsin"
   for f in ca.key server.key admin.token; do
-    check "init ran: $f 0600 firedrill" stat_is /var/lib/firedrill/$f "600 firedrill firedrill"
+    check "init ran: $f 0600 tocsin" stat_is /var/lib/tocsin/$f "600 tocsin tocsin"
   done
   local san
-  san=$(openssl x509 -noout -ext subjectAltName -in "$root/var/lib/firedrill/server.pem" 2>&1 | tail -1)
-  check "server certificate names: FIREDRILL_SERVER_NAMES and loopback ($san)" \
-    sh -c "echo '$san' | grep -q 'DNS:collector.firedrill.test' && echo '$san' | grep -q 'IP Address:127.0.0.1'"
-  check "init ran: collector.yaml 0640 firedrill" stat_is /var/lib/firedrill/collector.yaml "640 firedrill firedrill"
-  check "collector.yaml: data_dir /var/lib/firedrill" contains /var/lib/firedrill/collector.yaml "data_dir: /var/lib/firedrill"
-  check "collector.yaml: agents on 0.0.0.0:7443" contains /var/lib/firedrill/collector.yaml "agent_listen: 0.0.0.0:7443"
-  check "collector.yaml: API on 127.0.0.1:7444" contains /var/lib/firedrill/collector.yaml "api_listen: 127.0.0.1:7444"
+  san=$(openssl x509 -noout -ext subjectAltName -in "$root/var/lib/tocsin/server.pem" 2>&1 | tail -1)
+  check "server certificate names: TOCSIN_SERVER_NAMES and loopback ($san)" \
+    sh -c "echo '$san' | grep -q 'DNS:collector.tocsin.test' && echo '$san' | grep -q 'IP Address:127.0.0.1'"
+  check "init ran: collector.yaml 0640 tocsin" stat_is /var/lib/tocsin/collector.yaml "640 tocsin tocsin"
+  check "collector.yaml: data_dir /var/lib/tocsin" contains /var/lib/tocsin/collector.yaml "data_dir: /var/lib/tocsin"
+  check "collector.yaml: agents on 0.0.0.0:7443" contains /var/lib/tocsin/collector.yaml "agent_listen: 0.0.0.0:7443"
+  check "collector.yaml: API on 127.0.0.1:7444" contains /var/lib/tocsin/collector.yaml "api_listen: 127.0.0.1:7444"
   check "nothing in the data dir is owned by another user" \
-    test -z "$(R find /var/lib/firedrill ! -user firedrill)"
-  check "/var/lib/firedrill-agent is 0700 root" stat_is /var/lib/firedrill-agent "700 root root"
+    test -z "$(R find /var/lib/tocsin ! -user tocsin)"
+  check "/var/lib/tocsin-agent is 0700 root" stat_is /var/lib/tocsin-agent "700 root root"
 
   # The packaged binaries run on a clean root: their dependencies are complete.
-  check "firedrill-collector --help runs" sh -c "chroot '$root' firedrill-collector --help >/dev/null"
-  check "firedrill --help runs" sh -c "chroot '$root' firedrill --help >/dev/null"
-  check "firedrill-agent --help runs" sh -c "chroot '$root' firedrill-agent --help >/dev/null"
-  check "firedrill-collector init into a temporary dir works" \
-    sh -c "chroot '$root' firedrill-collector init --data-dir /tmp/init-probe >/dev/null &&
+  check "tocsin-collector --help runs" sh -c "chroot '$root' tocsin-collector --help >/dev/null"
+  check "tocsin --help runs" sh -c "chroot '$root' tocsin --help >/dev/null"
+  check "tocsin-agent --help runs" sh -c "chroot '$root' tocsin-agent --help >/dev/null"
+  check "tocsin-collector init into a temporary dir works" \
+    sh -c "chroot '$root' tocsin-collector init --data-dir /tmp/init-probe >/dev/null &&
            chroot '$root' test -s /tmp/init-probe/ca.key -a -s /tmp/init-probe/admin.token"
   R rm -rf /tmp/init-probe
-  check "the shipped agent.yaml is valid (firedrill-agent tests)" \
-    sh -c "chroot '$root' firedrill-agent tests --config /etc/firedrill/agent.yaml >/dev/null"
+  check "the shipped agent.yaml is valid (tocsin-agent tests)" \
+    sh -c "chroot '$root' tocsin-agent tests --config /etc/tocsin/agent.yaml >/dev/null"
   phase "version A installed and checked"
 
   # --- A real enrollment and a result waiting in the outbox ----------------------------------
-  check "the packaged collector starts as user firedrill with the packaged config" start_collector
+  check "the packaged collector starts as user tocsin with the packaged config" start_collector
   local token
   token=$(cli token create --ttl 10m 2>>"$debs/collector.log" | tail -1)
-  check "firedrill token create gives an enrollment token" test -n "$token"
-  check "firedrill-agent enroll with the collector's ca.pem" \
-    sh -c "chroot '$root' firedrill-agent enroll --server 127.0.0.1:7443 --token '$token' \
-           --ca /var/lib/firedrill/ca.pem --state-dir /var/lib/firedrill-agent >>'$debs/agent.log' 2>&1"
+  check "tocsin token create gives an enrollment token" test -n "$token"
+  check "tocsin-agent enroll with the collector's ca.pem" \
+    sh -c "chroot '$root' tocsin-agent enroll --server 127.0.0.1:7443 --token '$token' \
+           --ca /var/lib/tocsin/ca.pem --state-dir /var/lib/tocsin-agent >>'$debs/agent.log' 2>&1"
   for f in key.pem cert.pem; do
-    check "agent $f is 0600 root" stat_is /var/lib/firedrill-agent/$f "600 root root"
+    check "agent $f is 0600 root" stat_is /var/lib/tocsin-agent/$f "600 root root"
   done
   # The admin's edit of the conffile: a probe against the collector's own port.
   # connect_timeout: how long the agent waits for the collector before running tests anyway.
   R sed -i -e 's|^  network: \[\]|  network: ["127.0.0.1:7443"]  # edited by the admin|' \
     -e 's|^log_level: info|log_level: info\nuplink: {connect_timeout: 1s}|' \
     -e 's|^tests: \[\]|tests:\n  - {id: reach-collector, kind: tcp_connect, every: 1h, params: {targets: ["127.0.0.1:7443"]}}|' \
-    /etc/firedrill/agent.yaml
+    /etc/tocsin/agent.yaml
   check "the edited agent.yaml is valid" \
-    sh -c "chroot '$root' firedrill-agent tests --config /etc/firedrill/agent.yaml | grep -q reach-collector"
+    sh -c "chroot '$root' tocsin-agent tests --config /etc/tocsin/agent.yaml | grep -q reach-collector"
   check "the agent delivers a result (run --once)" \
-    sh -c "timeout 60 chroot '$root' firedrill-agent run --once --config /etc/firedrill/agent.yaml >>'$debs/agent.log' 2>&1"
+    sh -c "timeout 60 chroot '$root' tocsin-agent run --once --config /etc/tocsin/agent.yaml >>'$debs/agent.log' 2>&1"
   local delivered_a
   delivered_a=$(count_results)
   check "the collector stored it ($delivered_a result)" test "$delivered_a" -ge 1
   stop_collector
   # Collector down: the next result waits in the durable outbox; stop the agent once it is there.
   outbox_pending() {
-    R firedrill-agent status --config /etc/firedrill/agent.yaml 2>/dev/null |
+    R tocsin-agent status --config /etc/tocsin/agent.yaml 2>/dev/null |
       sed -n 's/.*"pending":\([0-9]*\).*/\1/p'
   }
-  chroot "$root" firedrill-agent run --once --config /etc/firedrill/agent.yaml >>"$debs/agent.log" 2>&1 &
+  chroot "$root" tocsin-agent run --once --config /etc/tocsin/agent.yaml >>"$debs/agent.log" 2>&1 &
   local agent_pid=$! pending=0
   for _ in $(seq 150); do
     pending=$(outbox_pending)
@@ -204,18 +204,18 @@ inner() {
   pending=$(outbox_pending)
   check "one result waits in the outbox while the collector is down (pending=$pending)" \
     test "${pending:-0}" -ge 1
-  echo "marker written by the packaging test" | R sh -c 'umask 077; cat >/var/lib/firedrill/test-marker'
-  R chown firedrill:firedrill /var/lib/firedrill/test-marker
+  echo "marker written by the packaging test" | R sh -c 'umask 077; cat >/var/lib/tocsin/test-marker'
+  R chown tocsin:tocsin /var/lib/tocsin/test-marker
   snapshot >"$debs/state-before-upgrade"
-  R sha256sum /var/lib/firedrill/ca.key /var/lib/firedrill/server.key /var/lib/firedrill/admin.token \
-    /var/lib/firedrill-agent/key.pem /var/lib/firedrill-agent/cert.pem >"$debs/keys-before-upgrade"
+  R sha256sum /var/lib/tocsin/ca.key /var/lib/tocsin/server.key /var/lib/tocsin/admin.token \
+    /var/lib/tocsin-agent/key.pem /var/lib/tocsin-agent/cert.pem >"$debs/keys-before-upgrade"
   phase "enrolled; a result waits in the outbox"
 
   # --- Upgrade to version B ---------------------------------------------------------------------
   check "upgrade both packages to version B" \
-    dpkg_do -i "/tmp/firedrill-collector_${version_b}_amd64.deb" "/tmp/firedrill-agent_${version_b}_amd64.deb" ||
+    dpkg_do -i "/tmp/tocsin-collector_${version_b}_amd64.deb" "/tmp/tocsin-agent_${version_b}_amd64.deb" ||
     return 1
-  for p in firedrill-agent firedrill-collector; do
+  for p in tocsin-agent tocsin-collector; do
     check "$p $version_b is installed" test "$(installed_version $p)" = "install ok installed $version_b"
   done
   snapshot >"$debs/state-after-upgrade"
@@ -223,66 +223,66 @@ inner() {
     diff -u "$debs/state-before-upgrade" "$debs/state-after-upgrade"
   check "keys and tokens have the same hashes" \
     sh -c "chroot '$root' sha256sum -c --quiet - <'$debs/keys-before-upgrade'"
-  check "the conffile edit survived the upgrade" contains /etc/firedrill/agent.yaml "# edited by the admin"
-  check "user firedrill kept its uid" test "$(R id -u firedrill)" = "$fd_uid"
+  check "the conffile edit survived the upgrade" contains /etc/tocsin/agent.yaml "# edited by the admin"
+  check "user tocsin kept its uid" test "$(R id -u tocsin)" = "$fd_uid"
   check "the upgraded collector starts on the kept state" start_collector
   check "the waiting result is delivered after the upgrade" \
-    sh -c "timeout 60 chroot '$root' firedrill-agent run --once --config /etc/firedrill/agent.yaml >>'$debs/agent.log' 2>&1"
+    sh -c "timeout 60 chroot '$root' tocsin-agent run --once --config /etc/tocsin/agent.yaml >>'$debs/agent.log' 2>&1"
   local delivered_b
   delivered_b=$(count_results)
   check "the database kept the old results and has the new ones ($delivered_a -> $delivered_b)" \
     test "$delivered_b" -ge $((delivered_a + 2))
   local agent_id
-  agent_id=$(R sed -n 's/^agent_id: *//p' /var/lib/firedrill-agent/identity.yaml | tr -d '"')
+  agent_id=$(R sed -n 's/^agent_id: *//p' /var/lib/tocsin-agent/identity.yaml | tr -d '"')
   check "the agent enrolled before the upgrade ($agent_id) is listed" \
-    sh -c "chroot '$root' firedrill --server https://127.0.0.1:7444 \
-           --token-file /var/lib/firedrill/admin.token agents | grep -qF -- '${agent_id:-none}'"
+    sh -c "chroot '$root' tocsin --server https://127.0.0.1:7444 \
+           --token-file /var/lib/tocsin/admin.token agents | grep -qF -- '${agent_id:-none}'"
   stop_collector
   # For systemd-analyze verify, run by the outer part with this root's users.
-  cp "$root"/lib/systemd/system/firedrill-*.service "$root/etc/passwd" "$root/etc/group" "$units_out/"
+  cp "$root"/lib/systemd/system/tocsin-*.service "$root/etc/passwd" "$root/etc/group" "$units_out/"
   mkdir -p "$units_out/bin"
-  cp "$root"/usr/bin/firedrill-agent "$root"/usr/bin/firedrill-collector "$units_out/bin/"
+  cp "$root"/usr/bin/tocsin-agent "$root"/usr/bin/tocsin-collector "$units_out/bin/"
   phase "upgraded to version B and checked"
 
   # --- Remove: binaries gone, state kept ---------------------------------------------------------
   snapshot >"$debs/state-before-remove"
-  check "remove both packages" dpkg_do -r firedrill-agent firedrill-collector || return 1
-  for b in firedrill firedrill-collector firedrill-agent; do
+  check "remove both packages" dpkg_do -r tocsin-agent tocsin-collector || return 1
+  for b in tocsin tocsin-collector tocsin-agent; do
     check "/usr/bin/$b is gone" absent /usr/bin/$b
   done
-  check "units are gone" absent /lib/systemd/system/firedrill-collector.service
+  check "units are gone" absent /lib/systemd/system/tocsin-collector.service
   check "status is config-files" \
-    test "$(installed_version firedrill-agent)" = "deinstall ok config-files $version_b"
+    test "$(installed_version tocsin-agent)" = "deinstall ok config-files $version_b"
   snapshot >"$debs/state-after-remove"
   check "state kept after remove (same files, modes, owners, SHA-256)" \
     diff -u "$debs/state-before-remove" "$debs/state-after-remove"
-  check "the conffile is kept after remove" contains /etc/firedrill/agent.yaml "# edited by the admin"
+  check "the conffile is kept after remove" contains /etc/tocsin/agent.yaml "# edited by the admin"
   check "the removed collector's unit is masked" \
-    test "$(R readlink /etc/systemd/system/firedrill-collector.service)" = /dev/null
+    test "$(R readlink /etc/systemd/system/tocsin-collector.service)" = /dev/null
   # Reinstalling a removed package resumes on the kept state: no second init, unit unmasked.
   check "reinstall version B after remove" \
-    dpkg_do -i "/tmp/firedrill-collector_${version_b}_amd64.deb" "/tmp/firedrill-agent_${version_b}_amd64.deb" ||
+    dpkg_do -i "/tmp/tocsin-collector_${version_b}_amd64.deb" "/tmp/tocsin-agent_${version_b}_amd64.deb" ||
     return 1
   snapshot >"$debs/state-after-reinstall"
   check "reinstall kept the state (init did not run again)" \
     diff -u "$debs/state-before-remove" "$debs/state-after-reinstall"
   check "reinstall unmasked and enabled the collector again" \
-    sh -c "! chroot '$root' test -L /etc/systemd/system/firedrill-collector.service &&
-           chroot '$root' test -L /etc/systemd/system/multi-user.target.wants/firedrill-collector.service"
-  check "remove again" dpkg_do -r firedrill-agent firedrill-collector || return 1
+    sh -c "! chroot '$root' test -L /etc/systemd/system/tocsin-collector.service &&
+           chroot '$root' test -L /etc/systemd/system/multi-user.target.wants/tocsin-collector.service"
+  check "remove again" dpkg_do -r tocsin-agent tocsin-collector || return 1
   phase "removed (and reinstalled once)"
 
   # --- Purge: state gone ---------------------------------------------------------------------
-  check "purge both packages" dpkg_do -P firedrill-agent firedrill-collector || return 1
-  check "/var/lib/firedrill is gone" absent /var/lib/firedrill
-  check "/var/lib/firedrill-agent is gone" absent /var/lib/firedrill-agent
-  check "/etc/firedrill is gone" absent /etc/firedrill
-  check "no enable or mask links are left" test -z "$(R find /etc/systemd -name 'firedrill*')"
+  check "purge both packages" dpkg_do -P tocsin-agent tocsin-collector || return 1
+  check "/var/lib/tocsin is gone" absent /var/lib/tocsin
+  check "/var/lib/tocsin-agent is gone" absent /var/lib/tocsin-agent
+  check "/etc/tocsin is gone" absent /etc/tocsin
+  check "no enable or mask links are left" test -z "$(R find /etc/systemd -name 'tocsin*')"
   check "dpkg knows neither package" \
-    sh -c "! chroot '$root' dpkg-query -W -f='\${Status}' firedrill-agent firedrill-collector 2>/dev/null | grep -q ."
+    sh -c "! chroot '$root' dpkg-query -W -f='\${Status}' tocsin-agent tocsin-collector 2>/dev/null | grep -q ."
   local left
   left=$(R find / -xdev -uid "$fd_uid" 2>/dev/null || true)
-  check "no file owned by the firedrill user is left${left:+: $left}" test -z "$left"
+  check "no file owned by the tocsin user is left${left:+: $left}" test -z "$left"
   phase "purged"
   [[ $failures -eq 0 ]] && return 0
   return 1
@@ -311,10 +311,10 @@ for tool in debootstrap lintian dpkg-deb dpkg-shlibdeps systemd-analyze unshare 
   command -v "$tool" >/dev/null || die "$tool is missing: run scripts/deps --test"
 done
 
-cache=${FIREDRILL_TEST_CACHE:-/var/cache/firedrill-test}
-mirror=${FIREDRILL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+cache=${TOCSIN_TEST_CACHE:-/var/cache/tocsin-test}
+mirror=${TOCSIN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/firedrill-deb-test.XXXXXX")
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tocsin-deb-test.XXXXXX")
 cleanup() {
   # The chroot's mounts live in the inner mount namespace and vanish with it; this is a guard.
   if grep -q " $tmp/" /proc/self/mounts; then
@@ -329,7 +329,7 @@ inner_pid=""
 trap '[[ -n "$inner_pid" ]] && kill -TERM "$inner_pid" 2>/dev/null && wait "$inner_pid"; exit 143' TERM INT
 
 # --- Packages: version A (the previous build) and B, from the already built tree -----------
-version_b=$(sed -n 's/^project(firedrill VERSION \([0-9][0-9.]*\).*/\1/p' "$src/CMakeLists.txt")
+version_b=$(sed -n 's/^project(tocsin VERSION \([0-9][0-9.]*\).*/\1/p' "$src/CMakeLists.txt")
 version_a="${version_b}~prev"
 debs=$tmp/debs
 mkdir -p "$debs/a" "$debs/b" "$tmp/units"
@@ -412,11 +412,11 @@ if ((inner_rc != 0)); then
 fi
 
 # --- systemd-analyze verify on the units as installed, with the root's users and binaries ---
-# A private mount namespace shows the root's passwd/group at /etc (User=firedrill must resolve)
+# A private mount namespace shows the root's passwd/group at /etc (User=tocsin must resolve)
 # and the unit's ExecStart points at the installed binary. verify reports bad keys, users and
 # values only as warnings with exit code 0 (TEST-PEERS §9), so any stderr output fails.
-if [[ -s "$tmp/units/firedrill-collector.service" ]]; then
-  for u in firedrill-agent firedrill-collector; do
+if [[ -s "$tmp/units/tocsin-collector.service" ]]; then
+  for u in tocsin-agent tocsin-collector; do
     sed -i "s|^ExecStart=/usr/bin/|ExecStart=$tmp/units/bin/|" "$tmp/units/$u.service"
     out=$(unshare --mount --propagation private sh -c \
       "mount --bind '$tmp/units/passwd' /etc/passwd && mount --bind '$tmp/units/group' /etc/group &&

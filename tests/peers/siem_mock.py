@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""A local stand-in for the SIEM APIs that FireDrill's pollers query.
+"""A local stand-in for the SIEM APIs that Tocsin's pollers query.
 
 Honest mock: Elasticsearch, Splunk, Microsoft Sentinel (Azure AD + Log Analytics) and the
 CrowdSec Local API cannot run inside the test sandbox, so this server replays the response

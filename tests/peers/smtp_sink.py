@@ -68,7 +68,7 @@ def main():
         return AuthResult(success=ok)
 
     handler = FileSink(a.out_dir)
-    kwargs = {"hostname": "sink.firedrill.test"}
+    kwargs = {"hostname": "sink.tocsin.test"}
     if ctx and not a.smtps:
         kwargs.update(tls_context=ctx, require_starttls=True)
     if a.user:

@@ -24,7 +24,7 @@
 
 #include "tests/unit/temp_dir.hpp"
 
-namespace firedrill::test {
+namespace tocsin::test {
 
 inline constexpr std::chrono::seconds kWait{20};  // generous: only reached when something is broken
 
@@ -124,7 +124,7 @@ class SiemMock {
     for (const auto& [key, responses] : routes) scenario["routes"][key] = responses;
     std::ofstream(dir / "scenario.json") << scenario.dump();
     return {"/usr/bin/python3",
-            std::string(FIREDRILL_SOURCE_DIR) + "/tests/peers/siem_mock.py",
+            std::string(TOCSIN_SOURCE_DIR) + "/tests/peers/siem_mock.py",
             (dir / "scenario.json").string(),
             (dir / "requests.jsonl").string(),
             "--max-seconds",
@@ -153,7 +153,7 @@ struct SmtpSink {
 
   explicit SmtpSink(std::vector<std::string> extra = {}) {
     std::vector<std::string> args{"/usr/bin/python3",
-                                  std::string(FIREDRILL_SOURCE_DIR) + "/tests/peers/smtp_sink.py",
+                                  std::string(TOCSIN_SOURCE_DIR) + "/tests/peers/smtp_sink.py",
                                   (dir / "mail").string(), "--max-seconds", "120"};
     args.insert(args.end(), extra.begin(), extra.end());
     peer = std::make_unique<PortPeer>(args);
@@ -176,9 +176,9 @@ struct SmtpSink {
   nlohmann::json mail(int n) const {
     char name[16];
     std::snprintf(name, sizeof name, "%04d.eml", n);
-    return nlohmann::json::parse(run("/usr/bin/python3 " + std::string(FIREDRILL_SOURCE_DIR) +
+    return nlohmann::json::parse(run("/usr/bin/python3 " + std::string(TOCSIN_SOURCE_DIR) +
                            "/tests/peers/eml_summary.py " + (dir / "mail" / name).string()));
   }
 };
 
-}  // namespace firedrill::test
+}  // namespace tocsin::test

@@ -7,13 +7,13 @@
 
 #include "common/crypto.hpp"
 
-namespace firedrill::test {
+namespace tocsin::test {
 
 class TempDir {
  public:
   explicit TempDir(const std::string& tag = "unit")
       : path_(std::filesystem::temp_directory_path() /
-              ("firedrill-" + tag + "-" + common::random_id(12))) {
+              ("tocsin-" + tag + "-" + common::random_id(12))) {
     std::filesystem::create_directories(path_);
   }
   ~TempDir() {
@@ -30,4 +30,4 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-}  // namespace firedrill::test
+}  // namespace tocsin::test

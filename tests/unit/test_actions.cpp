@@ -26,12 +26,12 @@
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using namespace firedrill::agent;
-using firedrill::common::Command;
-using firedrill::common::ConfigError;
-using firedrill::common::Ed25519Key;
-using firedrill::common::ResultBody;
-using firedrill::test::TempDir;
+using namespace tocsin::agent;
+using tocsin::common::Command;
+using tocsin::common::ConfigError;
+using tocsin::common::Ed25519Key;
+using tocsin::common::ResultBody;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -56,7 +56,7 @@ ActionOutcome run_execute(const ActionPolicy& policy, const ActionEntry& e) {
 
 AgentConfig load_config(const TempDir& tmp, const std::string& text) {
   auto path = tmp / "agent.yaml";
-  firedrill::common::write_file_atomic(path, "state_dir: state\n" + text);
+  tocsin::common::write_file_atomic(path, "state_dir: state\n" + text);
   return AgentConfig::load(path);
 }
 
@@ -83,7 +83,7 @@ ActionEntry unit_entry(const std::string& unit) {
 }
 
 // A command for kAgent that passes every check, signed with `key`.
-Command good_command(const Ed25519Key& key, std::int64_t now = firedrill::common::now_ns()) {
+Command good_command(const Ed25519Key& key, std::int64_t now = tocsin::common::now_ns()) {
   Command c;
   c.id = "cmd-1";
   c.agent_id = kAgent;
@@ -94,12 +94,12 @@ Command good_command(const Ed25519Key& key, std::int64_t now = firedrill::common
   c.nonce = "00112233445566778899aabbccddeeff";
   c.issued_ns = now;
   c.expires_ns = now + 300 * kSecond;
-  c.signature = key.sign(firedrill::common::command_signing_bytes(c));
+  c.signature = key.sign(tocsin::common::command_signing_bytes(c));
   return c;
 }
 
 void resign(Command& c, const Ed25519Key& key) {
-  c.signature = key.sign(firedrill::common::command_signing_bytes(c));
+  c.signature = key.sign(tocsin::common::command_signing_bytes(c));
 }
 
 }  // namespace
@@ -193,7 +193,7 @@ TEST_CASE("check_command accepts a good command and refuses each fault with its 
   TempDir tmp("actions-check");
   NonceStore nonces(tmp / "nonces");
   auto policy = policy_with({unit_entry("nginx.service")});
-  auto now = firedrill::common::now_ns();
+  auto now = tocsin::common::now_ns();
   CheckInputs in{&key, kAgent, now, &policy, &nonces};
   auto c = good_command(key, now);
 
@@ -282,7 +282,7 @@ TEST_CASE("check_command reports the first failing check when several fail") {
   TempDir tmp("actions-check");
   NonceStore nonces(tmp / "nonces");
   auto policy = policy_with({});
-  auto now = firedrill::common::now_ns();
+  auto now = tocsin::common::now_ns();
   CheckInputs in{&key, kAgent, now, &policy, &nonces};
   auto c = good_command(key, now);
   c.agent_id = "other";
@@ -335,7 +335,7 @@ TEST_CASE("NonceStore remembers nonces across reopen and prunes expired ones") {
 TEST_CASE("NonceStore skips a corrupt line instead of refusing to start") {
   TempDir tmp("actions-nonces");
   auto file = tmp / "command-nonces";
-  firedrill::common::write_file_atomic(
+  tocsin::common::write_file_atomic(
       file, std::string(32, 'a') + " 5\ngarbage\n" + std::string(32, 'b') + " 7\n");
   NonceStore s(file);
   CHECK(s.size() == 2);
@@ -409,7 +409,7 @@ TEST_CASE("the systemd form runs `systemctl restart UNIT` by argv") {
   auto fake = tmp / "systemctl";
   auto log = tmp / "argv";
   // A stand-in for systemctl (no systemd here) that records its argv one per line.
-  firedrill::common::write_file_atomic(
+  tocsin::common::write_file_atomic(
       fake, "#!/bin/sh\nfor a in \"$0\" \"$@\"; do echo \"$a\"; done > '" + log.string() + "'\n",
       fs::perms::owner_all);
   auto policy = policy_with({unit_entry("nginx.service")});
@@ -418,7 +418,7 @@ TEST_CASE("the systemd form runs `systemctl restart UNIT` by argv") {
   policy.systemctl = fake.string();
   auto o = run_execute(policy, policy.restart_service[0]);
   CHECK(o.verdict == "executed");
-  CHECK(firedrill::common::read_file(log) == fake.string() + "\nrestart\nnginx.service\n");
+  CHECK(tocsin::common::read_file(log) == fake.string() + "\nrestart\nnginx.service\n");
 }
 
 TEST_CASE("command_result carries the command, the outcome and the evidence") {
@@ -444,7 +444,7 @@ TEST_CASE("command_result carries the command, the outcome and the evidence") {
   CHECK(b.clock_error_ns == 20);
   CHECK(b.finished_ns >= b.started_ns);
   // It survives the wire encoding the outbox uses.
-  auto back = firedrill::common::decode_body(firedrill::common::encode_body(b));
+  auto back = tocsin::common::decode_body(tocsin::common::encode_body(b));
   CHECK(back.kind == "command");
   CHECK(back.evidence == b.evidence);
 
@@ -483,8 +483,8 @@ struct RunnerFixture {
     return policy_with(
         {{"nginx.service", "", {"/bin/sh", "-c", "touch '" + marker.string() + "'"}}});
   }
-  firedrill::common::Commands commands(std::vector<Command> cs) {
-    firedrill::common::Commands m;
+  tocsin::common::Commands commands(std::vector<Command> cs) {
+    tocsin::common::Commands m;
     m.commands = std::move(cs);
     m.command_key_pem = key.public_pem();
     return m;
@@ -592,19 +592,19 @@ TEST_CASE("a recheck naming a test the agent lacks is reported, the action still
 // --- the uplink's poll answer and the scheduler's extra run ---------------------------------
 
 TEST_CASE("handle_poll_answer dispatches Commands and turns polling off for an older collector") {
-  std::vector<firedrill::common::Commands> got;
-  auto dispatch = [&](firedrill::common::Commands c) { got.push_back(std::move(c)); };
-  firedrill::common::Commands cs;
+  std::vector<tocsin::common::Commands> got;
+  auto dispatch = [&](tocsin::common::Commands c) { got.push_back(std::move(c)); };
+  tocsin::common::Commands cs;
   cs.commands.resize(2);
   CHECK(handle_poll_answer(cs, dispatch) == PollAnswer::dispatched);
   REQUIRE(got.size() == 1);
   CHECK(got[0].commands.size() == 2);
   // What a collector before issue 6 answers: it cannot decode the poll.
-  firedrill::common::ErrorMsg old{"malformed_message", "unknown message type 'command_poll'"};
+  tocsin::common::ErrorMsg old{"malformed_message", "unknown message type 'command_poll'"};
   CHECK(handle_poll_answer(old, dispatch) == PollAnswer::unsupported);
-  firedrill::common::ErrorMsg other{"unknown_agent", "revoked"};
+  tocsin::common::ErrorMsg other{"unknown_agent", "revoked"};
   CHECK_THROWS(handle_poll_answer(other, dispatch));
-  CHECK_THROWS(handle_poll_answer(firedrill::common::Ack{3}, dispatch));
+  CHECK_THROWS(handle_poll_answer(tocsin::common::Ack{3}, dispatch));
   CHECK(got.size() == 1);
 }
 

@@ -12,10 +12,10 @@
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using firedrill::agent::AgentConfig;
-using firedrill::agent::Allowlist;
-using firedrill::common::ConfigError;
-using firedrill::test::TempDir;
+using tocsin::agent::AgentConfig;
+using tocsin::agent::Allowlist;
+using tocsin::common::ConfigError;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -45,7 +45,7 @@ tests:
 struct ConfigFile {
   TempDir tmp{"agent-config"};
   fs::path path = tmp / "agent.yaml";
-  explicit ConfigFile(const std::string& text) { firedrill::common::write_file_atomic(path, text); }
+  explicit ConfigFile(const std::string& text) { tocsin::common::write_file_atomic(path, text); }
   AgentConfig load() const { return AgentConfig::load(path); }
   // The message of the ConfigError loading throws.
   std::string error() const {
@@ -67,7 +67,7 @@ std::string valid_with(const std::string& from, const std::string& to) {
   return s.replace(at, from.size(), to);
 }
 
-const char* const kMinimalHead = "state_dir: /var/lib/firedrill\n";
+const char* const kMinimalHead = "state_dir: /var/lib/tocsin\n";
 
 boost::asio::ip::address ip(const char* text) {
   return boost::asio::ip::make_address(text);
@@ -122,7 +122,7 @@ TEST_CASE("explicit top-level settings override the defaults") {
                "uplink:\n  io_timeout: 5s\n  backoff_initial: 2s\n  backoff_max: 2m\n"
                "  batch_max_results: 100\n");
   auto c = f.load();
-  CHECK(c.state_dir == "/var/lib/firedrill");
+  CHECK(c.state_dir == "/var/lib/tocsin");
   CHECK(c.server == "collector.lab:7443");
   CHECK(c.log_level == "debug");
   CHECK(c.outbox_max_bytes == 1 << 20);

@@ -9,15 +9,15 @@
 
 #include "collector/alert.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using nlohmann::json;
 
 namespace {
 
 constexpr std::int64_t kSec = 1'000'000'000;
 constexpr std::int64_t kBase = 1795860000LL * kSec;  // 2026-11-28T10:00:00Z
-const std::string kM = "fdr-a1b2c3d4e5";             // a valid marker
-const std::string kM2 = "fdr-0000000009";
+const std::string kM = "tcn-a1b2c3d4e5";             // a valid marker
+const std::string kM2 = "tcn-0000000009";
 
 // A JSON value nested `depth` arrays deep around `leaf`.
 json nested(std::size_t depth, json leaf) {
@@ -47,7 +47,7 @@ TEST_CASE("find_markers finds a marker wherever a SIEM may put it") {
       {"user=" + kM + "_svc", {kM}},
       {"message=" + kM + "-stage2", {kM}},
       {"a=" + kM + "\nb=" + kM2 + "\nc=" + kM, {kM, kM2}},
-      {"Xfdr-a1b2c3d4e5", {kM}},  // upper case before is not part of a marker token
+      {"Xtcn-a1b2c3d4e5", {kM}},  // upper case before is not part of a marker token
   };
   for (const auto& c : cases) {
     CAPTURE(c.text);
@@ -57,9 +57,9 @@ TEST_CASE("find_markers finds a marker wherever a SIEM may put it") {
 
 TEST_CASE("find_markers ignores look-alikes that are part of a longer token") {
   for (std::string text :
-       {"x" + kM, "_" + kM, "-" + kM, "9" + kM, kM + "f", kM + "Q", std::string("fdr-a1b2c3d4e"),
-        std::string("fdr-a1b2c3D4e5"), std::string("FDR-a1b2c3d4e5"), std::string("fdr_a1b2c3d4e5"),
-        std::string("fdr-a1b2c3d4e5f6"), std::string("fdr-"), std::string("see fdr-a1b2"),
+       {"x" + kM, "_" + kM, "-" + kM, "9" + kM, kM + "f", kM + "Q", std::string("tcn-a1b2c3d4e"),
+        std::string("tcn-a1b2c3D4e5"), std::string("TCN-a1b2c3d4e5"), std::string("tcn_a1b2c3d4e5"),
+        std::string("tcn-a1b2c3d4e5f6"), std::string("tcn-"), std::string("see tcn-a1b2"),
         std::string("")}) {
     CAPTURE(text);
     CHECK(find_markers(text).empty());
@@ -235,7 +235,7 @@ TEST_CASE("flatten_json never exceeds its cap and cuts cleanly") {
     CHECK(text.size() <= cap);
   }
   SUBCASE("a cut never leaves half a marker that looks whole") {
-    json one = {{"k", "aaaa fdr-a1b2c3d4e5zzzz"}};
+    json one = {{"k", "aaaa tcn-a1b2c3d4e5zzzz"}};
     for (std::size_t cap = 0; cap < 30; ++cap) {
       CAPTURE(cap);
       CHECK(find_markers(flatten_json(one, cap)).empty());

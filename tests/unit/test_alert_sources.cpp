@@ -11,11 +11,11 @@
 #include "common/crypto.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using namespace std::chrono_literals;
-using firedrill::common::ConfigError;
-using firedrill::common::ConfigNode;
-using firedrill::test::TempDir;
+using tocsin::common::ConfigError;
+using tocsin::common::ConfigNode;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -23,7 +23,7 @@ const std::string kToken = "0123456789abcdef0123";
 
 std::vector<AlertSourceConfig> load(const TempDir& dir, const std::string& yaml) {
   auto file = dir / "collector.yaml";
-  firedrill::common::write_file_atomic(file, yaml);
+  tocsin::common::write_file_atomic(file, yaml);
   return load_alert_sources(ConfigNode::load_file(file), dir.path());
 }
 
@@ -82,11 +82,11 @@ TEST_CASE("a config without alert_sources has none") {
 
 TEST_CASE("a full alert_sources list loads with every field") {
   TempDir dir;
-  firedrill::common::write_file_atomic(dir / "hec.token", kToken + "\n");
-  firedrill::common::write_file_atomic(dir / "es.pass", "hunter2\r\n");
-  firedrill::common::write_file_atomic(dir / "ca.pem", "-----BEGIN CERTIFICATE-----\n");
-  firedrill::common::write_file_atomic(dir / "syslog.pem", "cert");
-  firedrill::common::write_file_atomic(dir / "syslog.key", "key");
+  tocsin::common::write_file_atomic(dir / "hec.token", kToken + "\n");
+  tocsin::common::write_file_atomic(dir / "es.pass", "hunter2\r\n");
+  tocsin::common::write_file_atomic(dir / "ca.pem", "-----BEGIN CERTIFICATE-----\n");
+  tocsin::common::write_file_atomic(dir / "syslog.pem", "cert");
+  tocsin::common::write_file_atomic(dir / "syslog.key", "key");
   auto sources = load(dir, R"(alert_sources:
   - name: siem
     type: generic
@@ -117,7 +117,7 @@ TEST_CASE("a full alert_sources list loads with every field") {
     type: elasticsearch
     url: https://es.example:9200/
     index: .alerts-security.alerts-*
-    username: firedrill
+    username: tocsin
     password_file: es.pass
     ca_file: ca.pem
     time_field: kibana.alert.start
@@ -178,7 +178,7 @@ TEST_CASE("a full alert_sources list loads with every field") {
   const auto& es = sources[3];
   CHECK(es.url == "https://es.example:9200");  // trailing slash dropped
   CHECK(es.index == ".alerts-security.alerts-*");
-  CHECK(es.username == "firedrill");
+  CHECK(es.username == "tocsin");
   CHECK(es.password == "hunter2");
   CHECK(es.ca_file == dir / "ca.pem");
   CHECK(es.time_field == "kibana.alert.start");
@@ -306,7 +306,7 @@ TEST_CASE("config errors name the file, the line and the key") {
 TEST_CASE("secrets can come from files next to the config") {
   TempDir dir;
   auto token = [&](const std::string& content) {
-    firedrill::common::write_file_atomic(dir / "tok", content);
+    tocsin::common::write_file_atomic(dir / "tok", content);
     return load(dir, source("hec", "    token_file: tok\n"))[0].token;
   };
   SUBCASE("a trailing newline is stripped, in any line-ending style") {
@@ -316,7 +316,7 @@ TEST_CASE("secrets can come from files next to the config") {
     CHECK(token(kToken + "\n\n") == kToken);
   }
   SUBCASE("an absolute path works too") {
-    firedrill::common::write_file_atomic(dir / "abs", kToken + "\n");
+    tocsin::common::write_file_atomic(dir / "abs", kToken + "\n");
     auto src = load(dir, source("generic", "    token_file: " + (dir / "abs").string() + "\n"));
     CHECK(src[0].token == kToken);
   }
@@ -324,7 +324,7 @@ TEST_CASE("secrets can come from files next to the config") {
     const std::string where =
         (dir / "collector.yaml").string() + ":4: key 'alert_sources[0].token_file': ";
     auto error_for = [&](const std::string& content) {
-      firedrill::common::write_file_atomic(dir / "tok", content);
+      tocsin::common::write_file_atomic(dir / "tok", content);
       return load_error(dir, source("hec", "    token_file: tok\n"));
     };
     CHECK(error_for("short\n").rfind(where + "must be at least 16 characters", 0) == 0);
@@ -335,8 +335,8 @@ TEST_CASE("secrets can come from files next to the config") {
     CHECK(missing.rfind(where + "cannot read", 0) == 0);
   }
   SUBCASE("poller secrets from files") {
-    firedrill::common::write_file_atomic(dir / "key", "lapi-key\n");
-    firedrill::common::write_file_atomic(dir / "cs", "azure-secret\n");
+    tocsin::common::write_file_atomic(dir / "key", "lapi-key\n");
+    tocsin::common::write_file_atomic(dir / "cs", "azure-secret\n");
     auto lapi =
         load(dir, source("crowdsec_lapi", "    url: https://lapi\n    api_key_file: key\n"));
     CHECK(lapi[0].api_key == "lapi-key");

@@ -1,5 +1,5 @@
 // The collector's HTTPS API end to end: real store, CA, registry and TLS on loopback, driven by
-// the same ApiClient the `firedrill` CLI uses.
+// the same ApiClient the `tocsin` CLI uses.
 #include <doctest/doctest.h>
 
 #include <boost/asio/connect.hpp>
@@ -30,7 +30,7 @@
 #include "common/wire.hpp"
 
 namespace fs = std::filesystem;
-using namespace firedrill;
+using namespace tocsin;
 using collector::ApiClient;
 using collector::ApiError;
 using collector::Role;
@@ -39,7 +39,7 @@ using nlohmann::json;
 namespace {
 
 struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("firedrill-test-api-" + common::random_id(12));
+  fs::path path = fs::temp_directory_path() / ("tocsin-test-api-" + common::random_id(12));
   TempDir() { fs::create_directories(path); }
   ~TempDir() {
     std::error_code ec;
@@ -106,7 +106,7 @@ common::ResultBody probe_body(int n) {
   b.test_id = "tcp-smb-" + std::to_string(n);
   b.probe = "tcp_connect";
   b.target = "10.0.0." + std::to_string(n) + ":445";
-  b.marker = "fdr-abc" + std::to_string(n);
+  b.marker = "tcn-abc" + std::to_string(n);
   b.verdict = "prevented";
   b.reason = "refused";
   b.evidence = {{"errno", "ECONNREFUSED"}};
@@ -181,7 +181,7 @@ TEST_CASE("the API health endpoint answers without a token") {
   ApiFixture f;
   json j = f.client("").get("/api/v1/health");
   CHECK(j["status"] == "ok");
-  CHECK(j["version"] == FIREDRILL_VERSION);
+  CHECK(j["version"] == TOCSIN_VERSION);
 }
 
 TEST_CASE("an API on its own threads serves concurrent clients and stops with idle ones open") {
@@ -507,7 +507,7 @@ TEST_CASE("the collector serves the standard payloads without a token, byte for 
     return std::make_pair(common::read_file(f.tmp.path / "code"),
                           std::filesystem::exists(out) ? common::read_file(out) : std::string());
   };
-  auto [code, body] = fetch("/payloads/fdr-abcdefghij/eicar.com?x=1");
+  auto [code, body] = fetch("/payloads/tcn-abcdefghij/eicar.com?x=1");
   CHECK(code == "200");
   CHECK(common::to_hex(common::sha256(body)) ==
         "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f");

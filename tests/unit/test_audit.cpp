@@ -11,9 +11,9 @@
 #include "collector/incidents.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
-using firedrill::common::Ed25519Key;
-using firedrill::test::TempDir;
+using namespace tocsin::collector;
+using tocsin::common::Ed25519Key;
+using tocsin::test::TempDir;
 using nlohmann::json;
 
 namespace {
@@ -67,7 +67,7 @@ std::string problems_text(const AuditVerifyResult& r) {
 // The stored form of an entry as a forger would write it: content and a correct hash of it.
 std::string sealed(const AuditEntry& e) {
   auto bytes = audit_canonical_bytes(e);
-  auto h = firedrill::common::sha256(bytes);
+  auto h = tocsin::common::sha256(bytes);
   bytes.append(reinterpret_cast<const char*>(h.data()), h.size());
   return bytes;
 }
@@ -97,8 +97,8 @@ TEST_CASE("a fresh log starts with its key, appends chain up and verify passes")
   auto all = f.log->list(1, 0, 100);
   REQUIRE(all.size() == 6);
   CHECK(all[0].action == "audit_log_started");
-  CHECK(all[0].detail["public_key"] == firedrill::common::to_hex(f.key.public_raw()));
-  CHECK(all[0].prev_hash == firedrill::common::Digest{});
+  CHECK(all[0].detail["public_key"] == tocsin::common::to_hex(f.key.public_raw()));
+  CHECK(all[0].prev_hash == tocsin::common::Digest{});
   for (std::size_t i = 1; i < all.size(); ++i) {
     CHECK(all[i].seq == i + 1);
     CHECK(all[i].prev_hash == all[i - 1].hash);

@@ -18,17 +18,17 @@
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using firedrill::collector::CertificateAuthority;
-using firedrill::common::cert_common_name;
-using firedrill::common::cert_public_key;
-using firedrill::common::Ed25519Key;
-using firedrill::common::make_csr_pem;
-using firedrill::common::parse_cert_pem;
-using firedrill::common::PkeyPtr;
-using firedrill::common::read_file;
-using firedrill::common::X509Ptr;
-using firedrill::common::X509ReqPtr;
-using firedrill::test::TempDir;
+using tocsin::collector::CertificateAuthority;
+using tocsin::common::cert_common_name;
+using tocsin::common::cert_public_key;
+using tocsin::common::Ed25519Key;
+using tocsin::common::make_csr_pem;
+using tocsin::common::parse_cert_pem;
+using tocsin::common::PkeyPtr;
+using tocsin::common::read_file;
+using tocsin::common::X509Ptr;
+using tocsin::common::X509ReqPtr;
+using tocsin::test::TempDir;
 
 namespace {
 

@@ -11,15 +11,15 @@
 #include "common/wire.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
-using firedrill::common::Batch;
-using firedrill::common::batch_signing_bytes;
-using firedrill::common::compute_result_hash;
-using firedrill::common::Digest;
-using firedrill::common::Ed25519Key;
-using firedrill::common::kGenesisHash;
-using firedrill::common::ResultRecord;
-using firedrill::test::TempDir;
+using namespace tocsin::collector;
+using tocsin::common::Batch;
+using tocsin::common::batch_signing_bytes;
+using tocsin::common::compute_result_hash;
+using tocsin::common::Digest;
+using tocsin::common::Ed25519Key;
+using tocsin::common::kGenesisHash;
+using tocsin::common::ResultRecord;
+using tocsin::test::TempDir;
 
 namespace {
 

@@ -7,7 +7,7 @@
 
 #include "common/clock.hpp"
 
-using namespace firedrill::common;
+using namespace tocsin::common;
 
 namespace {
 constexpr std::int64_t kSec = 1'000'000'000;

@@ -10,9 +10,9 @@
 #include "collector/commands.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
-using firedrill::test::TempDir;
-namespace common = firedrill::common;
+using namespace tocsin::collector;
+using tocsin::test::TempDir;
+namespace common = tocsin::common;
 
 namespace {
 

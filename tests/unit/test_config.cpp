@@ -8,9 +8,9 @@
 #include "common/crypto.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::common;
+using namespace tocsin::common;
 using namespace std::chrono_literals;
-using firedrill::test::TempDir;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -225,10 +225,10 @@ TEST_CASE("check_keys reports the line of the unknown key even when its value is
 
 TEST_CASE("a key repeated in the same map is refused with its line, not silently dropped") {
   auto text = "a: 1\nb:\n  c: 2\n  c: 3\n";
-  CHECK_THROWS_WITH_AS(firedrill::common::ConfigNode::load_string(text, "x.yaml"),
+  CHECK_THROWS_WITH_AS(tocsin::common::ConfigNode::load_string(text, "x.yaml"),
                        doctest::Contains("x.yaml:4: key 'c' appears twice"),
-                       firedrill::common::ConfigError);
-  CHECK_THROWS_AS(firedrill::common::ConfigNode::load_string("a: 1\na: 2\n", "x.yaml"),
-                  firedrill::common::ConfigError);
-  CHECK_NOTHROW(firedrill::common::ConfigNode::load_string("l:\n  - {a: 1}\n  - {a: 2}\n", "x"));
+                       tocsin::common::ConfigError);
+  CHECK_THROWS_AS(tocsin::common::ConfigNode::load_string("a: 1\na: 2\n", "x.yaml"),
+                  tocsin::common::ConfigError);
+  CHECK_NOTHROW(tocsin::common::ConfigNode::load_string("l:\n  - {a: 1}\n  - {a: 2}\n", "x"));
 }

@@ -15,10 +15,10 @@
 #include "common/clock.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using namespace std::chrono_literals;
-using firedrill::common::now_ns;
-using firedrill::test::TempDir;
+using tocsin::common::now_ns;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -114,11 +114,11 @@ struct Fixture {
 }  // namespace
 
 TEST_CASE("a run is built from a result with its action time corrected by the agent's offset") {
-  firedrill::common::ResultRecord rec;
+  tocsin::common::ResultRecord rec;
   rec.agent_id = "agent-1";
   rec.seq = 7;
-  firedrill::common::ResultBody body;
-  body.marker = "fdr-abcdefghij";
+  tocsin::common::ResultBody body;
+  body.marker = "tcn-abcdefghij";
   body.test_id = "t";
   body.verdict = "not_prevented";
   body.alert_within_ns = 60 * kSec;
@@ -168,7 +168,7 @@ TEST_CASE("a run is built from a result with its action time corrected by the ag
   SUBCASE("results without a marker are not runs") {
     body.marker.clear();
     CHECK_FALSE(run_from_result(rec, body, agent, 5, cfg));
-    body.marker = "fdr-abcdefghij";
+    body.marker = "tcn-abcdefghij";
     body.kind = "outbox_overflow";
     CHECK_FALSE(run_from_result(rec, body, agent, 5, cfg));
   }
@@ -177,17 +177,17 @@ TEST_CASE("a run is built from a result with its action time corrected by the ag
 TEST_CASE("an alert carrying the exact marker makes the run alerted, with its latency") {
   Fixture fx;
   auto t0 = now_ns();
-  fx.add_run(make_run("fdr-aaaaaaaaaa", t0, 3600 * kSec));
-  auto out = fx.submit({make_alert("url=/x/fdr-aaaaaaaaaa/eicar.com", t0 + 3 * kSec)});
+  fx.add_run(make_run("tcn-aaaaaaaaaa", t0, 3600 * kSec));
+  auto out = fx.submit({make_alert("url=/x/tcn-aaaaaaaaaa/eicar.com", t0 + 3 * kSec)});
   CHECK(out.accepted == 1);
   CHECK(out.matched == 1);
-  auto r = fx.run("fdr-aaaaaaaaaa");
+  auto r = fx.run("tcn-aaaaaaaaaa");
   CHECK(r.state == DetectionState::alerted);
   CHECK(r.time_to_alert_ns == 3 * kSec);
   CHECK(r.confidence == 1.0);
   CHECK(r.match_reason.find("exact marker") != std::string::npos);
   CHECK_FALSE(r.clock_anomaly);
-  CHECK(fx.wait_event("fdr-aaaaaaaaaa", "alerted"));
+  CHECK(fx.wait_event("tcn-aaaaaaaaaa", "alerted"));
   CHECK(fx.correlator->pending_runs() == 0);
   // The stored event carries the latency the incident feed's baseline needs.
   auto events = list_detection_events(*fx.store, 1, 100);
@@ -199,14 +199,14 @@ TEST_CASE("an alert carrying the exact marker makes the run alerted, with its la
   CHECK_FALSE(events[0].clock_anomaly);
 
   SUBCASE("the same alert again is a duplicate and changes nothing") {
-    auto again = fx.submit({make_alert("url=/x/fdr-aaaaaaaaaa/eicar.com", t0 + 3 * kSec)});
+    auto again = fx.submit({make_alert("url=/x/tcn-aaaaaaaaaa/eicar.com", t0 + 3 * kSec)});
     CHECK(again.duplicates == 1);
     CHECK(again.accepted == 0);
-    CHECK(fx.run("fdr-aaaaaaaaaa").alert_count == 1);
+    CHECK(fx.run("tcn-aaaaaaaaaa").alert_count == 1);
   }
   SUBCASE("a second, different alert is counted but does not change the verdict") {
-    fx.submit({make_alert("fdr-aaaaaaaaaa second rule", t0 + 9 * kSec)});
-    auto r2 = fx.run("fdr-aaaaaaaaaa");
+    fx.submit({make_alert("tcn-aaaaaaaaaa second rule", t0 + 9 * kSec)});
+    auto r2 = fx.run("tcn-aaaaaaaaaa");
     CHECK(r2.alert_count == 2);
     CHECK(r2.time_to_alert_ns == 3 * kSec);
   }
@@ -215,13 +215,13 @@ TEST_CASE("an alert carrying the exact marker makes the run alerted, with its la
 TEST_CASE("an alert after the SLA makes the run late, a negative latency is a clock anomaly") {
   Fixture fx;
   auto t0 = now_ns();
-  fx.add_run(make_run("fdr-bbbbbbbbbb", t0, 3600 * kSec));
-  fx.add_run(make_run("fdr-cccccccccc", t0 + 10 * kSec, 3600 * kSec));
-  fx.submit({make_alert("fdr-bbbbbbbbbb", t0 + 3700 * kSec)});
-  fx.submit({make_alert("fdr-cccccccccc", t0 + 9 * kSec)});
-  auto late = fx.run("fdr-bbbbbbbbbb");
+  fx.add_run(make_run("tcn-bbbbbbbbbb", t0, 3600 * kSec));
+  fx.add_run(make_run("tcn-cccccccccc", t0 + 10 * kSec, 3600 * kSec));
+  fx.submit({make_alert("tcn-bbbbbbbbbb", t0 + 3700 * kSec)});
+  fx.submit({make_alert("tcn-cccccccccc", t0 + 9 * kSec)});
+  auto late = fx.run("tcn-bbbbbbbbbb");
   CHECK(late.state == DetectionState::late);
-  auto anomaly = fx.run("fdr-cccccccccc");
+  auto anomaly = fx.run("tcn-cccccccccc");
   CHECK(anomaly.state == DetectionState::alerted);
   CHECK(anomaly.clock_anomaly);
   CHECK(anomaly.time_to_alert_ns == -kSec);  // flagged, not clamped
@@ -230,21 +230,21 @@ TEST_CASE("an alert after the SLA makes the run late, a negative latency is a cl
 TEST_CASE("an alert that arrives before its run waits for it and then matches") {
   Fixture fx;
   auto t0 = now_ns();
-  auto out = fx.submit({make_alert("cmd=powershell -enc fdr-dddddddddd", t0 + 2 * kSec)});
+  auto out = fx.submit({make_alert("cmd=powershell -enc tcn-dddddddddd", t0 + 2 * kSec)});
   CHECK(out.accepted == 1);
   CHECK(out.matched == 0);
-  fx.add_run(make_run("fdr-dddddddddd", t0, 3600 * kSec));
-  CHECK(fx.wait_event("fdr-dddddddddd", "alerted"));
-  auto r = fx.run("fdr-dddddddddd");
+  fx.add_run(make_run("tcn-dddddddddd", t0, 3600 * kSec));
+  CHECK(fx.wait_event("tcn-dddddddddd", "alerted"));
+  auto r = fx.run("tcn-dddddddddd");
   CHECK(r.time_to_alert_ns == 2 * kSec);
   CHECK(r.match_reason.find("before the run") != std::string::npos);
 
   SUBCASE("a waiting alert survives a restart") {
-    fx.submit({make_alert("fdr-eeeeeeeeee", t0 + kSec)});
+    fx.submit({make_alert("tcn-eeeeeeeeee", t0 + kSec)});
     fx.close();
     fx.open();
-    fx.add_run(make_run("fdr-eeeeeeeeee", t0, 3600 * kSec));
-    CHECK(fx.wait_event("fdr-eeeeeeeeee", "alerted"));
+    fx.add_run(make_run("tcn-eeeeeeeeee", t0, 3600 * kSec));
+    CHECK(fx.wait_event("tcn-eeeeeeeeee", "alerted"));
   }
 }
 
@@ -252,7 +252,7 @@ TEST_CASE(
     "without a marker, same host and technique inside the window match with less confidence") {
   Fixture fx;
   auto t0 = now_ns();
-  fx.add_run(make_run("fdr-ffffffffff", t0, 3600 * kSec));
+  fx.add_run(make_run("tcn-ffffffffff", t0, 3600 * kSec));
   auto a = make_alert("AV quarantine on web01", t0 + 4 * kSec);
   a.host = "WEB01.corp.example";
   a.technique = "T1105";
@@ -260,7 +260,7 @@ TEST_CASE(
 
   SUBCASE("matching host and technique") {
     CHECK(fx.submit({a}).matched == 1);
-    auto r = fx.run("fdr-ffffffffff");
+    auto r = fx.run("tcn-ffffffffff");
     CHECK(r.state == DetectionState::alerted);
     CHECK(r.confidence == doctest::Approx(0.6));
     CHECK(r.match_reason.find("same host") != std::string::npos);
@@ -268,7 +268,7 @@ TEST_CASE(
   SUBCASE("another host does not match") {
     a.host = "db01";
     CHECK(fx.submit({a}).matched == 0);
-    CHECK(fx.run("fdr-ffffffffff").state == DetectionState::pending);
+    CHECK(fx.run("tcn-ffffffffff").state == DetectionState::pending);
   }
   SUBCASE("an alert long before the action does not match") {
     a.event_ns = t0 - 60 * kSec;
@@ -285,14 +285,14 @@ TEST_CASE("no alert by the SLA: overdue, then missed at the grace deadline, a la
   cfg.grace = 1s;
   Fixture fx(cfg);
   auto t0 = now_ns();
-  fx.add_run(make_run("fdr-gggggggggg", t0 - 2 * kSec, kSec / 2));  // SLA already passed
-  CHECK(fx.wait_event("fdr-gggggggggg", "overdue"));
-  CHECK(fx.wait_event("fdr-gggggggggg", "missed"));
-  CHECK(fx.run("fdr-gggggggggg").state == DetectionState::missed);
+  fx.add_run(make_run("tcn-gggggggggg", t0 - 2 * kSec, kSec / 2));  // SLA already passed
+  CHECK(fx.wait_event("tcn-gggggggggg", "overdue"));
+  CHECK(fx.wait_event("tcn-gggggggggg", "missed"));
+  CHECK(fx.run("tcn-gggggggggg").state == DetectionState::missed);
 
-  fx.submit({make_alert("fdr-gggggggggg", now_ns())});
-  CHECK(fx.wait_event("fdr-gggggggggg", "late"));
-  CHECK(fx.run("fdr-gggggggggg").state == DetectionState::late);
+  fx.submit({make_alert("tcn-gggggggggg", now_ns())});
+  CHECK(fx.wait_event("tcn-gggggggggg", "late"));
+  CHECK(fx.run("tcn-gggggggggg").state == DetectionState::late);
 
   auto events = list_detection_events(*fx.store, 1, 100);
   REQUIRE(events.size() == 3);
@@ -308,12 +308,12 @@ TEST_CASE("an event without an alert by the grace deadline makes the run logged"
   cfg.grace = 0s;
   Fixture fx(cfg);
   auto t0 = now_ns();
-  auto ev = make_alert("GET /fdr-hhhhhhhhhh HTTP/1.1", t0);
+  auto ev = make_alert("GET /tcn-hhhhhhhhhh HTTP/1.1", t0);
   ev.is_event = true;
   fx.submit({ev});
-  fx.add_run(make_run("fdr-hhhhhhhhhh", t0 - 5 * kSec, kSec));
-  CHECK(fx.wait_event("fdr-hhhhhhhhhh", "logged"));
-  auto r = fx.run("fdr-hhhhhhhhhh");
+  fx.add_run(make_run("tcn-hhhhhhhhhh", t0 - 5 * kSec, kSec));
+  CHECK(fx.wait_event("tcn-hhhhhhhhhh", "logged"));
+  auto r = fx.run("tcn-hhhhhhhhhh");
   CHECK(r.state == DetectionState::logged);
   CHECK_FALSE(r.logged_key.empty());
 }
@@ -323,19 +323,19 @@ TEST_CASE("pending runs and their deadlines survive a restart") {
   cfg.grace = 0s;
   Fixture fx(cfg);
   auto t0 = now_ns();
-  fx.add_run(make_run("fdr-iiiiiiiiii", t0, 2 * kSec));
+  fx.add_run(make_run("tcn-iiiiiiiiii", t0, 2 * kSec));
   fx.correlator->drain();
   CHECK(fx.correlator->pending_runs() == 1);
   fx.close();
   fx.open();
   CHECK(fx.correlator->pending_runs() == 1);
-  CHECK(fx.wait_event("fdr-iiiiiiiiii", "missed"));
+  CHECK(fx.wait_event("tcn-iiiiiiiiii", "missed"));
 }
 
 TEST_CASE("the latency report counts states, coverage and percentiles per group") {
   std::vector<Run> runs;
   for (int i = 0; i < 10; ++i) {
-    auto r = make_run("fdr-" + std::to_string(1000000000 + i), 0, 60 * kSec);
+    auto r = make_run("tcn-" + std::to_string(1000000000 + i), 0, 60 * kSec);
     r.state = i < 7   ? DetectionState::alerted
               : i < 8 ? DetectionState::late
               : i < 9 ? DetectionState::missed
@@ -349,7 +349,7 @@ TEST_CASE("the latency report counts states, coverage and percentiles per group"
     }
     runs.push_back(r);
   }
-  auto other = make_run("fdr-9999999999", 0, 0);  // expects no alert: left out
+  auto other = make_run("tcn-9999999999", 0, 0);  // expects no alert: left out
   runs.push_back(other);
   auto rows = latency_report(runs, GroupBy::test);
   REQUIRE(rows.size() == 1);
@@ -372,14 +372,14 @@ TEST_CASE("the latency report counts states, coverage and percentiles per group"
 TEST_CASE("an alert for a run stored but not yet announced first matches the alerts that waited") {
   Fixture fx;
   auto t0 = now_ns();
-  fx.submit({make_alert("early fdr-jjjjjjjjjj", t0 + kSec)});
-  auto r = make_run("fdr-jjjjjjjjjj", t0, 3600 * kSec);
+  fx.submit({make_alert("early tcn-jjjjjjjjjj", t0 + kSec)});
+  auto r = make_run("tcn-jjjjjjjjjj", t0, 3600 * kSec);
   WriteSet ws;  // stored by the ingest, its notification still on the way
   put_run(ws, r);
   fx.store->commit(std::move(ws));
-  fx.submit({make_alert("later fdr-jjjjjjjjjj", t0 + 5 * kSec)});
+  fx.submit({make_alert("later tcn-jjjjjjjjjj", t0 + 5 * kSec)});
   fx.correlator->runs_stored({r});  // arrives late: must not re-track or re-match
-  auto got = fx.run("fdr-jjjjjjjjjj");
+  auto got = fx.run("tcn-jjjjjjjjjj");
   CHECK(got.state == DetectionState::alerted);
   CHECK(got.time_to_alert_ns == kSec);  // the earlier alert decided
   CHECK(got.alert_count == 2);
@@ -390,13 +390,13 @@ TEST_CASE("a long alert that waited for its run across a restart still matches i
   Fixture fx;
   auto t0 = now_ns();
   std::string text(5000, 'x');
-  text += " fdr-kkkkkkkkkk";  // beyond the stored copy of the text
+  text += " tcn-kkkkkkkkkk";  // beyond the stored copy of the text
   fx.submit({make_alert(text, t0 + 2 * kSec)});
   fx.close();
   fx.open();
-  fx.add_run(make_run("fdr-kkkkkkkkkk", t0, 3600 * kSec));
-  CHECK(fx.wait_event("fdr-kkkkkkkkkk", "alerted"));
-  auto r = fx.run("fdr-kkkkkkkkkk");
+  fx.add_run(make_run("tcn-kkkkkkkkkk", t0, 3600 * kSec));
+  CHECK(fx.wait_event("tcn-kkkkkkkkkk", "alerted"));
+  auto r = fx.run("tcn-kkkkkkkkkk");
   CHECK(r.time_to_alert_ns == 2 * kSec);
   CHECK(r.alert_count == 1);
   CHECK(fx.store->get(Table::alerts, r.alert_key).has_value());
@@ -424,23 +424,23 @@ TEST_CASE("an alert stored as JSON by an older version still waits for its run a
                           {"rule", "old rule"},
                           {"technique", ""},
                           {"severity", "high"},
-                          {"text", "old fdr-llllllllll"},
+                          {"text", "old tcn-llllllllll"},
                           {"event_ns", 0},
                           {"ingest_ns", 0},
                           {"created_ns", 0},
                           {"arrival_ns", t0 + 2 * kSec},
-                          {"markers", nlohmann::json::array({"fdr-llllllllll"})},
+                          {"markers", nlohmann::json::array({"tcn-llllllllll"})},
                           {"marker", ""},
-                          {"reason", "waiting for run fdr-llllllllll"},
+                          {"reason", "waiting for run tcn-llllllllll"},
                           {"confidence", 0}}
                .dump());
-    ws.put(Table::orphan_alerts, std::string("fdr-llllllllll") + '\0' + "legacy-key", "");
+    ws.put(Table::orphan_alerts, std::string("tcn-llllllllll") + '\0' + "legacy-key", "");
     store->commit(std::move(ws));
   }
   fx.open();
-  fx.add_run(make_run("fdr-llllllllll", t0, 3600 * kSec));
-  CHECK(fx.wait_event("fdr-llllllllll", "alerted"));
-  auto r = fx.run("fdr-llllllllll");
+  fx.add_run(make_run("tcn-llllllllll", t0, 3600 * kSec));
+  CHECK(fx.wait_event("tcn-llllllllll", "alerted"));
+  auto r = fx.run("tcn-llllllllll");
   CHECK(r.alert_key == "legacy-key");
   CHECK(r.alert_rule == "old rule");
   CHECK(r.time_to_alert_ns == 2 * kSec);
@@ -448,7 +448,7 @@ TEST_CASE("an alert stored as JSON by an older version still waits for its run a
 
 TEST_CASE("run records round-trip every field, JSON records of older databases still decode") {
   Run r;
-  r.marker = "fdr-abcdefghij";
+  r.marker = "tcn-abcdefghij";
   r.agent_id = "agent-1";
   r.seq = 42;
   r.hostname = "web01";
@@ -531,7 +531,7 @@ TEST_CASE("run records round-trip every field, JSON records of older databases s
   check_same(decode_run(bytes));
 
   // The format before msgpack: a JSON object with named fields.
-  auto old = R"({"marker":"fdr-abcdefghij","agent_id":"agent-1","seq":42,"hostname":"web01",
+  auto old = R"({"marker":"tcn-abcdefghij","agent_id":"agent-1","seq":42,"hostname":"web01",
     "test_id":"eicar","probe":"eicar_drop","technique":"T1105","verdict":"prevented",
     "reason":"removed","target":"/var/tmp","detections":["AV quarantine","EDR"],
     "alert_within_ns":900000000000,"agent_started_ns":1700000000000000000,

@@ -17,8 +17,8 @@
 #include "tests/unit/temp_dir.hpp"
 
 namespace fs = std::filesystem;
-using namespace firedrill::common;
-using firedrill::test::TempDir;
+using namespace tocsin::common;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -249,7 +249,7 @@ TEST_CASE("read_file refuses a file over its size limit and a missing file") {
 }
 
 TEST_CASE("whole_days rounds ASN1_TIME_diff's span down, negative from the first second past") {
-  using firedrill::common::whole_days;
+  using tocsin::common::whole_days;
   CHECK(whole_days(0, 0) == 0);
   CHECK(whole_days(0, 86399) == 0);
   CHECK(whole_days(1, 0) == 1);

@@ -6,7 +6,7 @@
 
 #include "common/curl_loader.hpp"
 
-using namespace firedrill::common::curl::loaded;
+using namespace tocsin::common::curl::loaded;
 
 namespace {
 
@@ -47,8 +47,8 @@ TEST_CASE("libcurl.so.4 loads with every function the web probes call, on OpenSS
 }
 
 TEST_CASE("a missing libcurl is an error that names the library and the package") {
-  auto why = unavailable_message("libcurl-firedrill-missing.so.4");
-  CHECK(why.find("cannot load libcurl-firedrill-missing.so.4") != std::string::npos);
+  auto why = unavailable_message("libcurl-tocsin-missing.so.4");
+  CHECK(why.find("cannot load libcurl-tocsin-missing.so.4") != std::string::npos);
   CHECK(why.find("install libcurl4") != std::string::npos);
 }
 

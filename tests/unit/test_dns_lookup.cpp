@@ -20,11 +20,11 @@
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using namespace firedrill::agent;
-using firedrill::common::ConfigError;
-using firedrill::common::HostPort;
-using firedrill::common::ResultBody;
-using firedrill::test::TempDir;
+using namespace tocsin::agent;
+using tocsin::common::ConfigError;
+using tocsin::common::HostPort;
+using tocsin::common::ResultBody;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -277,7 +277,7 @@ struct ConfigFile {
   TempDir tmp{"dns-config"};
   fs::path path = tmp / "agent.yaml";
   explicit ConfigFile(const std::string& params, const std::string& extra = "") {
-    firedrill::common::write_file_atomic(
+    tocsin::common::write_file_atomic(
         path,
         "state_dir: state\nallowlist:\n  network: [\"127.0.0.1:1-65535\", \"10.9.9.9:53\"]\n"
         "tests:\n  - id: dns\n    kind: dns_lookup\n" +
@@ -375,7 +375,7 @@ std::vector<ResultBody> run_probe(const Allowlist& allow, const TestSpec& t) {
   DnsLookupProbe probe(io.get_executor(), allow, clock);
   std::optional<std::vector<ResultBody>> out;
   std::exception_ptr error;
-  asio::co_spawn(io, probe.run(t, "fdr-unitmarker"),
+  asio::co_spawn(io, probe.run(t, "tcn-unitmarker"),
                  [&](std::exception_ptr e, std::vector<ResultBody> r) {
                    error = e;
                    if (!e) out = std::move(r);
@@ -403,7 +403,7 @@ TEST_CASE(
     "a resolver that never answers is a timeout, a closed port a failure: both inconclusive") {
   SUBCASE("silent") {
     SilentResolver silent;
-    auto run = resolve_names(silent.endpoint(), {"good.example", "fdr-x.bad.example"},
+    auto run = resolve_names(silent.endpoint(), {"good.example", "tcn-x.bad.example"},
                              DnsRecordType::a, 600ms);
     REQUIRE(run.results.size() == 2);
     for (const auto& o : run.results) {
@@ -417,12 +417,12 @@ TEST_CASE(
     REQUIRE(r.size() == 1);
     CHECK(r[0].verdict == "inconclusive");
     CHECK(r[0].reason == "timeout");
-    CHECK(r[0].evidence["query"] == "fdr-unitmarker.bad.example");
+    CHECK(r[0].evidence["query"] == "tcn-unitmarker.bad.example");
     CHECK(r[0].evidence["control_dns_status"] != "ARES_SUCCESS");
   }
   SUBCASE("closed") {
     HostPort closed{"127.0.0.1", closed_udp_port()};
-    auto run = resolve_names(closed, {"fdr-x.bad.example"}, DnsRecordType::aaaa, 2s);
+    auto run = resolve_names(closed, {"tcn-x.bad.example"}, DnsRecordType::aaaa, 2s);
     REQUIRE(run.results.size() == 1);
     CHECK(run.results[0].status == DnsStatus::unreachable);
     CHECK(run.results[0].ares_status == "ARES_ECONNREFUSED");

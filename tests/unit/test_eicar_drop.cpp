@@ -27,15 +27,15 @@
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using firedrill::agent::ClockState;
-using firedrill::agent::drop_verdict;
-using firedrill::agent::DropObservation;
-using firedrill::agent::eicar_test_string;
-using firedrill::agent::EicarDropProbe;
-using firedrill::agent::new_marker;
-using firedrill::agent::TestSpec;
-using firedrill::common::ResultBody;
-using firedrill::test::TempDir;
+using tocsin::agent::ClockState;
+using tocsin::agent::drop_verdict;
+using tocsin::agent::DropObservation;
+using tocsin::agent::eicar_test_string;
+using tocsin::agent::EicarDropProbe;
+using tocsin::agent::new_marker;
+using tocsin::agent::TestSpec;
+using tocsin::common::ResultBody;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -142,7 +142,7 @@ bool file_contains(const fs::path& path, const std::string& needle) {
 TEST_CASE("eicar_test_string is the standard 68-byte EICAR test string") {
   auto s = eicar_test_string();
   CHECK(s.size() == 68);
-  CHECK(firedrill::common::to_hex(firedrill::common::sha256(s)) == kEicarSha256);
+  CHECK(tocsin::common::to_hex(tocsin::common::sha256(s)) == kEicarSha256);
 }
 
 TEST_CASE("the agent's code does not hold the EICAR string in clear") {
@@ -157,12 +157,12 @@ TEST_CASE("the agent's code does not hold the EICAR string in clear") {
   // This executable links the same agent library object code.
   CHECK_FALSE(file_contains("/proc/self/exe", name));
   CHECK_FALSE(file_contains("/proc/self/exe", head));
-  fs::path agent = fs::path(FIREDRILL_BIN_DIR) / "firedrill-agent";
+  fs::path agent = fs::path(TOCSIN_BIN_DIR) / "tocsin-agent";
   if (fs::exists(agent)) {
     CHECK_FALSE(file_contains(agent, name));
     CHECK_FALSE(file_contains(agent, head));
   } else {
-    MESSAGE("firedrill-agent is not built; checked only this test binary");
+    MESSAGE("tocsin-agent is not built; checked only this test binary");
   }
 }
 
@@ -203,8 +203,8 @@ TEST_CASE("drop_verdict maps each observation to its verdict and reason") {
   }
 }
 
-TEST_CASE("a run marker is fdr- and ten characters of a-z0-9, new each time") {
-  static const std::regex kMarkerForm("^fdr-[a-z0-9]{10}$");
+TEST_CASE("a run marker is tcn- and ten characters of a-z0-9, new each time") {
+  static const std::regex kMarkerForm("^tcn-[a-z0-9]{10}$");
   auto a = new_marker(), b = new_marker();
   CHECK_MESSAGE(std::regex_match(a, kMarkerForm), a);
   CHECK_MESSAGE(std::regex_match(b, kMarkerForm), b);

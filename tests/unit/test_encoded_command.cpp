@@ -16,20 +16,20 @@
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
-using firedrill::agent::base64;
-using firedrill::agent::ClockState;
-using firedrill::agent::command_verdict;
-using firedrill::agent::encoded_command_argv;
-using firedrill::agent::EncodedCommandProbe;
-using firedrill::agent::find_executable;
-using firedrill::agent::ProcessOutcome;
-using firedrill::agent::TestSpec;
-using firedrill::agent::utf16le;
-using firedrill::common::ResultBody;
+using tocsin::agent::base64;
+using tocsin::agent::ClockState;
+using tocsin::agent::command_verdict;
+using tocsin::agent::encoded_command_argv;
+using tocsin::agent::EncodedCommandProbe;
+using tocsin::agent::find_executable;
+using tocsin::agent::ProcessOutcome;
+using tocsin::agent::TestSpec;
+using tocsin::agent::utf16le;
+using tocsin::common::ResultBody;
 
 namespace {
 
-const std::string kMarker = "fdr-0123456789";
+const std::string kMarker = "tcn-0123456789";
 
 // An independent RFC 4648 decoder, so the encoder is not checked against itself.
 std::string decode_base64(const std::string& text) {
@@ -172,7 +172,7 @@ TEST_CASE("command_verdict maps each way a run can end to its verdict and reason
       {"E2BIG", spawn_error(E2BIG), "error", "spawn_failed"},
       {"ENOMEM", spawn_error(ENOMEM), "error", "spawn_failed"},
       {"timeout", timed_out, "error", "timeout"},
-      {"marker", exited(0, "FireDrill encoded-command test " + kMarker + "\n", ""), "not_prevented",
+      {"marker", exited(0, "Tocsin encoded-command test " + kMarker + "\n", ""), "not_prevented",
        "marker_in_output"},
       {"marker despite exit 1", exited(1, kMarker, ""), "not_prevented", "marker_in_output"},
       {"killed", killed, "prevented", "killed"},

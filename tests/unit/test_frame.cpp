@@ -16,12 +16,12 @@
 #include "common/frame.hpp"
 
 namespace asio = boost::asio;
-using firedrill::common::decode_frame_length;
-using firedrill::common::encode_frame;
-using firedrill::common::kMaxFrameBytes;
-using firedrill::common::ProtocolError;
-using firedrill::common::read_frame;
-using firedrill::common::write_frame;
+using tocsin::common::decode_frame_length;
+using tocsin::common::encode_frame;
+using tocsin::common::kMaxFrameBytes;
+using tocsin::common::ProtocolError;
+using tocsin::common::read_frame;
+using tocsin::common::write_frame;
 using local_socket = asio::local::stream_protocol::socket;
 
 namespace {

@@ -18,10 +18,10 @@
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
-using namespace firedrill::agent;
-using firedrill::common::ConfigError;
-using firedrill::common::ResultBody;
-using firedrill::test::TempDir;
+using namespace tocsin::agent;
+using tocsin::common::ConfigError;
+using tocsin::common::ResultBody;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -42,7 +42,7 @@ FetchResult failure(Transport tr) {
 std::string load_error(const std::string& params) {
   TempDir tmp("beacon-config");
   auto path = tmp / "agent.yaml";
-  firedrill::common::write_file_atomic(
+  tocsin::common::write_file_atomic(
       path,
       "state_dir: state\n"
       "allowlist: {network: [\"127.0.0.1:8080\", \"c2.lab:443\"]}\n"
@@ -62,10 +62,10 @@ std::string load_error(const std::string& params) {
 }  // namespace
 
 TEST_CASE("the beacon's marker goes where the template says, or becomes the last path segment") {
-  CHECK(beacon_url("http://c2.lab/api/{marker}/poll", "fdr-a") == "http://c2.lab/api/fdr-a/poll");
-  CHECK(beacon_url("http://c2.lab/api/poll?x=1", "fdr-a") == "http://c2.lab/api/poll/fdr-a?x=1");
-  CHECK(beacon_url("https://c2.lab:8443/", "fdr-a") == "https://c2.lab:8443/fdr-a");
-  CHECK(beacon_url("http://c2.lab", "fdr-a") == "http://c2.lab/fdr-a");
+  CHECK(beacon_url("http://c2.lab/api/{marker}/poll", "tcn-a") == "http://c2.lab/api/tcn-a/poll");
+  CHECK(beacon_url("http://c2.lab/api/poll?x=1", "tcn-a") == "http://c2.lab/api/poll/tcn-a?x=1");
+  CHECK(beacon_url("https://c2.lab:8443/", "tcn-a") == "https://c2.lab:8443/tcn-a");
+  CHECK(beacon_url("http://c2.lab", "tcn-a") == "http://c2.lab/tcn-a");
 }
 
 TEST_CASE("beacon verdicts: any answer from the origin means it got out, a refusal does not") {
@@ -166,7 +166,7 @@ TEST_CASE("a beacon to an address off the allowlist is not_applicable and never 
   p->user_agent = "ua {marker}";
   t.http_beacon = p;
   std::vector<ResultBody> out;
-  asio::co_spawn(io, probe.run(t, "fdr-unittest02"),
+  asio::co_spawn(io, probe.run(t, "tcn-unittest02"),
                  [&](std::exception_ptr e, std::vector<ResultBody> r) {
                    bool failed = static_cast<bool>(e);
                    REQUIRE_FALSE(failed);
@@ -176,7 +176,7 @@ TEST_CASE("a beacon to an address off the allowlist is not_applicable and never 
   REQUIRE(out.size() == 1);
   CHECK(out[0].verdict == "not_applicable");
   CHECK(out[0].reason == "target_not_allowlisted");
-  CHECK(out[0].target == "http://127.0.0.1:" + std::to_string(port) + "/beacon/fdr-unittest02");
+  CHECK(out[0].target == "http://127.0.0.1:" + std::to_string(port) + "/beacon/tcn-unittest02");
   listener.non_blocking(true);
   boost::system::error_code ec;
   asio::ip::tcp::socket peer(io);

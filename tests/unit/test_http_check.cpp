@@ -4,7 +4,7 @@
 #include "agent/probe_http_check.hpp"
 #include "common/config.hpp"
 
-using namespace firedrill;
+using namespace tocsin;
 using agent::HttpCheckParams;
 using agent::HttpObservation;
 

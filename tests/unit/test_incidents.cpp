@@ -11,9 +11,9 @@
 #include "collector/incidents.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using namespace std::chrono_literals;
-using firedrill::test::TempDir;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -52,7 +52,7 @@ Signal failing(IncidentKind kind = IncidentKind::prevention_failed,
   s.title = test + " failed on " + agent;
   s.test_id = test;
   s.agent_id = agent;
-  s.marker = "fdr-abc";
+  s.marker = "tcn-abc";
   s.detail = "not_prevented: written";
   return s;
 }
@@ -129,10 +129,10 @@ TEST_CASE("a clearing signal auto-resolves the incident with the reason recorded
   f.engine->apply(failing());
   f.engine->pause(1, "alice", "restart awaits approval");
   f.now += 10 * kMin;
-  auto r = f.engine->apply(cleared(failing(), "a later run was prevented (marker fdr-x)"));
+  auto r = f.engine->apply(cleared(failing(), "a later run was prevented (marker tcn-x)"));
   REQUIRE(r);
   CHECK(r->state == IncidentState::resolved);
-  CHECK(r->resolution == "a later run was prevented (marker fdr-x)");
+  CHECK(r->resolution == "a later run was prevented (marker tcn-x)");
   CHECK(r->resolved_ns == f.now);
   CHECK_FALSE(r->paused());
   CHECK_FALSE(r->ack_sla.running());
@@ -310,22 +310,22 @@ TEST_CASE("the baseline watch raises a medium latency regression in plain words"
   std::int64_t t = kStart;
   for (int n = 0; n < 4; ++n)
     CHECK_FALSE(
-        b.observe("eicar-drop-tmp", "a", "fdr-" + std::to_string(n), t += kMin, 100'000'000));
+        b.observe("eicar-drop-tmp", "a", "tcn-" + std::to_string(n), t += kMin, 100'000'000));
   // Fewer than 5 samples before this one: no baseline yet.
-  CHECK_FALSE(b.observe("eicar-drop-tmp", "a", "fdr-4", t += kMin, 900'000'000));
+  CHECK_FALSE(b.observe("eicar-drop-tmp", "a", "tcn-4", t += kMin, 900'000'000));
   // Baseline now: median of 100,100,100,100,900 ms = 100 ms.
-  auto s = b.observe("eicar-drop-tmp", "a", "fdr-5", t += kMin, 340'000'000);
+  auto s = b.observe("eicar-drop-tmp", "a", "tcn-5", t += kMin, 340'000'000);
   REQUIRE(s);
   CHECK_FALSE(s->clears);
   CHECK(s->kind == IncidentKind::latency_regression);
   CHECK(s->severity == Severity::medium);
   CHECK(s->title == "time-to-alert for eicar-drop-tmp is 340% of its 7-day median");
-  CHECK_FALSE(b.observe("eicar-drop-tmp", "a", "fdr-5", t += kMin, 340'000'000));  // same run
-  auto ok = b.observe("eicar-drop-tmp", "a", "fdr-6", t += kMin, 150'000'000);
+  CHECK_FALSE(b.observe("eicar-drop-tmp", "a", "tcn-5", t += kMin, 340'000'000));  // same run
+  auto ok = b.observe("eicar-drop-tmp", "a", "tcn-6", t += kMin, 150'000'000);
   REQUIRE(ok);
   CHECK(ok->clears);
   // Samples older than the window drop out of the baseline.
-  CHECK_FALSE(b.observe("eicar-drop-tmp", "a", "fdr-7", t + 8 * 24 * kHour, 900'000'000));
+  CHECK_FALSE(b.observe("eicar-drop-tmp", "a", "tcn-7", t + 8 * 24 * kHour, 900'000'000));
   CHECK_FALSE(b.median("other-test", t));
 
   SUBCASE("the engine opens the incident from a run and rebuilds the baseline on start") {
@@ -333,7 +333,7 @@ TEST_CASE("the baseline watch raises a medium latency regression in plain words"
     WriteSet ws;
     for (int n = 0; n < 5; ++n) {
       Run r;
-      r.marker = "fdr-r" + std::to_string(n);
+      r.marker = "tcn-r" + std::to_string(n);
       r.agent_id = "agent-1";
       r.test_id = "eicar-drop-tmp";
       r.action_ns = kStart - kHour + n * kMin;
@@ -344,7 +344,7 @@ TEST_CASE("the baseline watch raises a medium latency regression in plain words"
     f.store->commit(std::move(ws));
     f.engine = f.make();  // rebuilds from those runs
     Run slow;
-    slow.marker = "fdr-slow";
+    slow.marker = "tcn-slow";
     slow.agent_id = "agent-1";
     slow.test_id = "eicar-drop-tmp";
     slow.action_ns = kStart;
@@ -368,13 +368,13 @@ TEST_CASE("the baseline watch raises a medium latency regression in plain words"
     };
     std::vector<DetectionEvent> events;
     for (std::uint64_t n = 1; n <= 5; ++n)
-      events.push_back(event(n, "fdr-e" + std::to_string(n), 10 * kSec));
+      events.push_back(event(n, "tcn-e" + std::to_string(n), 10 * kSec));
     // No run is stored for any of these: the baseline is built from the events alone.
     f.engine->process_detection_events(events);
     CHECK(f.engine->list({}, 100).empty());
     // An event from before the fields existed: the run gives the latency (34 s, 340 %).
     Run slow;
-    slow.marker = "fdr-old";
+    slow.marker = "tcn-old";
     slow.agent_id = "agent-1";
     slow.test_id = "eicar-drop-tmp";
     slow.action_ns = kStart;
@@ -383,7 +383,7 @@ TEST_CASE("the baseline watch raises a medium latency regression in plain words"
     WriteSet ws;
     put_run(ws, slow);
     f.store->commit(std::move(ws));
-    DetectionEvent old{6, kStart, "fdr-old", "agent-1", "eicar-drop-tmp", "pending", "alerted",
+    DetectionEvent old{6, kStart, "tcn-old", "agent-1", "eicar-drop-tmp", "pending", "alerted",
                        "alert", "/tmp"};
     f.engine->process_detection_events({old});
     auto open = f.engine->list({}, 100);
@@ -391,7 +391,7 @@ TEST_CASE("the baseline watch raises a medium latency regression in plain words"
     CHECK(open[0].kind == IncidentKind::latency_regression);
     CHECK(open[0].title == "time-to-alert for eicar-drop-tmp is 340% of its 7-day median");
     // A clock anomaly in the event is not a sample.
-    auto odd = event(7, "fdr-odd", 500 * kSec);
+    auto odd = event(7, "tcn-odd", 500 * kSec);
     odd.clock_anomaly = true;
     f.engine->process_detection_events({odd});
     CHECK(f.engine->list({}, 100).size() == 1);
@@ -419,12 +419,12 @@ TEST_CASE("results map to prevention and health signals") {
   for (const auto& row : rows) {
     CAPTURE(row.probe);
     CAPTURE(row.verdict);
-    firedrill::common::ResultBody b;
+    tocsin::common::ResultBody b;
     b.test_id = "t1";
     b.probe = row.probe;
     b.verdict = row.verdict;
     b.reason = "written";
-    b.marker = "fdr-m";
+    b.marker = "tcn-m";
     b.expect_prevent = row.expect_prevent;
     auto sigs = signals_from_result(b, "agent-1", kStart, p);
     if (!row.kind) {
@@ -435,13 +435,13 @@ TEST_CASE("results map to prevention and health signals") {
     CHECK(sigs[0].kind == *row.kind);
     CHECK(sigs[0].clears == row.clears);
     CHECK(sigs[0].key == dedup_key(*row.kind, "t1", "agent-1"));
-    CHECK(sigs[0].marker == "fdr-m");
+    CHECK(sigs[0].marker == "tcn-m");
   }
-  firedrill::common::ResultBody overflow;
+  tocsin::common::ResultBody overflow;
   overflow.kind = "outbox_overflow";
   CHECK(signals_from_result(overflow, "agent-1", kStart, p).empty());
 
-  firedrill::common::ResultBody b;
+  tocsin::common::ResultBody b;
   b.test_id = "eicar-drop-tmp";
   b.probe = "eicar_drop";
   b.verdict = "not_prevented";
@@ -468,7 +468,7 @@ TEST_CASE("detection events map to missed and late signals, and alerts clear the
   };
   for (const auto& row : rows) {
     CAPTURE(row.to);
-    DetectionEvent e{7, kStart, "fdr-m", "agent-1", "t1", "pending", row.to, "", ""};
+    DetectionEvent e{7, kStart, "tcn-m", "agent-1", "t1", "pending", row.to, "", ""};
     auto sigs = signals_from_detection(e, p);
     REQUIRE(sigs.size() == row.expect.size());
     for (std::size_t n = 0; n < sigs.size(); ++n) {
@@ -477,9 +477,9 @@ TEST_CASE("detection events map to missed and late signals, and alerts clear the
       CHECK(sigs[n].key == dedup_key(row.expect[n].first, "t1", "agent-1"));
     }
   }
-  DetectionEvent late{1, kStart, "fdr-m", "agent-1", "t1", "pending", "late", "", ""};
+  DetectionEvent late{1, kStart, "tcn-m", "agent-1", "t1", "pending", "late", "", ""};
   CHECK(signals_from_detection(late, p)[1].severity == Severity::high);
-  DetectionEvent missed{1, kStart, "fdr-m", "agent-1", "t1", "pending", "missed", "", ""};
+  DetectionEvent missed{1, kStart, "tcn-m", "agent-1", "t1", "pending", "missed", "", ""};
   CHECK(signals_from_detection(missed, p)[0].severity == Severity::critical);
 }
 
@@ -552,7 +552,7 @@ TEST_CASE("the feeds read detection events and results and resume after a restar
     put_be64(k, seq);
     ws.put(Table::detection_events, k,
            nlohmann::json{{"time_ns", kStart},
-                          {"marker", "fdr-" + std::to_string(seq)},
+                          {"marker", "tcn-" + std::to_string(seq)},
                           {"agent_id", "agent-1"},
                           {"test_id", "t1"},
                           {"from", "pending"},
@@ -574,7 +574,7 @@ TEST_CASE("the feeds read detection events and results and resume after a restar
   CHECK(f.engine->get(1)->state == IncidentState::resolved);
   CHECK(f.engine->cursor("detection_events") == 4);
 
-  firedrill::common::ResultBody b;
+  tocsin::common::ResultBody b;
   b.test_id = "eicar";
   b.probe = "eicar_drop";
   b.verdict = "not_prevented";
@@ -582,7 +582,7 @@ TEST_CASE("the feeds read detection events and results and resume after a restar
   StoredResult r;
   r.record.agent_id = "agent-9";
   r.record.seq = 41;
-  r.record.body = firedrill::common::encode_body(b);
+  r.record.body = tocsin::common::encode_body(b);
   r.received_ns = kStart;
   f.engine->process_results("agent-9", {r});
   CHECK(f.engine->cursor("results/agent-9") == 42);
@@ -598,7 +598,7 @@ TEST_CASE("the feeds read detection events and results and resume after a restar
 }
 
 TEST_CASE("the policy loads from the incidents section and names bad values") {
-  using firedrill::common::ConfigNode;
+  using tocsin::common::ConfigNode;
   auto cfg = ConfigNode::load_string(R"(
 incidents:
   severity: {health_failed: critical, latency_regression: low}
@@ -627,11 +627,11 @@ incidents:
   auto bad = [](const std::string& yaml) {
     return IncidentPolicy::load(ConfigNode::load_string(yaml, "c.yaml")["incidents"]);
   };
-  CHECK_THROWS_AS(bad("incidents: {severity: {nonsense: high}}\n"), firedrill::common::ConfigError);
+  CHECK_THROWS_AS(bad("incidents: {severity: {nonsense: high}}\n"), tocsin::common::ConfigError);
   CHECK_THROWS_AS(bad("incidents: {severity: {agent_silent: urgent}}\n"),
-                  firedrill::common::ConfigError);
-  CHECK_THROWS_AS(bad("incidents: {baseline: {factor: 0.5}}\n"), firedrill::common::ConfigError);
-  CHECK_THROWS_AS(bad("incidents: {auto_close: 3d}\n"), firedrill::common::ConfigError);
+                  tocsin::common::ConfigError);
+  CHECK_THROWS_AS(bad("incidents: {baseline: {factor: 0.5}}\n"), tocsin::common::ConfigError);
+  CHECK_THROWS_AS(bad("incidents: {auto_close: 3d}\n"), tocsin::common::ConfigError);
 }
 
 TEST_CASE("the feed starts at the current ends, then follows every log to the engine") {
@@ -642,7 +642,7 @@ TEST_CASE("the feed starts at the current ends, then follows every log to the en
     put_be64(k, seq);
     ws.put(Table::detection_events, k,
            nlohmann::json{{"time_ns", kStart},
-                          {"marker", "fdr-" + std::to_string(seq)},
+                          {"marker", "tcn-" + std::to_string(seq)},
                           {"agent_id", "agent-1"},
                           {"test_id", test},
                           {"from", "pending"},
@@ -664,7 +664,7 @@ TEST_CASE("the feed starts at the current ends, then follows every log to the en
   CHECK(f.engine->list({}, 10).empty());
 
   detection(2, "missed", "t-missed");
-  firedrill::common::ResultBody b;
+  tocsin::common::ResultBody b;
   b.test_id = "t-prevent";
   b.probe = "eicar_drop";
   b.verdict = "not_prevented";
@@ -672,7 +672,7 @@ TEST_CASE("the feed starts at the current ends, then follows every log to the en
   StoredResult r;
   r.record.agent_id = "agent-1";
   r.record.seq = 1;
-  r.record.body = firedrill::common::encode_body(b);
+  r.record.body = tocsin::common::encode_body(b);
   r.received_ns = kStart;
   WriteSet rs;
   rs.put_result(r);
@@ -694,13 +694,13 @@ TEST_CASE("the feed starts at the current ends, then follows every log to the en
 TEST_CASE("one target of a test passing does not clear another target's failure") {
   Fixture f;
   auto result = [](const std::string& target, const std::string& verdict) {
-    firedrill::common::ResultBody b;
+    tocsin::common::ResultBody b;
     b.test_id = "smb-blocked";
     b.probe = "tcp_connect";
     b.target = target;
     b.verdict = verdict;
     b.expect_prevent = true;
-    b.marker = "fdr-" + target.substr(0, 1) + "000000000";
+    b.marker = "tcn-" + target.substr(0, 1) + "000000000";
     return b;
   };
   // Same run, two targets: A got through, B was blocked (in that order in one batch).
@@ -720,9 +720,9 @@ TEST_CASE("one target of a test passing does not clear another target's failure"
     f.engine->apply(s);
   CHECK(f.engine->get(open[0].id)->state == IncidentState::resolved);
   // Detections too: the run of one target alerted does not clear another's missed alert.
-  DetectionEvent missed{1, kStart, "fdr-a000000000", "agent-1", "smb-blocked", "pending", "missed", "",
+  DetectionEvent missed{1, kStart, "tcn-a000000000", "agent-1", "smb-blocked", "pending", "missed", "",
                         "a.example:445"};
-  DetectionEvent alerted{2, kStart, "fdr-b000000000", "agent-1", "smb-blocked", "pending",
+  DetectionEvent alerted{2, kStart, "tcn-b000000000", "agent-1", "smb-blocked", "pending",
                          "alerted", "", "b.example:445"};
   for (const auto& s : signals_from_detection(missed, f.policy)) f.engine->apply(s);
   for (const auto& s : signals_from_detection(alerted, f.policy)) f.engine->apply(s);

@@ -12,7 +12,7 @@
 
 #include "common/net.hpp"
 
-using namespace firedrill::common;
+using namespace tocsin::common;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 

@@ -26,14 +26,14 @@
 #include "tests/unit/peers.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using namespace std::chrono_literals;
-using firedrill::test::PortPeer;
-using firedrill::test::run;
-using firedrill::test::SmtpSink;
-using firedrill::test::SiemMock;
-using firedrill::test::TempDir;
-using firedrill::test::wait_until;
+using tocsin::test::PortPeer;
+using tocsin::test::run;
+using tocsin::test::SmtpSink;
+using tocsin::test::SiemMock;
+using tocsin::test::TempDir;
+using tocsin::test::wait_until;
 using json = nlohmann::json;
 
 namespace {
@@ -43,7 +43,7 @@ constexpr std::int64_t kMin = 60 * kSec;
 constexpr std::int64_t kStart = 1'800'000'000LL * kSec;
 
 NotifyConfig load(const std::string& yaml, const std::filesystem::path& base = ".") {
-  auto root = firedrill::common::ConfigNode::load_string(yaml, "collector.yaml");
+  auto root = tocsin::common::ConfigNode::load_string(yaml, "collector.yaml");
   return NotifyConfig::load(root["notify"], base);
 }
 
@@ -68,7 +68,7 @@ struct Fixture {
     s.title = "EICAR drop not prevented on " + agent + " (" + test + ")";
     s.test_id = test;
     s.agent_id = agent;
-    s.marker = "fdr-m1";
+    s.marker = "tcn-m1";
     s.detail = "not_prevented: written";
     s.time_ns = now;
     auto i = engine->apply(s);
@@ -87,7 +87,7 @@ std::string hmac_hex(const std::string& key, const std::string& msg) {
   unsigned int len = 0;
   REQUIRE(HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
                reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), mac, &len));
-  return firedrill::common::to_hex({mac, len});
+  return tocsin::common::to_hex({mac, len});
 }
 
 std::string header(const json& req, const std::string& name) {
@@ -266,21 +266,21 @@ TEST_CASE("the signed webhook: HMAC over timestamp and body, retried after 500s,
   auto reqs = hook.requests("POST", "/hook");
   REQUIRE(reqs.size() == 3);
   for (const auto& r : reqs) {
-    std::string ts = header(r, "x-firedrill-timestamp");
+    std::string ts = header(r, "x-tocsin-timestamp");
     std::string body = r["body"];
-    CHECK(header(r, "x-firedrill-signature") == "sha256=" + hmac_hex("0123456789abcdef-secret", ts + "." + body));
+    CHECK(header(r, "x-tocsin-signature") == "sha256=" + hmac_hex("0123456789abcdef-secret", ts + "." + body));
     CHECK(header(r, "content-type") == "application/json");
-    CHECK(header(r, "x-firedrill-delivery") == std::to_string(d[0].id));
+    CHECK(header(r, "x-tocsin-delivery") == std::to_string(d[0].id));
     json j = json::parse(body);
     CHECK(j["kind"] == "incident");
     CHECK(j["event"]["what"] == "opened");
     CHECK(j["incident"]["id"] == inc.id);
     CHECK(j["incident"]["test_id"] == "eicar-drop-tmp");
-    CHECK(j["source"] == "firedrill");
+    CHECK(j["source"] == "tocsin");
   }
   // A tampered body no longer matches its signature.
-  std::string ts = header(reqs[2], "x-firedrill-timestamp");
-  CHECK(header(reqs[2], "x-firedrill-signature") !=
+  std::string ts = header(reqs[2], "x-tocsin-timestamp");
+  CHECK(header(reqs[2], "x-tocsin-signature") !=
         "sha256=" + hmac_hex("0123456789abcdef-secret", ts + "." + std::string(reqs[2]["body"]) + " "));
 }
 
@@ -305,7 +305,7 @@ TEST_CASE("PagerDuty Events v2: trigger, acknowledge and resolve share one dedup
     json j = json::parse(std::string(r["body"]));
     actions.push_back(j["event_action"]);
     CHECK(j["routing_key"] == "R0UT1NG");
-    CHECK(j["dedup_key"] == "firedrill-soc-1-" + std::to_string(inc.id));
+    CHECK(j["dedup_key"] == "tocsin-soc-1-" + std::to_string(inc.id));
   }
   CHECK(actions == std::vector<std::string>{"trigger", "acknowledge", "resolve"});
   json trigger = json::parse(std::string(reqs[0]["body"]));
@@ -384,8 +384,8 @@ TEST_CASE("Slack, Teams and TheHive receive their documented shapes, routes filt
   CHECK(header(hive[0], "authorization") == "Bearer HIVEKEY");
   json h = json::parse(std::string(hive[0]["body"]));
   CHECK(h["sourceRef"] == std::to_string(crit.id));
-  CHECK(h["type"] == "firedrill-incident");
-  CHECK(h["source"] == "FireDrill:firedrill");
+  CHECK(h["type"] == "tocsin-incident");
+  CHECK(h["source"] == "Tocsin:tocsin");
   CHECK(h["severity"] == 4);  // TheHive: 1 low .. 4 critical
   CHECK(h["date"] == kStart / 1'000'000);  // epoch milliseconds
   CHECK(h["title"].is_string());
@@ -410,23 +410,23 @@ TEST_CASE("email over STARTTLS with AUTH: recipients, subject, text and HTML par
   TempDir certs("smtp-cert");
   auto cert = make_cert(certs);
   SmtpSink sink({"--tls-cert", cert.string(), "--tls-key", (certs / "key.pem").string(), "--user",
-                 "firedrill", "--password", "s3cret-pw"});
+                 "tocsin", "--password", "s3cret-pw"});
   Fixture f;
   f.start(load("notify:\n  link_base: https://soc.example\n  channels:\n"
                "    - name: mail\n      type: email\n      url: \"" + sink.url() + "\"\n"
-               "      from: firedrill@soc.example\n      to: [soc@soc.example, lead@soc.example]\n"
-               "      username: firedrill\n      password: s3cret-pw\n      ca_file: " + cert.string() + "\n"));
+               "      from: tocsin@soc.example\n      to: [soc@soc.example, lead@soc.example]\n"
+               "      username: tocsin\n      password: s3cret-pw\n      ca_file: " + cert.string() + "\n"));
   auto inc = f.open();
   f.round();
   REQUIRE(sink.count() == 1);
   json meta = sink.meta(1);
   CHECK(meta["tls"] == true);
   CHECK(meta["auth"] == true);
-  CHECK(meta["mail_from"] == "firedrill@soc.example");
+  CHECK(meta["mail_from"] == "tocsin@soc.example");
   CHECK(meta["rcpt_tos"] == json::array({"soc@soc.example", "lead@soc.example"}));
   json m = sink.mail(1);
   CHECK(m["defects"].empty());
-  CHECK(m["subject"].get<std::string>().find("[FireDrill] Opened #" + std::to_string(inc.id) + " [critical]") == 0);
+  CHECK(m["subject"].get<std::string>().find("[Tocsin] Opened #" + std::to_string(inc.id) + " [critical]") == 0);
   CHECK(m["to"] == "soc@soc.example, lead@soc.example");
   CHECK(m["content_type"] == "multipart/mixed");
   const json* text = part(m, "text/plain", false);
@@ -481,7 +481,7 @@ TEST_CASE("major-incident status mails: at once, every 30 minutes with attachmen
   CHECK(sink.meta(1)["rcpt_tos"] == json::array({"manager@soc.example", "cio@soc.example"}));
   json m1 = sink.mail(1);
   std::string id1 = std::to_string(first.id);
-  CHECK(m1["subject"] == "[FireDrill] Major incident status 1: 1 critical open (#" + id1 + ")");
+  CHECK(m1["subject"] == "[Tocsin] Major incident status 1: 1 critical open (#" + id1 + ")");
 
   f.now += 10 * kMin;
   f.engine->note(first.id, "alice", "AV team paged, signatures rolling out");
@@ -494,7 +494,7 @@ TEST_CASE("major-incident status mails: at once, every 30 minutes with attachmen
   REQUIRE(sink.count() == 2);
   json m2 = sink.mail(2);
   std::string id2 = std::to_string(second.id);
-  CHECK(m2["subject"] == "[FireDrill] Major incident status 2: 2 critical open (#" + id1 + ", #" + id2 + ")");
+  CHECK(m2["subject"] == "[Tocsin] Major incident status 2: 2 critical open (#" + id1 + ", #" + id2 + ")");
   const json* text = part(m2, "text/plain", false);
   REQUIRE(text);
   std::string body = text->value("text", "");
@@ -506,12 +506,12 @@ TEST_CASE("major-incident status mails: at once, every 30 minutes with attachmen
   const json* html = part(m2, "text/html", true);
   REQUIRE(csv);
   REQUIRE(html);
-  CHECK(csv->value("filename", "") == "firedrill-status-2.csv");
+  CHECK(csv->value("filename", "") == "tocsin-status-2.csv");
   std::string csv_text = csv->value("text", "");
   CHECK(csv_text.find("id,severity,kind,state,title") == 0);
   CHECK(csv_text.find("\r\n" + id1 + ",critical,prevention_failed,open,") != std::string::npos);
   CHECK(csv_text.find("\r\n" + id2 + ",critical,") != std::string::npos);
-  CHECK(html->value("filename", "") == "firedrill-status-2.html");
+  CHECK(html->value("filename", "") == "tocsin-status-2.html");
   CHECK(html->value("text", "").find("db-02") != std::string::npos);
 
   // The SLA breach mail (events: [breached]) and the next status follow the cadence.
@@ -526,7 +526,7 @@ TEST_CASE("major-incident status mails: at once, every 30 minutes with attachmen
   f.round();
   REQUIRE(sink.count() == before + 1);
   json clear = sink.mail(static_cast<int>(before + 1));
-  CHECK(clear["subject"] == "[FireDrill] All clear: no critical incident open (was #" + id1 + ", #" + id2 + ")");
+  CHECK(clear["subject"] == "[Tocsin] All clear: no critical incident open (was #" + id1 + ", #" + id2 + ")");
 
   f.now += 2 * 60 * kMin;
   f.round();
@@ -602,9 +602,9 @@ TEST_CASE("approval mails: one per approver but the requester, a link of their o
     ws.put_agent(a);
     f.store->commit(std::move(ws));
   }
-  AuditLog audit(*f.store, firedrill::common::Ed25519Key::generate(), [&] { return f.now; });
-  auto command_key = firedrill::common::Ed25519Key::generate();
-  CommandEngine commands(*f.store, firedrill::common::Ed25519Key::from_private_pem(command_key.private_pem()),
+  AuditLog audit(*f.store, tocsin::common::Ed25519Key::generate(), [&] { return f.now; });
+  auto command_key = tocsin::common::Ed25519Key::generate();
+  CommandEngine commands(*f.store, tocsin::common::Ed25519Key::from_private_pem(command_key.private_pem()),
                          CommandPolicy{}, &audit, [&] { return f.now; });
   auto request = [&](const std::string& who) {
     CommandRequest r;
@@ -631,7 +631,7 @@ TEST_CASE("approval mails: one per approver but the requester, a link of their o
   REQUIRE(sink.count() == 1);
   CHECK(sink.meta(1)["rcpt_tos"] == json::array({"ben@soc.example"}));
   auto m = sink.mail(1);
-  CHECK(m["subject"] == "[FireDrill] Approval needed: restart nginx.service on agent web-01 (cmd-" +
+  CHECK(m["subject"] == "[Tocsin] Approval needed: restart nginx.service on agent web-01 (cmd-" +
                             std::to_string(c.id) + ")");
   std::string text = part(m, "text/plain", false)->value("text", "");
   auto at = text.find("https://soc.example:7444/approve/");

@@ -19,16 +19,16 @@
 #include "tests/unit/temp_dir.hpp"
 
 namespace fs = std::filesystem;
-using firedrill::agent::Outbox;
-using firedrill::agent::OutboxOptions;
-using firedrill::common::compute_result_hash;
-using firedrill::common::decode_body;
-using firedrill::common::Digest;
-using firedrill::common::encode_body;
-using firedrill::common::kGenesisHash;
-using firedrill::common::ResultBody;
-using firedrill::common::ResultRecord;
-using firedrill::test::TempDir;
+using tocsin::agent::Outbox;
+using tocsin::agent::OutboxOptions;
+using tocsin::common::compute_result_hash;
+using tocsin::common::decode_body;
+using tocsin::common::Digest;
+using tocsin::common::encode_body;
+using tocsin::common::kGenesisHash;
+using tocsin::common::ResultBody;
+using tocsin::common::ResultRecord;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -749,7 +749,7 @@ TEST_CASE("an outbox owned by another agent id is moved aside") {
     if (e.path().filename().string().rfind("outbox.orphaned-agent-old-", 0) == 0) aside = e.path();
   REQUIRE(fs::is_directory(aside));
   CHECK(segment_files(aside).size() == 1);
-  CHECK(firedrill::common::read_file(f.opts.dir / "agent_id") == "agent-new\n");
+  CHECK(tocsin::common::read_file(f.opts.dir / "agent_id") == "agent-new\n");
   ob->append({body(1)});
   auto rs = ob->pending(kAll, kAll);
   REQUIRE(rs.size() == 1);

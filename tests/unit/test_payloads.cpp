@@ -9,9 +9,9 @@
 #include "common/payloads.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using firedrill::common::builtin_payload;
-using firedrill::common::eicar_test_string;
-using firedrill::common::zip_stored;
+using tocsin::common::builtin_payload;
+using tocsin::common::eicar_test_string;
+using tocsin::common::zip_stored;
 
 TEST_CASE("builtin_payload answers /payloads/<name> and /payloads/<marker>/<name> only") {
   struct Case {
@@ -19,8 +19,8 @@ TEST_CASE("builtin_payload answers /payloads/<name> and /payloads/<marker>/<name
     std::string name;  // empty: not a payload
   } cases[] = {
       {"/payloads/eicar.com", "eicar.com"},
-      {"/payloads/fdr-abcdefghij/eicar.com", "eicar.com"},
-      {"/payloads/fdr-abcdefghij/eicar.zip?x=1", "eicar.zip"},
+      {"/payloads/tcn-abcdefghij/eicar.com", "eicar.com"},
+      {"/payloads/tcn-abcdefghij/eicar.zip?x=1", "eicar.zip"},
       {"/payloads/benign.txt", "benign.txt"},
       {"/payloads/a/b/eicar.com", ""},
       {"/payloads//eicar.com", ""},
@@ -44,19 +44,19 @@ TEST_CASE("builtin_payload answers /payloads/<name> and /payloads/<marker>/<name
 }
 
 TEST_CASE("the EICAR zip is a valid archive holding eicar.com with its CRC") {
-  firedrill::test::TempDir tmp("payloads");
+  tocsin::test::TempDir tmp("payloads");
   auto zip = builtin_payload("/payloads/eicar.zip")->body;
-  firedrill::common::write_file_atomic(tmp / "eicar.zip", zip);
+  tocsin::common::write_file_atomic(tmp / "eicar.zip", zip);
   std::string py = "import zipfile,sys,hashlib\n"
                    "z=zipfile.ZipFile(sys.argv[1])\n"
                    "assert z.testzip() is None\n"
                    "assert z.namelist()==['eicar.com'], z.namelist()\n"
                    "print(hashlib.sha256(z.read('eicar.com')).hexdigest())\n";
-  firedrill::common::write_file_atomic(tmp / "check.py", py);
+  tocsin::common::write_file_atomic(tmp / "check.py", py);
   auto cmd = "python3 " + (tmp / "check.py").string() + " " + (tmp / "eicar.zip").string() + " > " +
              (tmp / "out").string() + " 2>&1";
   REQUIRE(std::system(cmd.c_str()) == 0);
-  auto out = firedrill::common::read_file(tmp / "out");
-  CHECK(out.substr(0, 64) == firedrill::common::to_hex(firedrill::common::sha256(eicar_test_string())));
+  auto out = tocsin::common::read_file(tmp / "out");
+  CHECK(out.substr(0, 64) == tocsin::common::to_hex(tocsin::common::sha256(eicar_test_string())));
   CHECK(zip_stored("a.txt", "").size() == 30 + 5 + 46 + 5 + 22);  // headers + names, no data
 }

@@ -28,13 +28,13 @@
 #include "tests/unit/peers.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using namespace std::chrono_literals;
-using firedrill::test::Routes;
-using firedrill::test::SiemMock;
-using firedrill::test::TempDir;
-using firedrill::test::kWait;
-using firedrill::test::wait_until;
+using tocsin::test::Routes;
+using tocsin::test::SiemMock;
+using tocsin::test::TempDir;
+using tocsin::test::kWait;
+using tocsin::test::wait_until;
 using json = nlohmann::json;
 
 namespace {
@@ -237,7 +237,7 @@ TEST_CASE("elasticsearch poller follows search_after pages and maps hits to aler
                       {"host", {{"name", "web-01"}}},
                       {"rule", {{"name", "Suspicious download"}}},
                       {"threat", json::array({{{"technique", json::array({{{"id", "T1105"}}})}}})},
-                      {"process", {{"command_line", "curl -o /tmp/x http://h/fdr-abc123xyz0"}}}},
+                      {"process", {{"command_line", "curl -o /tmp/x http://h/tcn-abc123xyz0"}}}},
                      json::array({1772359200000LL, 5}));
   // A Kibana security alert: literal dotted keys, as the .alerts-security indices store them.
   json hit2 = es_hit(".alerts-security.alerts-default", "b2",
@@ -278,7 +278,7 @@ TEST_CASE("elasticsearch poller follows search_after pages and maps hits to aler
     CHECK(a.event_ns == iso_ns("2026-03-01T10:00:00.000Z"));
     CHECK(a.ingest_ns == iso_ns("2026-03-01T10:00:05.000Z"));
     CHECK(a.arrival_ns > 0);
-    CHECK(find_markers(a.text) == std::vector<std::string>{"fdr-abc123xyz0"});
+    CHECK(find_markers(a.text) == std::vector<std::string>{"tcn-abc123xyz0"});
 
     const Alert& b = by_id(alerts, ".alerts-security.alerts-default/b2");
     CHECK(b.host == "db-02");
@@ -437,7 +437,7 @@ TEST_CASE("splunk poller retries after a 5xx, records the failure and maps expor
               {{"_bkt", "edr~12~5D1B"},
                {"_cd", "12:345"},
                {"_indextime", "1772359205"},
-               {"_raw", "File created C:\\temp\\fdr-k2j4h6g8f0.com"},
+               {"_raw", "File created C:\\temp\\tcn-k2j4h6g8f0.com"},
                {"_serial", "0"},
                {"_time", "2026-03-01T10:00:00.000+00:00"},
                {"host", "win-07"},
@@ -457,7 +457,7 @@ TEST_CASE("splunk poller retries after a 5xx, records the failure and maps expor
                     {"ndjson", json::array({r1, r2, {{"preview", false}, {"lastrow", true}}})}}}}});
   RecordingSink sink;
   auto cfg = poller_config(SourceType::splunk_search, mock.url());
-  cfg.query = "index=edr fdr-*";
+  cfg.query = "index=edr tcn-*";
   cfg.username = "admin";
   cfg.password = "s3cret";
   Poller poller(cfg, sink);
@@ -474,14 +474,14 @@ TEST_CASE("splunk poller retries after a 5xx, records the failure and maps expor
   CHECK(a.technique == "T1105");
   CHECK(a.event_ns == iso_ns("2026-03-01T10:00:00.000Z"));
   CHECK(a.ingest_ns == sec_ns(1772359205));
-  CHECK(find_markers(a.text) == std::vector<std::string>{"fdr-k2j4h6g8f0"});
+  CHECK(find_markers(a.text) == std::vector<std::string>{"tcn-k2j4h6g8f0"});
   auto b = std::find_if(alerts.begin(), alerts.end(), [](auto& x) { return x.host == "win-08"; });
   REQUIRE(b != alerts.end());
   CHECK(b->id.rfind("sha256:", 0) == 0);  // no _cd: a stable content hash
   CHECK(b->rule == "stats");
 
   auto f = form(reqs[0]["body"]);
-  CHECK(f["search"] == "search index=edr fdr-*");
+  CHECK(f["search"] == "search index=edr tcn-*");
   CHECK(f["output_mode"] == "json");
   double earliest = std::stod(f["earliest_time"]), latest = std::stod(f["latest_time"]);
   CHECK(latest - earliest == doctest::Approx(600.0).epsilon(1e-6));
@@ -513,7 +513,7 @@ json crowdsec_alert(int id) {
       {"simulated", false},
       {"events", json::array({{{"timestamp", "2026-03-01T10:00:00Z"},
                                {"meta", json::array({{{"key", "http_path"},
-                                                      {"value", "/probe/fdr-p0o9i8u7y6"}}})}}})},
+                                                      {"value", "/probe/tcn-p0o9i8u7y6"}}})}}})},
       {"source", {{"scope", "Ip"}, {"value", "192.0.2.7"}, {"ip", "192.0.2.7"}}},
       {"decisions", json::array()}};
 }
@@ -542,7 +542,7 @@ TEST_CASE("crowdsec poller reports a malformed body and keeps polling") {
   CHECK(a.host == "edge-fw-01");
   CHECK(a.created_ns == iso_ns("2026-03-01T10:00:05.000Z"));
   CHECK(a.event_ns == iso_ns("2026-03-01T10:00:00.000Z"));
-  CHECK(find_markers(a.text) == std::vector<std::string>{"fdr-p0o9i8u7y6"});
+  CHECK(find_markers(a.text) == std::vector<std::string>{"tcn-p0o9i8u7y6"});
   CHECK(rejection[2].find("not valid JSON") != std::string::npos);
   CHECK(header(reqs[0], "x-api-key") == "bouncer-key");
   auto q = form(reqs[0]["query"]);
@@ -563,7 +563,7 @@ TEST_CASE("crowdsec poller logs in as a machine and reuses the JWT") {
        {"GET /v1/alerts", {{{"status", 200}, {"json", json::array({crowdsec_alert(7)})}}}}});
   RecordingSink sink;
   auto cfg = poller_config(SourceType::crowdsec_lapi, mock.url());
-  cfg.username = "firedrill";
+  cfg.username = "tocsin";
   cfg.password = "machine-pass";
   Poller poller(cfg, sink);
   poller.start();
@@ -573,7 +573,7 @@ TEST_CASE("crowdsec poller logs in as a machine and reuses the JWT") {
 
   auto logins = mock.requests("POST", "/v1/watchers/login");
   REQUIRE(logins.size() == 1);
-  CHECK(body_json(logins[0]) == json{{"machine_id", "firedrill"}, {"password", "machine-pass"}});
+  CHECK(body_json(logins[0]) == json{{"machine_id", "tocsin"}, {"password", "machine-pass"}});
   for (const auto& r : reqs) CHECK(header(r, "authorization") == "Bearer jwt-1");
 }
 
@@ -601,7 +601,7 @@ json sentinel_table(json rows) {
 json sentinel_row(const std::string& id, const std::string& host) {
   return json::array({"2026-03-01T10:00:20.1234567Z", id, "Suspicious file download", "High", host,
                       "[\"T1105\"]", "2026-03-01T10:00:00Z",
-                      "EICAR written by run fdr-s3n7in3l00"});
+                      "EICAR written by run tcn-s3n7in3l00"});
 }
 
 }  // namespace
@@ -661,7 +661,7 @@ TEST_CASE("sentinel poller fetches a token once, reuses it and refreshes it afte
   CHECK(a.technique == "T1105");
   CHECK(a.event_ns == iso_ns("2026-03-01T10:00:00.000Z"));
   CHECK(a.created_ns == iso_ns("2026-03-01T10:00:20.123Z") + 456'700);
-  CHECK(find_markers(a.text) == std::vector<std::string>{"fdr-s3n7in3l00"});
+  CHECK(find_markers(a.text) == std::vector<std::string>{"tcn-s3n7in3l00"});
   CHECK(by_id(alerts, "a-2").host == "WIN-08");
   CHECK(poller.status().failures == 0);  // the 401 was absorbed by the refresh
 }

@@ -24,10 +24,10 @@
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using firedrill::agent::find_executable;
-using firedrill::agent::ProcessOutcome;
-using firedrill::agent::run_process;
-using firedrill::test::TempDir;
+using tocsin::agent::find_executable;
+using tocsin::agent::ProcessOutcome;
+using tocsin::agent::run_process;
+using tocsin::test::TempDir;
 
 namespace {
 

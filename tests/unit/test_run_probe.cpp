@@ -17,11 +17,11 @@
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
-using firedrill::agent::ClockState;
-using firedrill::agent::Probe;
-using firedrill::agent::ProbeSet;
-using firedrill::agent::TestSpec;
-using firedrill::common::ResultBody;
+using tocsin::agent::ClockState;
+using tocsin::agent::Probe;
+using tocsin::agent::ProbeSet;
+using tocsin::agent::TestSpec;
+using tocsin::common::ResultBody;
 
 namespace {
 
@@ -33,7 +33,7 @@ class SlowProbe : public Probe {
     asio::steady_timer t(co_await asio::this_coro::executor, delay_);
     co_await t.async_wait(asio::use_awaitable);
     ++finished_;
-    auto b = firedrill::agent::start_result(test, marker);
+    auto b = tocsin::agent::start_result(test, marker);
     b.verdict = "not_prevented";
     b.reason = "connected";
     co_return std::vector<ResultBody>{b};
@@ -55,7 +55,7 @@ std::vector<ResultBody> run(std::chrono::milliseconds probe_takes, std::chrono::
   t.summary = "1 target(s)";
   ClockState clock{123, 456};
   std::optional<std::vector<ResultBody>> out;
-  asio::co_spawn(io, firedrill::agent::run_probe(probes, t, clock, deadline),
+  asio::co_spawn(io, tocsin::agent::run_probe(probes, t, clock, deadline),
                  [&](std::exception_ptr e, std::vector<ResultBody> r) {
                    REQUIRE_FALSE(e);
                    out = std::move(r);
@@ -77,7 +77,7 @@ TEST_CASE("run_probe reports a probe past its deadline as error: timeout") {
   CHECK(rs[0].verdict == "error");
   CHECK(rs[0].reason == "timeout");
   CHECK(rs[0].test_id == "slow");
-  CHECK(rs[0].marker.rfind("fdr-", 0) == 0);
+  CHECK(rs[0].marker.rfind("tcn-", 0) == 0);
   CHECK(rs[0].evidence.at("deadline") == "50ms");
   CHECK(rs[0].clock_offset_ns == 123);
   CHECK(rs[0].finished_ns >= rs[0].started_ns);
@@ -97,11 +97,11 @@ TEST_CASE("run_deadline allows every tcp_connect target its timeout") {
   t.probe = "tcp_connect";
   t.timeout = 2s;
   t.targets.resize(3);
-  CHECK(firedrill::agent::run_deadline(t) == 17s);  // DNS and connect, each within 2s
+  CHECK(tocsin::agent::run_deadline(t) == 17s);  // DNS and connect, each within 2s
   t.handshake = true;
-  CHECK(firedrill::agent::run_deadline(t) == 23s);
+  CHECK(tocsin::agent::run_deadline(t) == 23s);
   t.probe = "eicar_drop";
-  CHECK(firedrill::agent::run_deadline(t) == 7s);
+  CHECK(tocsin::agent::run_deadline(t) == 7s);
 }
 
 TEST_CASE("run_blocking runs on the pool, returns values and exceptions, keeps captures intact") {
@@ -117,15 +117,15 @@ TEST_CASE("run_blocking runs on the pool, returns values and exceptions, keeps c
           pool_thread_differs = std::this_thread::get_id() != io_thread;
           return captured + "!";
         };
-        got = co_await firedrill::agent::run_blocking(job);
+        got = co_await tocsin::agent::run_blocking(job);
         auto failing = [captured]() -> int { throw std::runtime_error("boom " + captured.substr(0, 3)); };
         try {
-          co_await firedrill::agent::run_blocking(failing);
+          co_await tocsin::agent::run_blocking(failing);
         } catch (const std::runtime_error& e) {
           threw = std::string(e.what()) == "boom xxx";
         }
         auto void_job = [captured, &void_ran] { void_ran = !captured.empty(); };
-        co_await firedrill::agent::run_blocking(void_job);
+        co_await tocsin::agent::run_blocking(void_job);
         CHECK(std::this_thread::get_id() == io_thread);  // resumed on the io thread
       },
       [](std::exception_ptr e) { REQUIRE_FALSE(e); });

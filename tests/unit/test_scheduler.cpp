@@ -15,11 +15,11 @@
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
-using firedrill::agent::full_jitter_backoff;
-using firedrill::agent::next_slot;
-using firedrill::agent::Scheduler;
-using firedrill::agent::SteadyTime;
-using firedrill::agent::TestSpec;
+using tocsin::agent::full_jitter_backoff;
+using tocsin::agent::next_slot;
+using tocsin::agent::Scheduler;
+using tocsin::agent::SteadyTime;
+using tocsin::agent::TestSpec;
 
 namespace {
 

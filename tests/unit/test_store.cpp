@@ -12,14 +12,14 @@
 #include "common/wire.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using namespace std::chrono_literals;
-using firedrill::common::compute_result_hash;
-using firedrill::common::Digest;
-using firedrill::common::kGenesisHash;
-using firedrill::common::ResultRecord;
-using firedrill::common::Signature;
-using firedrill::test::TempDir;
+using tocsin::common::compute_result_hash;
+using tocsin::common::Digest;
+using tocsin::common::kGenesisHash;
+using tocsin::common::ResultRecord;
+using tocsin::common::Signature;
+using tocsin::test::TempDir;
 
 namespace {
 

@@ -8,7 +8,7 @@
 
 #include "collector/syslog.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace {
 
 TEST_SUITE_BEGIN("syslog");
@@ -82,9 +82,9 @@ TEST_CASE("syslog: RFC 5424 messages, including the RFC's own examples") {
        "<13>1 2024-03-05T14:03:11.123456+01:00 web01 sshd 1234 - - Accepted password for root",
        "web01", "sshd", "notice", "", 0, utc(2024, 3, 5, 13, 3, 11, 123456000)},
       {"syslog-ng syslog() driver, with its meta SD",
-       "<13>1 2024-03-05T14:03:11+00:00 web01 app 99 - [meta sequenceId=\"1\"] fdr-abcdefghij",
+       "<13>1 2024-03-05T14:03:11+00:00 web01 app 99 - [meta sequenceId=\"1\"] tcn-abcdefghij",
        "web01", "app", "notice", "", 0, utc(2024, 3, 5, 14, 3, 11)},
-      {"all NILVALUEs", "<13>1 - - - - - - fdr-abcdefghij", "", "", "notice", "", 0, 0},
+      {"all NILVALUEs", "<13>1 - - - - - - tcn-abcdefghij", "", "", "notice", "", 0, 0},
       {"escaped quote, bracket and backslash in SD; technique from an SD param",
        "<10>1 2024-03-05T14:03:11Z siem corr - - [alert@1 q=\"say \\\"hi\\\"\" b=\"a\\]b\" "
        "c=\"C:\\\\x\" mitre_technique=\"T1059.001\"] rule fired",
@@ -104,10 +104,10 @@ TEST_CASE("syslog: RFC 3164 messages as rsyslog, syslog-ng and logger send them"
       {"rsyslog RSYSLOG_ForwardFormat (ISO timestamp in place of the BSD one)",
        "<13>2024-03-05T14:03:11.123456+01:00 web01 sshd[1234]: msg", "web01", "sshd", "notice", "",
        0, utc(2024, 3, 5, 13, 3, 11, 123456000)},
-      {"syslog-ng network() with a program", "<38>Jun 14 09:30:00 web01 app[99]: fdr-abcdefghij",
+      {"syslog-ng network() with a program", "<38>Jun 14 09:30:00 web01 app[99]: tcn-abcdefghij",
        "web01", "app", "info", "", 0, utc(2024, 6, 14, 9, 30, 0)},
       {"syslog-ng network() of a no-parse file source: no TAG",
-       "<13>Jun 14 09:30:00 web01 a line with fdr-abcdefghij", "web01", "", "notice", "", 0,
+       "<13>Jun 14 09:30:00 web01 a line with tcn-abcdefghij", "web01", "", "notice", "", 0,
        utc(2024, 6, 14, 9, 30, 0)},
       {"local logger: no HOSTNAME, TAG only", "<13>Jun 14 09:30:00 alice: hello", "", "alice",
        "notice", "", 0, utc(2024, 6, 14, 9, 30, 0)},
@@ -115,10 +115,10 @@ TEST_CASE("syslog: RFC 3164 messages as rsyslog, syslog-ng and logger send them"
        "kernel", "err", "", 0, utc(2024, 6, 14, 9, 30, 0, 250000000)},
       {"BSD timestamp with a year (Cisco style)", "<11>Jun 14 2023 09:30:00 fw01 kernel: drop",
        "fw01", "kernel", "err", "", 0, utc(2023, 6, 14, 9, 30, 0)},
-      {"no header after the PRI", "<13>just text fdr-abcdefghij", "", "", "notice", "", 0, 0},
+      {"no header after the PRI", "<13>just text tcn-abcdefghij", "", "", "notice", "", 0, 0},
       {"no PRI, BSD header (a log file line)", "Jun 14 09:30:00 web01 cron[5]: job", "web01",
        "cron", "", "", 0, utc(2024, 6, 14, 9, 30, 0)},
-      {"plain text, no header at all", "May the fdr-abcdefghij be with you", "", "", "", "", 0, 0},
+      {"plain text, no header at all", "May the tcn-abcdefghij be with you", "", "", "", "", 0, 0},
   };
   for (const auto& s : samples) check_sample(s);
 }
@@ -174,7 +174,7 @@ TEST_CASE("syslog: CEF alone and after syslog headers (ArcSight samples)") {
       {"Trend Micro Deep Security: dvchost, rt as MMM dd yyyy, values with spaces",
        "CEF:0|Trend Micro|Deep Security Agent|10.0|4000000|Eicar_test_file|6|cn1=1 "
        "cn1Label=Host ID dvchost=ws01.example.com rt=Nov 06 2012 19:52:14 msg=Realtime "
-       "fdr-abcdefghij",
+       "tcn-abcdefghij",
        "ws01.example.com", "Eicar_test_file", "6", "", utc(2012, 11, 6, 19, 52, 14), 0},
       {"epoch milliseconds, shost, art as ingest time, labelled technique",
        "<14>Jun 14 09:30:05 siem CEF:0|Acme|SIEM|2.1|corr-7|Ingress transfer|High|"
@@ -228,7 +228,7 @@ TEST_CASE("syslog: LEEF 1.0 and 2.0 (QRadar samples), custom delimiters and devT
        "192.168.1.1", "NEW_PORT_DISCOVERD", "5", "", 0, utc(2024, 1, 18, 11, 7, 53)},
       {"LEEF 2.0 with '^', devName and devTime in the default format",
        "LEEF:2.0|Lancope|StealthWatch|1.0|41|^|src=10.0.1.8^dst=10.0.0.5^sev=5^srcPort=81^"
-       "devName=ws02^devTime=Mar 05 2024 14:03:00^msg=fdr-abcdefghij seen",
+       "devName=ws02^devTime=Mar 05 2024 14:03:00^msg=tcn-abcdefghij seen",
        "ws02", "41", "5", "", utc(2024, 3, 5, 14, 3, 0), 0},
       {"LEEF 2.0 with a hex delimiter x09",
        "LEEF:2.0|Vendor|Product|1.0|Evt|x09|devName=ws03\tsev=3\ttechnique=T1105", "ws03", "Evt",
@@ -259,17 +259,17 @@ TEST_CASE("syslog: LEEF 1.0 and 2.0 (QRadar samples), custom delimiters and devT
 
 TEST_CASE("syslog: the whole message is the text, so a marker anywhere is found") {
   const std::vector<std::string> messages = {
-      "<13>1 2024-03-05T14:03:11Z h a - - [x@1 url=\"http://e/fdr-abcdefghij\"] m",
-      "<13>Jun 14 09:30:00 web01 app: curl http://e/fdr-abcdefghij.bin",
-      "CEF:0|V|P|1|sig|Name|5|fname=fdr-abcdefghij.exe",
-      "LEEF:1.0|V|P|1|E|msg=fdr-abcdefghij",
-      "fdr-abcdefghij",
+      "<13>1 2024-03-05T14:03:11Z h a - - [x@1 url=\"http://e/tcn-abcdefghij\"] m",
+      "<13>Jun 14 09:30:00 web01 app: curl http://e/tcn-abcdefghij.bin",
+      "CEF:0|V|P|1|sig|Name|5|fname=tcn-abcdefghij.exe",
+      "LEEF:1.0|V|P|1|E|msg=tcn-abcdefghij",
+      "tcn-abcdefghij",
   };
   for (const auto& m : messages) {
     INFO(m);
     auto a = parse_syslog(m, source(), kArrival);
     CHECK(a.text == m);
-    CHECK(find_markers(a.text) == std::vector<std::string>{"fdr-abcdefghij"});
+    CHECK(find_markers(a.text) == std::vector<std::string>{"tcn-abcdefghij"});
   }
 }
 
@@ -277,16 +277,16 @@ TEST_CASE("syslog: trailing newline and NUL are dropped, text is capped, bad UTF
   auto a = parse_syslog("<13>Jun 14 09:30:00 web01 app: hi\r\n\0"s, source(), kArrival);
   CHECK(a.text == "<13>Jun 14 09:30:00 web01 app: hi");
 
-  std::string big = "<13>Jun 14 09:30:00 web01 app: fdr-abcdefghij " + std::string(40000, 'x');
+  std::string big = "<13>Jun 14 09:30:00 web01 app: tcn-abcdefghij " + std::string(40000, 'x');
   auto b = parse_syslog(big, source(), kArrival);
   CHECK(b.text.size() == kMaxAlertText);
-  CHECK(find_markers(b.text) == std::vector<std::string>{"fdr-abcdefghij"});
+  CHECK(find_markers(b.text) == std::vector<std::string>{"tcn-abcdefghij"});
 
-  auto c = parse_syslog("<13>Jun 14 09:30:00 web01 app: caf\xE9 \xC0\xAF fdr-abcdefghij", source(),
+  auto c = parse_syslog("<13>Jun 14 09:30:00 web01 app: caf\xE9 \xC0\xAF tcn-abcdefghij", source(),
                         kArrival);
   CHECK(c.text ==
         "<13>Jun 14 09:30:00 web01 app: caf\xEF\xBF\xBD \xEF\xBF\xBD\xEF\xBF\xBD "
-        "fdr-abcdefghij");
+        "tcn-abcdefghij");
   auto d = parse_syslog("<13>Jun 14 09:30:00 web01 app: caf\xC3\xA9", source(), kArrival);
   CHECK(d.text.ends_with("caf\xC3\xA9"));  // valid UTF-8 is kept as it is
 }
@@ -575,4 +575,4 @@ TEST_CASE("syslog framing: the peer closing inside an octet-counted frame is an 
 TEST_SUITE_END();
 
 }  // namespace
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

@@ -35,7 +35,7 @@
 #include "common/tls.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-namespace firedrill::collector {
+namespace tocsin::collector {
 namespace {
 
 TEST_SUITE_BEGIN("syslog_listener");
@@ -125,7 +125,7 @@ class RecordingSink : public AlertSink {
 };
 
 std::string new_marker() {
-  return "fdr-" + common::random_id(10);
+  return "tcn-" + common::random_id(10);
 }
 
 AlertSourceConfig listen_config(bool udp, bool tcp, bool tls, std::size_t max_message = 64 * 1024) {
@@ -537,4 +537,4 @@ TEST_CASE("syslog listener: syslog-ng forwards a log line over TCP, both BSD and
 TEST_SUITE_END();
 
 }  // namespace
-}  // namespace firedrill::collector
+}  // namespace tocsin::collector

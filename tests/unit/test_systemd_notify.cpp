@@ -15,7 +15,7 @@
 #include "common/crypto.hpp"
 #include "tests/unit/temp_dir.hpp"
 
-using namespace firedrill::agent;
+using namespace tocsin::agent;
 
 namespace {
 
@@ -69,7 +69,7 @@ class FakeSystemd {
 }  // namespace
 
 TEST_CASE("notify sends the state as one datagram to the NOTIFY_SOCKET path") {
-  firedrill::test::TempDir tmp("notify");
+  tocsin::test::TempDir tmp("notify");
   auto path = (tmp / "notify").string();
   FakeSystemd systemd(path);
   EnvVar env("NOTIFY_SOCKET", path);
@@ -78,7 +78,7 @@ TEST_CASE("notify sends the state as one datagram to the NOTIFY_SOCKET path") {
 }
 
 TEST_CASE("notify reaches an abstract socket named with a leading @") {
-  auto name = "@firedrill-notify-" + firedrill::common::random_id(10);
+  auto name = "@tocsin-notify-" + tocsin::common::random_id(10);
   FakeSystemd systemd(name);
   EnvVar env("NOTIFY_SOCKET", name);
   CHECK(systemd::notify("WATCHDOG=1"));
@@ -94,7 +94,7 @@ TEST_CASE("notify outside systemd, or to a socket that is gone, is false and har
     EnvVar env("NOTIFY_SOCKET", "relative/path");
     CHECK_FALSE(systemd::notify("READY=1"));
   }
-  firedrill::test::TempDir tmp("notify");
+  tocsin::test::TempDir tmp("notify");
   EnvVar env("NOTIFY_SOCKET", (tmp / "nobody-listens").string());
   CHECK_FALSE(systemd::notify("READY=1"));
 }

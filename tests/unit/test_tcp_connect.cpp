@@ -17,16 +17,16 @@
 namespace asio = boost::asio;
 using asio::ip::tcp;
 using namespace std::chrono_literals;
-using firedrill::agent::Allowlist;
-using firedrill::agent::classify_connect_error;
-using firedrill::agent::ClockState;
-using firedrill::agent::ConnectOutcome;
-using firedrill::agent::reason_code;
-using firedrill::agent::TcpConnectProbe;
-using firedrill::agent::TestSpec;
-using firedrill::agent::verdict_for;
-using firedrill::common::HostPort;
-using firedrill::common::ResultBody;
+using tocsin::agent::Allowlist;
+using tocsin::agent::classify_connect_error;
+using tocsin::agent::ClockState;
+using tocsin::agent::ConnectOutcome;
+using tocsin::agent::reason_code;
+using tocsin::agent::TcpConnectProbe;
+using tocsin::agent::TestSpec;
+using tocsin::agent::verdict_for;
+using tocsin::common::HostPort;
+using tocsin::common::ResultBody;
 
 namespace {
 
@@ -90,7 +90,7 @@ std::vector<ResultBody> run_probe(asio::io_context& io, const Allowlist& allow, 
   TcpConnectProbe probe(io.get_executor(), allow, clock);
   std::optional<std::vector<ResultBody>> out;
   std::exception_ptr error;
-  asio::co_spawn(io, probe.run(t, "fdr-testmarker"),
+  asio::co_spawn(io, probe.run(t, "tcn-testmarker"),
                  [&](std::exception_ptr e, std::vector<ResultBody> results) {
                    error = e;
                    if (!e) out = std::move(results);
@@ -173,7 +173,7 @@ TEST_CASE("a listening loopback port is not_prevented/connected") {
   CHECK(r.test_id == "loopback");
   CHECK(r.probe == "tcp_connect");
   CHECK(r.target == "127.0.0.1:" + std::to_string(l.port()));
-  CHECK(r.marker == "fdr-testmarker");
+  CHECK(r.marker == "tcn-testmarker");
   CHECK(r.expect_prevent);
   CHECK(r.evidence.at("address") == "127.0.0.1");
   CHECK(r.evidence.at("timeout_ms") == "10000");
@@ -278,28 +278,28 @@ TEST_CASE("a name that cannot resolve is inconclusive/dns_failure") {
 
 #include "agent/probe_tcp_listen.hpp"
 
-using firedrill::agent::ack_line;
-using firedrill::agent::handshake_verdict;
-using firedrill::agent::hello_line;
-using firedrill::agent::parse_ack;
-using firedrill::agent::parse_hello;
-using firedrill::agent::TcpListenProbe;
+using tocsin::agent::ack_line;
+using tocsin::agent::handshake_verdict;
+using tocsin::agent::hello_line;
+using tocsin::agent::parse_ack;
+using tocsin::agent::parse_hello;
+using tocsin::agent::TcpListenProbe;
 
 TEST_CASE("handshake lines: only well-formed lines with real markers parse") {
-  CHECK(hello_line("fdr-abcdefghij") == "FIREDRILL-HELLO fdr-abcdefghij\n");
-  CHECK(parse_hello("FIREDRILL-HELLO fdr-abcdefghij") == "fdr-abcdefghij");
-  CHECK_FALSE(parse_hello("FIREDRILL-HELLO fdr-ABCDEFGHIJ"));
-  CHECK_FALSE(parse_hello("FIREDRILL-HELLO fdr-abc"));
-  CHECK_FALSE(parse_hello("FIREDRILL-HELLO fdr-abcdefghij extra"));
+  CHECK(hello_line("tcn-abcdefghij") == "TOCSIN-HELLO tcn-abcdefghij\n");
+  CHECK(parse_hello("TOCSIN-HELLO tcn-abcdefghij") == "tcn-abcdefghij");
+  CHECK_FALSE(parse_hello("TOCSIN-HELLO tcn-ABCDEFGHIJ"));
+  CHECK_FALSE(parse_hello("TOCSIN-HELLO tcn-abc"));
+  CHECK_FALSE(parse_hello("TOCSIN-HELLO tcn-abcdefghij extra"));
   CHECK_FALSE(parse_hello("GET / HTTP/1.1"));
   CHECK_FALSE(parse_hello(""));
-  auto ack = ack_line("fdr-abcdefghij", "fdr-0123456789");
-  CHECK(ack == "FIREDRILL-ACK fdr-abcdefghij fdr-0123456789\n");
-  CHECK(parse_ack(ack.substr(0, ack.size() - 1), "fdr-abcdefghij") == "fdr-0123456789");
-  CHECK_FALSE(parse_ack(ack.substr(0, ack.size() - 1), "fdr-zzzzzzzzzz"));  // someone else's
-  CHECK_FALSE(parse_ack("FIREDRILL-ACK fdr-abcdefghij", "fdr-abcdefghij"));
-  CHECK_FALSE(parse_ack("FIREDRILL-ACK fdr-abcdefghij fdr-bad", "fdr-abcdefghij"));
-  CHECK_FALSE(parse_ack("HTTP/1.1 400 Bad Request", "fdr-abcdefghij"));
+  auto ack = ack_line("tcn-abcdefghij", "tcn-0123456789");
+  CHECK(ack == "TOCSIN-ACK tcn-abcdefghij tcn-0123456789\n");
+  CHECK(parse_ack(ack.substr(0, ack.size() - 1), "tcn-abcdefghij") == "tcn-0123456789");
+  CHECK_FALSE(parse_ack(ack.substr(0, ack.size() - 1), "tcn-zzzzzzzzzz"));  // someone else's
+  CHECK_FALSE(parse_ack("TOCSIN-ACK tcn-abcdefghij", "tcn-abcdefghij"));
+  CHECK_FALSE(parse_ack("TOCSIN-ACK tcn-abcdefghij tcn-bad", "tcn-abcdefghij"));
+  CHECK_FALSE(parse_ack("HTTP/1.1 400 Bad Request", "tcn-abcdefghij"));
 }
 
 TEST_CASE("handshake_verdict: only an acknowledged handshake confirms the path") {
@@ -346,7 +346,7 @@ TEST_CASE("tcp_connect and tcp_listen confirm a path from both ends") {
   ClockState clock;
   TcpListenProbe listener(io.get_executor(), clock);
   std::vector<ResultBody> rx;
-  asio::co_spawn(io, listener.run(receiver, "fdr-receiver01"),
+  asio::co_spawn(io, listener.run(receiver, "tcn-receiver01"),
                  [&](std::exception_ptr e, std::vector<ResultBody> r) {
                    REQUIRE_FALSE(e);
                    rx = std::move(r);
@@ -359,7 +359,7 @@ TEST_CASE("tcp_connect and tcp_listen confirm a path from both ends") {
   std::vector<ResultBody> tx;
   asio::steady_timer later(io, 200ms);  // the receiver is bound by then (bind is synchronous)
   later.async_wait([&](boost::system::error_code) {
-    asio::co_spawn(io, prober.run(sender, "fdr-sender0001"),
+    asio::co_spawn(io, prober.run(sender, "tcn-sender0001"),
                    [&](std::exception_ptr e, std::vector<ResultBody> r) {
                      REQUIRE_FALSE(e);
                      tx = std::move(r);
@@ -373,7 +373,7 @@ TEST_CASE("tcp_connect and tcp_listen confirm a path from both ends") {
   CHECK(tx[0].evidence.at("handshake") == "acknowledged");
   REQUIRE(rx.size() == 2);
   CHECK(tx[0].evidence.at("receiver_marker") == rx[0].marker);
-  CHECK(tx[1].verdict == "inconclusive");  // connected, but not to a FireDrill receiver
+  CHECK(tx[1].verdict == "inconclusive");  // connected, but not to a Tocsin receiver
   CHECK(tx[1].reason == "handshake_unconfirmed");
   CHECK(tx[1].evidence.at("handshake") == "wrong_answer");
 
@@ -397,7 +397,7 @@ TEST_CASE("tcp_listen reports a port it cannot bind as error: bind_failed") {
   ClockState clock;
   TcpListenProbe probe(io.get_executor(), clock);
   std::vector<ResultBody> rx;
-  asio::co_spawn(io, probe.run(t, "fdr-receiver01"),
+  asio::co_spawn(io, probe.run(t, "tcn-receiver01"),
                  [&](std::exception_ptr e, std::vector<ResultBody> r) {
                    REQUIRE_FALSE(e);
                    rx = std::move(r);

@@ -11,17 +11,17 @@
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using firedrill::agent::AgentConfig;
-using firedrill::agent::kProbeKinds;
-using firedrill::agent::TestSpec;
-using firedrill::common::ConfigError;
-using firedrill::test::TempDir;
+using tocsin::agent::AgentConfig;
+using tocsin::agent::kProbeKinds;
+using tocsin::agent::TestSpec;
+using tocsin::common::ConfigError;
+using tocsin::test::TempDir;
 
 namespace {
 
 // Everything above `tests:`; lines 1-4 of every file below.
 const std::string kHead =
-    "state_dir: /var/lib/firedrill\n"
+    "state_dir: /var/lib/tocsin\n"
     "allowlist:\n"
     "  tcp_connect: [\"127.0.0.1\", \"10.0.0.0/8:445\"]\n"
     "tests:\n";
@@ -31,7 +31,7 @@ struct SchemaFile {
   TempDir tmp{"schema"};
   fs::path path = tmp / "agent.yaml";
   explicit SchemaFile(const std::string& tests, const std::string& head = kHead) {
-    firedrill::common::write_file_atomic(path, head + tests);
+    tocsin::common::write_file_atomic(path, head + tests);
   }
   AgentConfig load() const { return AgentConfig::load(path); }
   TestSpec only_test() const {
@@ -59,7 +59,7 @@ const std::string kEicar =
     "  - id: drop\n"
     "    kind: eicar_drop\n"
     "    params:\n"
-    "      directory: /var/tmp/firedrill\n";
+    "      directory: /var/tmp/tocsin\n";
 
 }  // namespace
 
@@ -167,7 +167,7 @@ TEST_CASE("jitter defaults to a tenth of every") {
 TEST_CASE("eicar_drop reads its directory and observe window from params") {
   auto t = SchemaFile(kEicar + "      observe: 2s\n").only_test();
   CHECK(t.probe == "eicar_drop");
-  CHECK(t.directory == "/var/tmp/firedrill");
+  CHECK(t.directory == "/var/tmp/tocsin");
   CHECK(t.observe == 2s);
   CHECK(t.timeout > t.observe);  // the run must outlast its observation window
   SUBCASE("observe defaults to 5s") {
@@ -299,15 +299,15 @@ TEST_CASE("targets or control on a kind other than tcp_connect are rejected") {
   }
 }
 
-TEST_CASE("kill_switch defaults to /etc/firedrill/disabled and can be moved") {
-  CHECK(SchemaFile("").load().kill_switch == "/etc/firedrill/disabled");
-  auto moved = SchemaFile("", "state_dir: /var/lib/firedrill\nkill_switch: /run/firedrill/off\n");
-  CHECK(moved.load().kill_switch == "/run/firedrill/off");
+TEST_CASE("kill_switch defaults to /etc/tocsin/disabled and can be moved") {
+  CHECK(SchemaFile("").load().kill_switch == "/etc/tocsin/disabled");
+  auto moved = SchemaFile("", "state_dir: /var/lib/tocsin\nkill_switch: /run/tocsin/off\n");
+  CHECK(moved.load().kill_switch == "/run/tocsin/off");
 }
 
 TEST_CASE("tcp_connect targets expand networks and port ranges within a hard cap") {
-  using firedrill::agent::expand_targets;
-  auto names = [](const std::vector<firedrill::common::HostPort>& v) {
+  using tocsin::agent::expand_targets;
+  auto names = [](const std::vector<tocsin::common::HostPort>& v) {
     std::vector<std::string> out;
     for (const auto& hp : v) out.push_back(hp.to_string());
     return out;
@@ -336,7 +336,7 @@ TEST_CASE("tcp_connect targets expand networks and port ranges within a hard cap
 TEST_CASE("every expanded target must be on the allowlist") {
   TempDir tmp("schema");
   auto file = tmp / "agent.yaml";
-  firedrill::common::write_file_atomic(file, R"(state_dir: s
+  tocsin::common::write_file_atomic(file, R"(state_dir: s
 allowlist: {tcp_connect: ["10.0.0.0/31:445"]}
 tests:
   - id: sweep

@@ -9,7 +9,7 @@
 #include "agent/probe_tls_policy.hpp"
 #include "common/config.hpp"
 
-using namespace firedrill;
+using namespace tocsin;
 using agent::CertFacts;
 using agent::ScanCheck;
 using agent::TlsEnd;
@@ -20,7 +20,7 @@ namespace {
 CertFacts bad_cert() {
   CertFacts c;
   c.sha256 = std::string(64, 'a');
-  c.issuer = "CN=bad.firedrill.test";
+  c.issuer = "CN=bad.tocsin.test";
   c.days_left = -30;
   c.expired = true;
   c.self_signed = true;
@@ -83,7 +83,7 @@ TEST_CASE("tls_policy outbound verdicts on a completed handshake") {
     CHECK(v.reason == "certificate_replaced");
   }
   SUBCASE("expected issuer") {
-    p.expect_issuer = "bad.firedrill.test";
+    p.expect_issuer = "bad.tocsin.test";
     CHECK(agent::outbound_verdict(TlsEnd::completed, 0, cert, p).reason ==
           "invalid_certificate_delivered");
     auto replaced = cert;
@@ -201,7 +201,7 @@ TEST_CASE("tls_policy never contacts an address off the allowlist") {
   p->target = {"127.0.0.1", port};
   t.tls_policy = p;
   std::vector<common::ResultBody> out;
-  asio::co_spawn(io, probe.run(t, "fdr-test"), [&](std::exception_ptr e, auto r) {
+  asio::co_spawn(io, probe.run(t, "tcn-test"), [&](std::exception_ptr e, auto r) {
     if (e) std::rethrow_exception(e);
     out = std::move(r);
   });

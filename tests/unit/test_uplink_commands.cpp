@@ -31,14 +31,14 @@
 #include "tests/unit/temp_dir.hpp"
 
 namespace asio = boost::asio;
-namespace common = firedrill::common;
+namespace common = tocsin::common;
 using namespace std::chrono_literals;
 using asio::ip::tcp;
-using firedrill::agent::ClockState;
-using firedrill::agent::Outbox;
-using firedrill::agent::Uplink;
-using firedrill::agent::UplinkOptions;
-using firedrill::test::TempDir;
+using tocsin::agent::ClockState;
+using tocsin::agent::Outbox;
+using tocsin::agent::Uplink;
+using tocsin::agent::UplinkOptions;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -49,8 +49,8 @@ struct Pki {
   TempDir tmp{"uplink-commands"};
   common::Ed25519Key agent_key = common::Ed25519Key::generate();
   Pki() {
-    firedrill::collector::CertificateAuthority::initialize(tmp.path(), {"127.0.0.1"});
-    auto ca = firedrill::collector::CertificateAuthority::load(tmp / "ca.pem", tmp / "ca.key");
+    tocsin::collector::CertificateAuthority::initialize(tmp.path(), {"127.0.0.1"});
+    auto ca = tocsin::collector::CertificateAuthority::load(tmp / "ca.pem", tmp / "ca.key");
     auto cert = ca.issue_agent_cert(common::make_csr_pem(agent_key, kAgent), kAgent, 24h);
     common::write_file_atomic(tmp / "agent.pem", cert);
     common::write_file_atomic(tmp / "agent.key", agent_key.private_pem());
@@ -102,7 +102,7 @@ struct FakeCollector {
       common::Message reply;
       bool close_after = false;
       if (auto* e = std::get_if<common::EnrollReq>(&m)) {
-        auto ca = firedrill::collector::CertificateAuthority::load(pki->tmp / "ca.pem",
+        auto ca = tocsin::collector::CertificateAuthority::load(pki->tmp / "ca.pem",
                                                                    pki->tmp / "ca.key");
         reply = common::EnrollResp{kAgent, ca.issue_agent_cert(e->csr_pem, kAgent, 24h),
                                    enrolls < enroll_keys.size() ? enroll_keys[enrolls] : ""};
@@ -234,12 +234,12 @@ TEST_CASE("enrollment stores the collector's command key, 0600, and a re-enrollm
     }
   } join{f.io, server};
 
-  firedrill::agent::EnrollOptions o;
+  tocsin::agent::EnrollOptions o;
   o.server = "127.0.0.1:" + std::to_string(fc.port());
   o.token = "t";
   o.ca_file = f.pki.tmp / "ca.pem";
   o.state_dir = f.pki.tmp / "state";
-  auto id = firedrill::agent::enroll(o);
+  auto id = tocsin::agent::enroll(o);
   REQUIRE(std::filesystem::exists(id.command_key_file()));
   auto pinned = common::Ed25519Key::from_public_pem(common::read_file(id.command_key_file()));
   CHECK(pinned.public_raw() == command_key.public_raw());
@@ -249,6 +249,6 @@ TEST_CASE("enrollment stores the collector's command key, 0600, and a re-enrollm
 
   // No stale key of the earlier enrollment stays pinned.
   o.force = true;
-  id = firedrill::agent::enroll(o);
+  id = tocsin::agent::enroll(o);
   CHECK_FALSE(std::filesystem::exists(id.command_key_file()));
 }

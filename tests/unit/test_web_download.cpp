@@ -19,10 +19,10 @@
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
-using namespace firedrill::agent;
-using firedrill::common::ConfigError;
-using firedrill::common::ResultBody;
-using firedrill::test::TempDir;
+using namespace tocsin::agent;
+using tocsin::common::ConfigError;
+using tocsin::common::ResultBody;
+using tocsin::test::TempDir;
 
 namespace {
 
@@ -49,7 +49,7 @@ std::string dump(const std::map<std::string, std::string>& m) {
 std::vector<ResultBody> run(Probe& p, const TestSpec& t, asio::io_context& io) {
   std::vector<ResultBody> out;
   std::exception_ptr err;
-  asio::co_spawn(io, p.run(t, "fdr-unittest01"),
+  asio::co_spawn(io, p.run(t, "tcn-unittest01"),
                  [&](std::exception_ptr e, std::vector<ResultBody> r) {
                    err = e;
                    out = std::move(r);
@@ -60,7 +60,7 @@ std::vector<ResultBody> run(Probe& p, const TestSpec& t, asio::io_context& io) {
 }
 
 TestSpec download_spec(const std::string& url,
-                       std::optional<firedrill::common::HostPort> proxy = {}) {
+                       std::optional<tocsin::common::HostPort> proxy = {}) {
   TestSpec t;
   t.id = "wd";
   t.probe = "web_download";
@@ -68,7 +68,7 @@ TestSpec download_spec(const std::string& url,
   auto p = std::make_shared<WebDownloadParams>();
   p->url = url;
   p->proxy = proxy;
-  p->user_agent = "FireDrill-test {marker}";
+  p->user_agent = "Tocsin-test {marker}";
   t.web_download = p;
   return t;
 }
@@ -94,7 +94,7 @@ struct ConfigFile {
   TempDir tmp{"web-config"};
   std::filesystem::path path = tmp / "agent.yaml";
   explicit ConfigFile(const std::string& params) {
-    firedrill::common::write_file_atomic(
+    tocsin::common::write_file_atomic(
         path,
         "state_dir: state\n"
         "allowlist:\n"
@@ -119,13 +119,13 @@ struct ConfigFile {
 }  // namespace
 
 TEST_CASE("http URLs are split into the parts the probes rewrite, and bad ones are refused") {
-  auto u = parse_http_url("http://127.0.0.1:8080/fdr-x/file.zip?a=b#frag");
+  auto u = parse_http_url("http://127.0.0.1:8080/tcn-x/file.zip?a=b#frag");
   CHECK(u.scheme == "http");
   CHECK(u.host == "127.0.0.1");
   CHECK(u.port == 8080);
-  CHECK(u.path == "/fdr-x/file.zip");
+  CHECK(u.path == "/tcn-x/file.zip");
   CHECK(u.query == "a=b");
-  CHECK(u.str() == "http://127.0.0.1:8080/fdr-x/file.zip?a=b");  // the fragment is never sent
+  CHECK(u.str() == "http://127.0.0.1:8080/tcn-x/file.zip?a=b");  // the fragment is never sent
   auto s = parse_http_url("HTTPS://Files.Lab.");
   CHECK(s.port == 443);
   CHECK(s.path == "/");
@@ -138,7 +138,7 @@ TEST_CASE("http URLs are split into the parts the probes rewrite, and bad ones a
     CAPTURE(bad);
     CHECK_THROWS_AS(parse_http_url(bad), std::invalid_argument);
   }
-  CHECK(replace_marker("http://h/{marker}/x?m={marker}", "fdr-a") == "http://h/fdr-a/x?m=fdr-a");
+  CHECK(replace_marker("http://h/{marker}/x?m={marker}", "tcn-a") == "http://h/tcn-a/x?m=tcn-a");
 }
 
 TEST_CASE("bypass variants rewrite only the last segment, the query and the host's dot") {
@@ -147,12 +147,12 @@ TEST_CASE("bypass variants rewrite only the last segment, the query and the host
     for (const auto& x : v) n.push_back(x.name + " " + x.url);
     return n;
   };
-  CHECK(names(bypass_variants("http://127.0.0.1:8080/fdr-abc/file.zip")) ==
-        std::vector<std::string>{"query_string http://127.0.0.1:8080/fdr-abc/file.zip?x=1",
-                                 "upper_case http://127.0.0.1:8080/fdr-abc/FILE.ZIP",
-                                 "percent_encoded http://127.0.0.1:8080/fdr-abc/file.zi%70",
-                                 "percent_encoded_dot http://127.0.0.1:8080/fdr-abc/file%2Ezip",
-                                 "trailing_slash http://127.0.0.1:8080/fdr-abc/file.zip/"});
+  CHECK(names(bypass_variants("http://127.0.0.1:8080/tcn-abc/file.zip")) ==
+        std::vector<std::string>{"query_string http://127.0.0.1:8080/tcn-abc/file.zip?x=1",
+                                 "upper_case http://127.0.0.1:8080/tcn-abc/FILE.ZIP",
+                                 "percent_encoded http://127.0.0.1:8080/tcn-abc/file.zi%70",
+                                 "percent_encoded_dot http://127.0.0.1:8080/tcn-abc/file%2Ezip",
+                                 "trailing_slash http://127.0.0.1:8080/tcn-abc/file.zip/"});
   // A DNS name also gets the trailing-dot form (the same FQDN); an existing query is extended.
   CHECK(names(bypass_variants("http://files.lab/get?id=7")) ==
         std::vector<std::string>{"query_string http://files.lab/get?id=7&x=1",
@@ -350,7 +350,7 @@ TEST_CASE("at run time nothing off the allowlist is contacted: not_applicable") 
     CHECK(r[0].verdict == "not_applicable");
     CHECK(r[0].reason == "target_not_allowlisted");
     CHECK(r[0].evidence["not_contacted"] == "127.0.0.1:" + std::to_string(origin.port()));
-    CHECK(r[0].target.find("/fdr-unittest01/") != std::string::npos);
+    CHECK(r[0].target.find("/tcn-unittest01/") != std::string::npos);
   }
   SUBCASE("a name whose resolved addresses are off the list, direct") {
     auto allow = Allowlist::parse({"10.0.0.0/8"});
@@ -370,7 +370,7 @@ TEST_CASE("at run time nothing off the allowlist is contacted: not_applicable") 
     WebDownloadProbe probe(io.get_executor(), allow, clock);
     auto r = run(probe,
                  download_spec("http://files.elsewhere:80/x",
-                               firedrill::common::HostPort{"127.0.0.1", origin.port()}),
+                               tocsin::common::HostPort{"127.0.0.1", origin.port()}),
                  io);
     REQUIRE(r.size() == 1);
     CHECK(r[0].verdict == "not_applicable");

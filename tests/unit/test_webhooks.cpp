@@ -9,7 +9,7 @@
 
 #include "collector/webhooks.hpp"
 
-using namespace firedrill::collector;
+using namespace tocsin::collector;
 using nlohmann::json;
 
 namespace {
@@ -17,7 +17,7 @@ namespace {
 constexpr std::int64_t kSec = 1'000'000'000;
 constexpr std::int64_t kBase = 1795860000LL * kSec;  // 2026-11-28T10:00:00Z
 constexpr std::int64_t kArrival = kBase + 42 * kSec;
-const std::string kM = "fdr-a1b2c3d4e5";
+const std::string kM = "tcn-a1b2c3d4e5";
 
 AlertSourceConfig source(SourceType type, bool events = false) {
   AlertSourceConfig c;
@@ -59,7 +59,7 @@ std::string nested_arrays(std::size_t depth) {
 
 // Alertmanager 0.25's webhook body, field order as it marshals notify/webhook.Message.
 const std::string kAlertmanager = R"json({
-  "receiver": "firedrill",
+  "receiver": "tocsin",
   "status": "firing",
   "alerts": [
     {
@@ -67,7 +67,7 @@ const std::string kAlertmanager = R"json({
       "labels": {"alertname": "SuspiciousDownload", "instance": "web01:9100", "job": "node",
                  "severity": "critical"},
       "annotations": {"summary": "curl fetched a payload", "technique": "attack.t1105",
-                      "description": "url=https://dl.example.com/fdr-a1b2c3d4e5/p.sh"},
+                      "description": "url=https://dl.example.com/tcn-a1b2c3d4e5/p.sh"},
       "startsAt": "2026-11-28T10:00:05.123456789Z",
       "endsAt": "0001-01-01T00:00:00Z",
       "generatorURL": "http://prometheus:9090/graph?g0.expr=download_total%3E0&g0.tab=1",
@@ -95,7 +95,7 @@ const std::string kAlertmanager = R"json({
     }
   ],
   "groupLabels": {"alertname": "SuspiciousDownload"},
-  "commonLabels": {"job": "node", "team": "fdr-0000000009"},
+  "commonLabels": {"job": "node", "team": "tcn-0000000009"},
   "commonAnnotations": {},
   "externalURL": "http://alertmanager:9093",
   "version": "4",
@@ -110,14 +110,14 @@ const std::string kSplunk = R"json({
     "_indextime": "1795859995",
     "host": "web01",
     "sourcetype": "linux:audit",
-    "process": "/usr/bin/curl -o /tmp/fdr-a1b2c3d4e5.sh https://dl.example.com/x",
+    "process": "/usr/bin/curl -o /tmp/tcn-a1b2c3d4e5.sh https://dl.example.com/x",
     "annotations.mitre_attack": "T1105",
     "urgency": "high",
     "count": "1"
   },
   "sid": "scheduler__admin__search__RMD5a1b2c3d4e5f6a7b8_at_1795860000_42",
   "results_link": "https://splunk:8000/app/search/@go?sid=scheduler__admin__search__RMD5a1b2c3d4e5f6a7b8_at_1795860000_42",
-  "search_name": "FireDrill - Ingress Tool Transfer",
+  "search_name": "Tocsin - Ingress Tool Transfer",
   "owner": "admin",
   "app": "search"
 })json";
@@ -125,7 +125,7 @@ const std::string kSplunk = R"json({
 // A Kibana webhook connector body templated as {"rule": ..., "date": "{{date}}",
 // "context": {"alerts": {{context.alerts}}}}; alert documents keep kibana.* keys flat.
 const std::string kKibana = R"json({
-  "rule": {"id": "9b3c", "name": "FireDrill detection (rule object)"},
+  "rule": {"id": "9b3c", "name": "Tocsin detection (rule object)"},
   "date": "2026-11-28T10:00:09.000Z",
   "context": {
     "alerts": [
@@ -142,7 +142,7 @@ const std::string kKibana = R"json({
         ],
         "event": {"ingested": "2026-11-28T10:00:03.000Z", "kind": "signal"},
         "host": {"name": "web01", "os": {"family": "debian"}},
-        "process": {"command_line": "curl -o /tmp/fdr-a1b2c3d4e5 https://dl.example.com"}
+        "process": {"command_line": "curl -o /tmp/tcn-a1b2c3d4e5 https://dl.example.com"}
       },
       {
         "@timestamp": "2026-11-28T10:00:08.000Z",
@@ -160,7 +160,7 @@ const std::string kCrowdsec = R"json([
     "created_at": "2026-11-28T10:00:10Z",
     "decisions": [{"duration": "4h", "origin": "crowdsec", "scenario": "crowdsecurity/ssh-bf",
                    "scope": "Ip", "type": "ban", "value": "192.0.2.7"}],
-    "events": [{"meta": [{"key": "target_user", "value": "fdr-a1b2c3d4e5"},
+    "events": [{"meta": [{"key": "target_user", "value": "tcn-a1b2c3d4e5"},
                          {"key": "source_ip", "value": "192.0.2.7"}],
                 "timestamp": "2026-11-28T10:00:02Z"}],
     "events_count": 6,
@@ -199,9 +199,9 @@ TEST_CASE("Alertmanager v4: one alert per firing alert, group context in the tex
   CHECK(a.technique == "T1105");  // from annotations.technique, normalised
   CHECK(a.created_ns == kBase + 5 * kSec + 123'456'789);
   CHECK(a.event_ns == 0);
-  CHECK(markers(a) == std::vector<std::string>{kM, "fdr-0000000009"});
+  CHECK(markers(a) == std::vector<std::string>{kM, "tcn-0000000009"});
   CHECK(a.text.find("labels.alertname=SuspiciousDownload\n") != std::string::npos);
-  CHECK(a.text.find("receiver=firedrill\n") != std::string::npos);
+  CHECK(a.text.find("receiver=tocsin\n") != std::string::npos);
 
   const auto& b = alerts[1];
   CHECK(b.host == "db01");  // an explicit host label beats instance
@@ -243,7 +243,7 @@ TEST_CASE("Splunk webhook alert action: search name, result row and the sid's tr
   auto alerts = parse(SourceType::splunk_webhook, kSplunk);
   REQUIRE(alerts.size() == 1);
   const auto& a = alerts[0];
-  CHECK(a.rule == "FireDrill - Ingress Tool Transfer");
+  CHECK(a.rule == "Tocsin - Ingress Tool Transfer");
   CHECK(a.host == "web01");
   CHECK(a.severity == "high");
   CHECK(a.technique == "T1105");
@@ -293,7 +293,7 @@ TEST_CASE("Elastic connector: context.alerts documents with Kibana and ECS names
   CHECK(b.id == "nested-uuid");  // nested objects work as well as flat dotted keys
   CHECK(b.severity == "low");
   CHECK(b.host == "web02");                              // first value of an ECS array
-  CHECK(b.rule == "FireDrill detection (rule object)");  // from the enclosing body
+  CHECK(b.rule == "Tocsin detection (rule object)");  // from the enclosing body
   CHECK(b.created_ns == kBase + 9 * kSec);               // the connector's {{date}}
   CHECK(b.event_ns == kBase + 8 * kSec);
 
@@ -302,7 +302,7 @@ TEST_CASE("Elastic connector: context.alerts documents with Kibana and ECS names
     src.fields.host = "agent.name";
     src.fields.event_time = "when";
     auto one = parse_webhook(src, R"({"agent":{"name":"edge-7"},"host":{"name":"ignored"},
-        "when":1795860000123,"rule":{"name":"R"},"msg":"fdr-a1b2c3d4e5"})",
+        "when":1795860000123,"rule":{"name":"R"},"msg":"tcn-a1b2c3d4e5"})",
                              kArrival);
     REQUIRE(one.size() == 1);
     CHECK(one[0].host == "edge-7");
@@ -342,7 +342,7 @@ TEST_CASE("HEC: concatenated event objects, each one an alert or event") {
   auto src = source(SourceType::hec, true);
   std::string body =
       R"({"time": 1795860001.5, "host": "web01", "source": "auditd", "sourcetype": "linux:audit",)"
-      R"( "index": "main", "event": "type=EXECVE a0=curl a1=https://x/fdr-a1b2c3d4e5"})"
+      R"( "index": "main", "event": "type=EXECVE a0=curl a1=https://x/tcn-a1b2c3d4e5"})"
       "\n  \r\n"
       R"({"time": "1795860002", "host": "web02", "sourcetype": "edr",)"
       R"( "event": {"rule": "Credential Dumping", "technique": "T1003.001", "severity": "high"},)"
@@ -405,7 +405,7 @@ TEST_CASE("generic: fields come from the configured paths") {
   src.fields.alert_time = "created";
   std::string one = R"({"alert":{"id":77,"host":{"name":"web01"}},"rule":"Download T1105 seen",
       "sev":3,"events":[{"ts":0},{"ts":"2026-11-28T10:00:01Z"}],"ingested":1795860002000,
-      "created":"2026-11-28 10:00:03","note":"https://x/fdr-a1b2c3d4e5"})";
+      "created":"2026-11-28 10:00:03","note":"https://x/tcn-a1b2c3d4e5"})";
   auto alerts = parse_webhook(src, one, kArrival);
   REQUIRE(alerts.size() == 1);
   const auto& a = alerts[0];
@@ -529,7 +529,7 @@ TEST_CASE("each alert's text is capped, even when the shared context is large") 
   std::string body = R"({"version":"4","commonLabels":{"big":")" + big_label + R"("},"alerts":[)";
   for (int i = 0; i < 3000; ++i)
     body += std::string(i ? "," : "") + R"({"status":"firing","startsAt":"2026-11-28T10:00:00Z",)" +
-            R"("labels":{"alertname":"r","marker":"fdr-a1b2c3d4e5"}})";
+            R"("labels":{"alertname":"r","marker":"tcn-a1b2c3d4e5"}})";
   body += "]}";
   auto alerts = parse(SourceType::alertmanager, body);
   REQUIRE(alerts.size() == 3000);

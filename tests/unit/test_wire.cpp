@@ -11,7 +11,7 @@
 
 #include "common/wire.hpp"
 
-using namespace firedrill::common;
+using namespace tocsin::common;
 
 namespace {
 
@@ -40,7 +40,7 @@ ResultBody full_body() {
   b.test_id = "smb-lateral";
   b.probe = "tcp_connect";
   b.target = "10.0.0.5:445";
-  b.marker = "fdr-abcdefghij";
+  b.marker = "tcn-abcdefghij";
   b.verdict = "prevented";
   b.reason = "refused";
   b.evidence = {{"address", "10.0.0.5"}, {"detail", "Connection refused"}, {"elapsed_ms", "1.2"}};

@@ -31,7 +31,7 @@ static DWORD WINAPI control(DWORD code, DWORD type, void* data, void* context) {
 
 static void WINAPI service_main(DWORD argc, wchar_t** argv) {
   (void)argc, (void)argv;
-  status_handle = RegisterServiceCtrlHandlerExW(L"FireDrillProbeSvc", control, NULL);
+  status_handle = RegisterServiceCtrlHandlerExW(L"TocsinProbeSvc", control, NULL);
   if (!status_handle) return;
   stop_event = CreateEventW(NULL, TRUE, FALSE, NULL);
   report(SERVICE_START_PENDING);
@@ -51,6 +51,6 @@ int wmain(int argc, wchar_t** argv) {
     return 2;
   }
   wcsncpy(starts_file, argv[1], MAX_PATH - 1);
-  SERVICE_TABLE_ENTRYW table[] = {{L"FireDrillProbeSvc", service_main}, {NULL, NULL}};
+  SERVICE_TABLE_ENTRYW table[] = {{L"TocsinProbeSvc", service_main}, {NULL, NULL}};
   return StartServiceCtrlDispatcherW(table) ? 0 : 1;
 }

@@ -1,4 +1,4 @@
-// The cross-built Windows agent (firedrill-agent.exe) under wine64 against a real Linux
+// The cross-built Windows agent (tocsin-agent.exe) under wine64 against a real Linux
 // collector on loopback. wine has no Defender and only a stub powershell.exe, so the honest
 // verdicts here are "nothing prevented it", "the interpreter printed nothing" and, for the
 // absent PowerShell 7, "not applicable": the tests check exactly that, and that the results
@@ -11,7 +11,7 @@
 #include "tests/integration/harness.hpp"
 #include "tests/windows/wine.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 
 TEST_CASE(
     "the Windows agent enrolls under wine, runs tcp_connect and eicar_drop, and its signed results "
@@ -58,7 +58,7 @@ TEST_CASE(
     INFO(x.dump(2));
     CHECK(x["verified"] == true);  // hash chain and Ed25519 signature re-checked by the collector
     CHECK(x["signature"].get<std::string>().size() == 128);
-    CHECK(x["marker"].get<std::string>().rfind("fdr-", 0) == 0);
+    CHECK(x["marker"].get<std::string>().rfind("tcn-", 0) == 0);
     by_test[x["test_id"].get<std::string>()] = x;
   }
   CHECK(by_test["open"]["verdict"] == "not_prevented");

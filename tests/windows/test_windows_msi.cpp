@@ -8,12 +8,12 @@
 #include "tests/integration/harness.hpp"
 #include "tests/windows/wine.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 
 namespace {
 
 fs::path msi() {
-  return FIREDRILL_WINDOWS_MSI;
+  return TOCSIN_WINDOWS_MSI;
 }
 
 std::string table(const fs::path& package, const std::string& name) {
@@ -39,18 +39,18 @@ TEST_CASE(
     "the MSI's tables: the exe, the auto-start service, silent enrollment, a config template and "
     "MajorUpgrade") {
   auto files = table(msi(), "File");
-  CHECK(has(files, "firedrill-agent.exe"));
+  CHECK(has(files, "tocsin-agent.exe"));
   CHECK(has(files, "agent.yaml.default"));
   auto service = table(msi(), "ServiceInstall");
   // Name, display name, own process (16), automatic start (2), normal error control (1).
-  CHECK(has(service, "firedrill-agent\tFireDrill Agent\t16\t2\t1"));
+  CHECK(has(service, "tocsin-agent\tTocsin Agent\t16\t2\t1"));
   CHECK(has(service, "LocalSystem"));
-  CHECK(has(service, "service --config \"[CommonAppDataFolder]FireDrill\\agent.yaml\""));
+  CHECK(has(service, "service --config \"[CommonAppDataFolder]Tocsin\\agent.yaml\""));
   // Start on install (not waiting: an agent not enrolled yet must not fail the install);
   // stop on install and uninstall, delete on uninstall (2|32|128), waiting for the stop.
   auto control = table(msi(), "ServiceControl");
-  CHECK(has(control, "AgentServiceStart\tfiredrill-agent\t1\t\t0"));
-  CHECK(has(control, "AgentServiceStop\tfiredrill-agent\t162\t\t1"));
+  CHECK(has(control, "AgentServiceStart\ttocsin-agent\t1\t\t0"));
+  CHECK(has(control, "AgentServiceStop\ttocsin-agent\t162\t\t1"));
   auto actions = table(msi(), "CustomAction");
   // 3090: an exe from the package's own file, deferred, not impersonated (LocalSystem).
   CHECK(has(actions,
@@ -73,15 +73,15 @@ TEST_CASE(
   Collector c;
   TempDir tmp("wine-msi");
   OwnPrefix p(tmp / "prefix");
-  auto exe = p.c("Program Files/FireDrill/firedrill-agent.exe");
-  auto data = p.c("ProgramData/FireDrill");
+  auto exe = p.c("Program Files/Tocsin/tocsin-agent.exe");
+  auto data = p.c("ProgramData/Tocsin");
 
   auto install = p.run({"msiexec", "/i", winpath(msi()), "/qn", "SERVER=" + c.agent_endpoint(),
                         "TOKEN=" + c.create_token(), "CA_FILE=" + winpath(c.ca_pem())});
   REQUIRE_MESSAGE(install.rc == 0, install.out << install.err);
   CHECK(fs::exists(exe));
   CHECK(read(data / "agent.yaml") ==
-        read(fs::path(FIREDRILL_SOURCE_DIR) / "packaging/msi/agent.yaml"));
+        read(fs::path(TOCSIN_SOURCE_DIR) / "packaging/msi/agent.yaml"));
   REQUIRE(fs::exists(data / "state/identity.yaml"));
   auto identity = read(data / "state/identity.yaml");
   auto agents = c.api_get("/api/v1/agents")["agents"];
@@ -90,7 +90,7 @@ TEST_CASE(
   CHECK(identity.find(id) != std::string::npos);
 
   // The SCM started the service, and it runs the agent with the installed configuration.
-  CHECK(p.service_reaches("firedrill-agent", "RUNNING"));
+  CHECK(p.service_reaches("tocsin-agent", "RUNNING"));
   CHECK(
       wait_until([&] { return has(read(data / "agent.log"), "agent " + id + " starting"); }, 60s));
 
@@ -98,22 +98,22 @@ TEST_CASE(
     std::ofstream(data / "agent.yaml", std::ios::app) << "# edited by the admin\n";
     auto edited = read(data / "agent.yaml");
     auto next =
-        run_command({fs::path(FIREDRILL_SOURCE_DIR).append("packaging/msi/build-msi").string(),
+        run_command({fs::path(TOCSIN_SOURCE_DIR).append("packaging/msi/build-msi").string(),
                      windows_agent().string(), tmp.path().string(), "99.0.0"});
     REQUIRE_MESSAGE(next.rc == 0, next.err);
     p.stop_service();
-    auto upgrade = p.run({"msiexec", "/i", winpath(tmp / "firedrill-agent-99.0.0-x64.msi"), "/qn"});
+    auto upgrade = p.run({"msiexec", "/i", winpath(tmp / "tocsin-agent-99.0.0-x64.msi"), "/qn"});
     REQUIRE_MESSAGE(upgrade.rc == 0, upgrade.out << upgrade.err);
     CHECK(read(data / "agent.yaml") == edited);
     CHECK(read(data / "state/identity.yaml") == identity);
     CHECK(fs::exists(exe));
     // The upgrade started the service again, still the same agent: no second enrollment.
-    CHECK(p.service_reaches("firedrill-agent", "RUNNING"));
+    CHECK(p.service_reaches("tocsin-agent", "RUNNING"));
     CHECK(c.api_get("/api/v1/agents")["agents"].size() == 1);
 
     p.stop_service();
 
-    auto remove = p.run({"msiexec", "/x", winpath(tmp / "firedrill-agent-99.0.0-x64.msi"), "/qn"});
+    auto remove = p.run({"msiexec", "/x", winpath(tmp / "tocsin-agent-99.0.0-x64.msi"), "/qn"});
     REQUIRE_MESSAGE(remove.rc == 0, remove.out << remove.err);
   }
   SUBCASE("uninstall removes the program and the service and keeps the state") {
@@ -124,7 +124,7 @@ TEST_CASE(
     REQUIRE_MESSAGE(remove.rc == 0, remove.out << remove.err);
   }
   CHECK(!fs::exists(exe));
-  CHECK(!has(p.run({"sc", "query", "firedrill-agent"}).out, "SERVICE_NAME: firedrill-agent"));
+  CHECK(!has(p.run({"sc", "query", "tocsin-agent"}).out, "SERVICE_NAME: tocsin-agent"));
   CHECK(read(data / "state/identity.yaml") == identity);
   CHECK(fs::exists(data / "state/key.pem"));
   CHECK(fs::exists(data / "agent.yaml"));

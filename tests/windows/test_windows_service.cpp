@@ -11,13 +11,13 @@
 #include "tests/integration/harness.hpp"
 #include "tests/windows/wine.hpp"
 
-using namespace firedrill::test;
+using namespace tocsin::test;
 using json = nlohmann::json;
 
 namespace {
 
-constexpr const char* kService = "FireDrillProbeSvc";
-constexpr const char* kMissing = "FireDrillNoSuchSvc";
+constexpr const char* kService = "TocsinProbeSvc";
+constexpr const char* kMissing = "TocsinNoSuchSvc";
 
 // The process ids the probe service wrote, one per start.
 std::vector<std::string> starts(const fs::path& file) {
@@ -45,7 +45,7 @@ json restart(Collector& c, const fs::path& anna, const std::string& agent_id,
                     "SCM test", "--json"});
   REQUIRE_MESSAGE(req.rc == 0, req.err);
   auto id = std::to_string(json::parse(req.out)["id"].get<std::uint64_t>());
-  auto approve = run_command({bin("firedrill").string(), "--server",
+  auto approve = run_command({bin("tocsin").string(), "--server",
                               "https://127.0.0.1:" + std::to_string(c.api_port()), "--token-file",
                               anna.string(), "--ca", c.ca_pem().string(), "approve", id});
   REQUIRE_MESSAGE(approve.rc == 0, approve.err);
@@ -69,7 +69,7 @@ TEST_CASE(
   auto started = tmp / "starts.txt";
   auto create =
       p.run({"sc", "create", kService,
-             "binPath=", "\"" + winpath(FIREDRILL_PROBE_SERVICE) + "\" " + winpath(started)});
+             "binPath=", "\"" + winpath(TOCSIN_PROBE_SERVICE) + "\" " + winpath(started)});
   REQUIRE_MESSAGE(create.rc == 0, create.out << create.err);
   REQUIRE(p.run({"sc", "start", kService}).rc == 0);
   REQUIRE(p.service_reaches(kService, "RUNNING"));

@@ -9,14 +9,14 @@
 
 #include "tests/integration/harness.hpp"
 
-namespace firedrill::test {
+namespace tocsin::test {
 
 // The prefix prepared once by the `wine_prefix` CTest fixture (tests/windows/wine-prefix).
 inline fs::path wine_prefix() {
-  return FIREDRILL_WINE_PREFIX;
+  return TOCSIN_WINE_PREFIX;
 }
 inline fs::path windows_agent() {
-  return FIREDRILL_WINDOWS_AGENT;
+  return TOCSIN_WINDOWS_AGENT;
 }
 
 // A Linux path as the Windows program sees it (wine maps / to drive Z:).
@@ -99,7 +99,7 @@ struct OwnPrefix {
   // Stops the service through the SCM and waits until it reports STOPPED. Windows' msiexec
   // does that itself (ServiceControl Wait="yes"); wine's does not wait, and would then fail
   // to replace or remove a program file that is still running.
-  void stop_service(const std::string& name = "firedrill-agent") {
+  void stop_service(const std::string& name = "tocsin-agent") {
     auto r = run({"sc", "stop", name});
     INFO(r.out << r.err);
     CHECK(service_reaches(name, "STOPPED"));
@@ -107,4 +107,4 @@ struct OwnPrefix {
   fs::path path;
 };
 
-}  // namespace firedrill::test
+}  // namespace tocsin::test
