@@ -2,7 +2,7 @@
 // plus the two local limits the collector's ingest sits against (Ed25519 verify, synced writes).
 //
 // The collector is the real binary in another process; this tool only speaks the wire protocol
-// (common/wire.hpp) the way agent/uplink.cpp does: Hello, HelloAck, one clock exchange, then
+// (common/wire.hpp) the way agent/runtime/uplink.cpp does: Hello, HelloAck, one clock exchange, then
 // Batch frames of chained results with one signature each, one batch in flight per connection.
 // With --rate the sends are paced open-loop per agent and latency is measured from the
 // *scheduled* send time, so a stalled collector cannot hide its stall by slowing the senders
@@ -38,8 +38,8 @@
 #include <string>
 #include <vector>
 
-#include "agent/identity.hpp"
-#include "collector/api_client.hpp"
+#include "agent/runtime/identity.hpp"
+#include "collector/cli/api_client.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 #include "common/frame.hpp"
@@ -174,7 +174,7 @@ double percentile(const std::vector<double>& sorted, double p) {
   return sorted[std::min(idx, sorted.size() - 1)];
 }
 
-// A tcp_connect result as agent/probe_tcp_connect.cpp writes it, with its evidence.
+// A tcp_connect result as agent/probes/tcp_connect.cpp writes it, with its evidence.
 std::string realistic_body(std::size_t i) {
   common::ResultBody b;
   b.test_id = "lateral-smb-" + std::to_string(i % 5);
@@ -247,7 +247,7 @@ SimAgent make_agent(const Options& o, const collector::ApiClient& api, std::size
   return a;
 }
 
-// The frame of the next batch, chained on from a.head and signed like agent/uplink.cpp does.
+// The frame of the next batch, chained on from a.head and signed like agent/runtime/uplink.cpp does.
 std::string next_batch_frame(SimAgent& a, std::size_t n, std::uint64_t& last_seq) {
   common::Batch b;
   b.agent_id = a.agent_id;
@@ -470,7 +470,7 @@ std::string fake_agent_id(std::size_t i) {
   return "agt-bench" + std::to_string(1000 + i);
 }
 
-// A scratch RocksDB configured like collector/store.cpp: one column family per kind of record,
+// A scratch RocksDB configured like collector/store/store.cpp: one column family per kind of record,
 // each OptimizeForSmallDb, two background jobs. Fresh for each measurement so that one
 // measurement's flush and compaction debt does not slow the next.
 class ScratchDb {
@@ -505,7 +505,7 @@ class ScratchDb {
     auto st = db_->Write(wo, &wb);
     if (!st.ok()) throw std::runtime_error("scratch RocksDB write: " + st.ToString());
   }
-  // Mirrors collector/store.cpp WriteSet for one ingested batch: per result its record and a
+  // Mirrors collector/store/store.cpp WriteSet for one ingested batch: per result its record and a
   // time index entry, then the batch signature and the agent's head.
   void add_batch(rocksdb::WriteBatch& wb, const std::string& agent, std::uint64_t& seq,
                  std::size_t n, const std::string& value) {
@@ -599,7 +599,7 @@ void print_micro(const Options& o, const MicroResults& m, std::FILE* sum) {
               o.group, m.synced_group_writes_per_s, group_ms);
   std::printf("  -> ceiling with group commit of %zu: %.0f results/s\n", o.group,
               m.synced_group_writes_per_s * o.group * o.batch);
-  // Group commit (collector/store.cpp) puts every batch that queued during one sync into the
+  // Group commit (collector/store/store.cpp) puts every batch that queued during one sync into the
   // next one, so it amortises the fixed cost; the per-byte cost it cannot amortise.
   double per_batch_ms = std::max(0.0, (group_ms - fixed_ms) / o.group);
   std::printf(

@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <iostream>
 
-#include "collector/correlator.hpp"
-#include "collector/store.hpp"
+#include "collector/runs/correlator.hpp"
+#include "collector/store/store.hpp"
 #include "common/clock.hpp"
 
 using namespace tocsin;

@@ -6,12 +6,12 @@
 #include <string>
 #include <vector>
 
-#include "collector/alert_sources.hpp"
-#include "collector/commands.hpp"
-#include "collector/correlator.hpp"
-#include "collector/incidents.hpp"
-#include "collector/notify.hpp"
-#include "collector/watchdog.hpp"
+#include "collector/alerts/alert_sources.hpp"
+#include "collector/commands/commands.hpp"
+#include "collector/runs/correlator.hpp"
+#include "collector/incidents/incidents.hpp"
+#include "collector/notify/notify.hpp"
+#include "collector/incidents/watchdog.hpp"
 #include "common/net.hpp"
 
 namespace tocsin::collector {

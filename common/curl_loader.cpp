@@ -91,7 +91,7 @@ const Api& api() {
   if (loaded) return *loaded;
   Api a = open_api(kLibcurlSoname);
   // In the static agent libcurl's OpenSSL is a second copy, and it starts here, on a pool
-  // thread, after the pool's exit-time join was registered (agent/probe.cpp): its own exit
+  // thread, after the pool's exit-time join was registered (agent/probes/probe.cpp): its own exit
   // handler would run before that join and free what a transfer still running uses. It gets
   // none (the process's exit frees its memory). Where it is the program's own OpenSSL, already
   // started with its handler, this changes nothing.

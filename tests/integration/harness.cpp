@@ -16,7 +16,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "collector/api_client.hpp"
+#include "collector/cli/api_client.hpp"
 
 namespace tocsin::test {
 

@@ -3,7 +3,7 @@
 
 #include <fstream>
 
-#include "collector/api_client.hpp"
+#include "collector/cli/api_client.hpp"
 #include "tests/integration/harness.hpp"
 
 using namespace tocsin;

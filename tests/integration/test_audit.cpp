@@ -6,9 +6,9 @@
 
 #include <sstream>
 
-#include "collector/api_client.hpp"
-#include "collector/audit.hpp"
-#include "collector/store.hpp"
+#include "collector/cli/api_client.hpp"
+#include "collector/audit/audit.hpp"
+#include "collector/store/store.hpp"
 #include "tests/integration/harness.hpp"
 
 using namespace tocsin::test;

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "collector/commands.hpp"
-#include "collector/store.hpp"
+#include "collector/commands/commands.hpp"
+#include "collector/store/store.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 #include "common/wire.hpp"

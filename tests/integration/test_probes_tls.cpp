@@ -22,7 +22,7 @@
 #include <random>
 #include <thread>
 
-#include "agent/probe_http_check.hpp"
+#include "agent/probes/http_check.hpp"
 #include "common/config.hpp"
 #include "common/x509.hpp"
 #include "tests/integration/harness.hpp"

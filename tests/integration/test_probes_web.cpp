@@ -12,7 +12,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "agent/probe_eicar_drop.hpp"
+#include "agent/probes/eicar_drop.hpp"
 #include "common/crypto.hpp"
 #include "tests/integration/harness.hpp"
 
