@@ -11,18 +11,18 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "collector/alerts/hooks.hpp"
+#include "collector/alerts/pollers/pollers.hpp"
+#include "collector/alerts/syslog_listener.hpp"
 #include "collector/api/api.hpp"
 #include "collector/audit/audit.hpp"
-#include "collector/ingest/ca.hpp"
 #include "collector/config.hpp"
-#include "collector/runs/correlator.hpp"
-#include "collector/alerts/hooks.hpp"
 #include "collector/incidents/incidents.hpp"
+#include "collector/ingest/ca.hpp"
 #include "collector/ingest/ingest.hpp"
-#include "collector/alerts/pollers.hpp"
 #include "collector/ingest/registry.hpp"
+#include "collector/runs/correlator.hpp"
 #include "collector/store/store.hpp"
-#include "collector/alerts/syslog_listener.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
 #include "common/log.hpp"

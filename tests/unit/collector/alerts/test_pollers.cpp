@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "collector/alerts/alert.hpp"
-#include "collector/alerts/pollers.hpp"
+#include "collector/alerts/pollers/pollers.hpp"
 #include "tests/unit/peers.hpp"
 #include "tests/unit/temp_dir.hpp"
 
