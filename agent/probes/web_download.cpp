@@ -12,6 +12,7 @@
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 #include "common/curl_loader.hpp"
+#include "common/text.hpp"
 
 namespace tocsin::agent {
 
@@ -44,12 +45,6 @@ bool is_ip(const std::string& host) {
 std::string host_port_text(const std::string& host, std::uint16_t port) {
   return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
          std::to_string(port);
-}
-
-std::string printable(std::string_view s, std::size_t max) {
-  std::string out;
-  for (char c : s.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : ' ';
-  return out;
 }
 
 }  // namespace
@@ -217,7 +212,11 @@ std::string html_title(const std::string& head) {
   open = l.find('>', open);
   auto close = l.find("</title>", open);
   if (open == std::string::npos || close == std::string::npos) return {};
-  return trim(printable(std::string_view(head).substr(open + 1, close - open - 1), 200));
+  // A title often spans lines: its whitespace is layout, not content.
+  std::string title = head.substr(open + 1, close - open - 1);
+  for (char& c : title)
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+  return common::quote_hostile(trim(std::move(title)), 200);
 }
 
 struct Transfer {
@@ -365,7 +364,7 @@ FetchResult http_fetch(const FetchRequest& req, const Allowlist& allow, bool con
   r.over_cap = t.over_cap;
   auto digest = t.hash.finish();
   r.sha256 = common::to_hex(digest);
-  r.snippet = printable(t.head, 300);
+  r.snippet = common::quote_hostile(t.head, 300);
   r.page_title = html_title(t.head);
   r.refused = std::move(t.refused);
   return r;

@@ -8,15 +8,9 @@
 #include <limits>
 
 #include "common/crypto.hpp"
+#include "common/text.hpp"
 
 namespace tocsin::collector {
-
-std::string quote_hostile(std::string_view s, std::size_t max) {
-  std::string out;
-  for (char c : s.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  if (s.size() > max) out += "...";
-  return out;
-}
 
 using nlohmann::json;
 
@@ -45,7 +39,6 @@ bool all_of(std::string_view s, bool (*pred)(char)) {
   return std::all_of(s.begin(), s.end(), pred);
 }
 
-std::string printable(std::string_view s, std::size_t max = 64) { return quote_hostile(s, max); }
 
 // ------------------------------------------------------------------------------------------
 // Markers
@@ -201,7 +194,7 @@ constexpr std::int64_t kNsPerSec = 1'000'000'000;
 constexpr std::int64_t kMaxNs = std::numeric_limits<std::int64_t>::max();
 
 [[noreturn]] void bad_time(const std::string& what, std::string_view text, const std::string& why) {
-  throw AlertParseError(what + ": '" + printable(text) + "' is not a time (" + why + ")");
+  throw AlertParseError(what + ": '" + common::quote_hostile(text, 64) + "' is not a time (" + why + ")");
 }
 
 // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).

@@ -46,10 +46,6 @@ inline constexpr std::size_t kMaxAlertsPerRequest = 10000;
 // token. Distinct, in order of first appearance.
 std::vector<std::string> find_markers(std::string_view text);
 
-// Hostile input quoted in an error: printable ASCII only ('?' for anything else), at most
-// `max` bytes and "..." when cut.
-std::string quote_hostile(std::string_view s, std::size_t max);
-
 // Flattens any JSON into "a.b[0].c=value" lines (strings unquoted), at most `cap` bytes.
 std::string flatten_json(const nlohmann::json& j, std::size_t cap = kMaxAlertText);
 

@@ -56,14 +56,13 @@ SlistPtr append(SlistPtr list, const std::string& header) {
 }
 
 // Error text from the server is shown on a terminal: control characters stripped, capped.
-std::string printable(std::string_view s) { return common::curl::printable(s, kMaxErrorTextChars); }
 
 std::string error_message(long status, const std::string& body) {
   auto j = nlohmann::json::parse(body, nullptr, false);
   if (j.is_object() && j.contains("error") && j["error"].is_string())
-    return printable(j["error"].get<std::string>());
+    return common::curl::printable(j["error"].get<std::string>(), kMaxErrorTextChars);
   if (body.empty()) return "HTTP " + std::to_string(status) + " with an empty body";
-  return "HTTP " + std::to_string(status) + ": " + printable(body);
+  return "HTTP " + std::to_string(status) + ": " + common::curl::printable(body, kMaxErrorTextChars);
 }
 
 }  // namespace
