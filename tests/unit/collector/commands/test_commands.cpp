@@ -6,43 +6,26 @@
 #include <memory>
 #include <string>
 
-#include "collector/audit/audit.hpp"
 #include "collector/commands/commands.hpp"
-#include "tests/unit/temp_dir.hpp"
+#include "tests/unit/collector/engine_fixture.hpp"
 
 using namespace tocsin::collector;
-using tocsin::test::TempDir;
+using namespace tocsin::test;
 namespace common = tocsin::common;
 
 namespace {
 
-constexpr std::int64_t kSec = 1'000'000'000;
-constexpr std::int64_t kStart = 1'800'000'000LL * kSec;
-
-struct Fixture {
-  TempDir dir{"commands"};
-  std::unique_ptr<Store> store = Store::open(dir / "db");
-  std::int64_t now = kStart;
-  common::Ed25519Key audit_key = common::Ed25519Key::generate();
-  common::Ed25519Key command_key = common::Ed25519Key::generate();
-  std::unique_ptr<AuditLog> audit = std::make_unique<AuditLog>(
-      *store, common::Ed25519Key::from_private_pem(audit_key.private_pem()), [this] { return now; });
+struct Fixture : EngineFixture {
+  std::unique_ptr<AuditLog> audit = make_audit();
   CommandPolicy policy;
   std::unique_ptr<CommandEngine> engine;
 
-  explicit Fixture(std::size_t approvals = 1) {
+  explicit Fixture(std::size_t approvals = 1) : EngineFixture("commands") {
     policy.approvals_required = approvals;
-    AgentRecord a;
-    a.agent_id = "agt-web01";
-    WriteSet ws;
-    ws.put_agent(a);
-    store->commit(std::move(ws));
     make();
   }
   void make() {
-    engine = std::make_unique<CommandEngine>(
-        *store, common::Ed25519Key::from_private_pem(command_key.private_pem()), policy, audit.get(),
-        [this] { return now; });
+    engine = std::make_unique<CommandEngine>(*store, command_signer(), policy, audit.get(), clock());
   }
   CommandRecord request(const std::string& requester = "olivia") {
     CommandRequest r;
@@ -60,10 +43,6 @@ struct Fixture {
     return out;
   }
 };
-
-bool contains(const std::vector<std::string>& v, const std::string& x) {
-  return std::find(v.begin(), v.end(), x) != v.end();
-}
 
 }  // namespace
 

@@ -7,33 +7,24 @@
 #include <memory>
 #include <string>
 
-#include "collector/audit/audit.hpp"
 #include "collector/commands/commands.hpp"
 #include "collector/incidents/incidents.hpp"
 #include "collector/incidents/watchdog.hpp"
-#include "tests/unit/temp_dir.hpp"
+#include "tests/unit/collector/engine_fixture.hpp"
 
 using namespace tocsin::collector;
-using tocsin::test::TempDir;
+using namespace tocsin::test;
 namespace common = tocsin::common;
 
 namespace {
 
-constexpr std::int64_t kSec = 1'000'000'000;
-constexpr std::int64_t kStart = 1'800'000'000LL * kSec;
-const std::string kAgent = "agt-web01";
 const std::string kTest = "wordpress-health";
 
 WatchPolicy policy_from(const std::string& yaml) {
   return WatchPolicy::load(common::ConfigNode::load_string(yaml, "collector.yaml")["watch"]);
 }
 
-struct Fixture {
-  TempDir dir{"watchdog"};
-  std::unique_ptr<Store> store = Store::open(dir / "db");
-  std::int64_t now = kStart;
-  common::Ed25519Key audit_key = common::Ed25519Key::generate();
-  common::Ed25519Key command_key = common::Ed25519Key::generate();
+struct Fixture : EngineFixture {
   std::unique_ptr<AuditLog> audit;
   std::unique_ptr<IncidentEngine> incidents;
   std::unique_ptr<CommandEngine> commands;
@@ -47,38 +38,29 @@ watch:
     max_restarts: 2 per 1h
 )");
 
-  Fixture() {
-    AgentRecord a;
-    a.agent_id = kAgent;
-    WriteSet ws;
-    ws.put_agent(a);
-    store->commit(std::move(ws));
-    make();
-  }
+  Fixture() : EngineFixture("watchdog") { make(); }
   // (Re)creates everything on the same database: what a collector restart does.
   void make() {
     watchdog.reset();
     commands.reset();
     incidents.reset();
-    audit = std::make_unique<AuditLog>(*store, common::Ed25519Key::from_private_pem(audit_key.private_pem()),
-                                       [this] { return now; });
+    audit = make_audit();
     IncidentPolicy ip;
     ip.severity[IncidentKind::health_failed] = Severity::high;
     ip.sla[static_cast<std::size_t>(Severity::high)] = {std::chrono::minutes(15), std::chrono::hours(4)};
-    incidents = std::make_unique<IncidentEngine>(*store, ip, [this] { return now; });
+    incidents = std::make_unique<IncidentEngine>(*store, ip, clock());
     incidents->set_audit(audit.get());
-    commands = std::make_unique<CommandEngine>(
-        *store, common::Ed25519Key::from_private_pem(command_key.private_pem()), CommandPolicy{},
-        audit.get(), [this] { return now; });
-    watchdog = std::make_unique<Watchdog>(*incidents, *commands, watch, [this] { return now; });
+    commands = std::make_unique<CommandEngine>(*store, command_signer(), CommandPolicy{}, audit.get(),
+                                               clock());
+    watchdog = std::make_unique<Watchdog>(*incidents, *commands, watch, clock());
   }
   Signal health(bool healthy) {
     Signal s;
     s.kind = IncidentKind::health_failed;
-    s.key = dedup_key(IncidentKind::health_failed, kTest, kAgent);
+    s.key = dedup_key(IncidentKind::health_failed, kTest, kAgentId);
     s.severity = Severity::high;
     s.test_id = kTest;
-    s.agent_id = kAgent;
+    s.agent_id = kAgentId;
     s.title = "health check wordpress-health failing on agt-web01";
     s.time_ns = now;
     s.agent_started_ns = now - 1 * kSec;  // the check began a second before it arrived
@@ -91,7 +73,7 @@ watch:
   }
   // The agent fetches the approved command and reports `verdict`.
   void agent_runs(std::uint64_t id, const std::string& verdict = "executed") {
-    auto polled = commands->poll(kAgent);
+    auto polled = commands->poll(kAgentId);
     REQUIRE(polled.commands.size() == 1);
     common::ResultBody outcome;
     outcome.kind = "command";
@@ -100,7 +82,7 @@ watch:
     outcome.reason = verdict == "executed" ? "exit_0" : "not_allowlisted";
     outcome.evidence = {{"nonce", polled.commands[0].nonce}};
     outcome.finished_ns = now;  // the agent's clock (the same as ours here)
-    commands->results_stored(kAgent, {outcome});
+    commands->results_stored(kAgentId, {outcome});
   }
   std::vector<std::string> timeline() {
     std::vector<std::string> out;
@@ -108,10 +90,6 @@ watch:
     return out;
   }
 };
-
-bool contains(const std::vector<std::string>& v, const std::string& x) {
-  return std::find(v.begin(), v.end(), x) != v.end();
-}
 
 }  // namespace
 
@@ -301,7 +279,7 @@ TEST_CASE("watchdog: a person who resumes the SLA is not overruled, a revoked ag
 
   Fixture g;
   AgentRecord revoked;
-  revoked.agent_id = kAgent;
+  revoked.agent_id = kAgentId;
   revoked.revoked = true;
   WriteSet ws;
   ws.put_agent(revoked);
