@@ -9,11 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <openssl/crypto.h>
 
+#include "agent/platform/platform.hpp"
 #include "agent/runtime/agent.hpp"
 #include "agent/runtime/config.hpp"
 #include "agent/runtime/identity.hpp"
 #include "agent/runtime/outbox.hpp"
-#include "agent/platform/platform.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"

@@ -8,10 +8,10 @@
 
 #include "collector/alerts/alert_sources.hpp"
 #include "collector/commands/commands.hpp"
-#include "collector/runs/correlator.hpp"
 #include "collector/incidents/incidents.hpp"
-#include "collector/notify/notify.hpp"
 #include "collector/incidents/watchdog.hpp"
+#include "collector/notify/notify.hpp"
+#include "collector/runs/correlator.hpp"
 #include "common/net.hpp"
 
 namespace tocsin::collector {

@@ -9,8 +9,8 @@
 #include <set>
 #include <sstream>
 
-#include "agent/probes/probe.hpp"
 #include "agent/platform/process.hpp"
+#include "agent/probes/probe.hpp"
 #include "common/clock.hpp"
 #include "common/config.hpp"
 #include "common/log.hpp"

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "agent/runtime/allowlist.hpp"
 #include "agent/probes/probe.hpp"
+#include "agent/runtime/allowlist.hpp"
 #include "common/config.hpp"
 #include "common/net.hpp"
 

@@ -3,8 +3,8 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
-#include "agent/probes/probe.hpp"
 #include "agent/platform/process.hpp"
+#include "agent/probes/probe.hpp"
 
 namespace tocsin::agent {
 

@@ -4,9 +4,9 @@
 #include <optional>
 #include <string>
 
-#include "agent/runtime/allowlist.hpp"
 #include "agent/probes/probe.hpp"
 #include "agent/probes/web_download.hpp"
+#include "agent/runtime/allowlist.hpp"
 #include "common/config.hpp"
 
 namespace tocsin::agent {

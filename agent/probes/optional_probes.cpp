@@ -1,11 +1,11 @@
 #include "agent/probes/optional_probes.hpp"
 
-#include "agent/runtime/agent.hpp"
 #include "agent/probes/dns_lookup.hpp"
 #include "agent/probes/http_beacon.hpp"
 #include "agent/probes/http_check.hpp"
 #include "agent/probes/tls_policy.hpp"
 #include "agent/probes/web_download.hpp"
+#include "agent/runtime/agent.hpp"
 #include "common/config.hpp"
 
 namespace tocsin::agent {

@@ -3,8 +3,8 @@
 
 #include <boost/system/error_code.hpp>
 
-#include "agent/runtime/allowlist.hpp"
 #include "agent/probes/probe.hpp"
+#include "agent/runtime/allowlist.hpp"
 
 namespace tocsin::agent {
 

@@ -8,8 +8,8 @@
 #include <string>
 #include <string_view>
 
-#include "agent/runtime/allowlist.hpp"
 #include "agent/probes/probe.hpp"
+#include "agent/runtime/allowlist.hpp"
 
 namespace tocsin::agent {
 

@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/runtime/allowlist.hpp"
 #include "agent/probes/probe.hpp"
+#include "agent/runtime/allowlist.hpp"
 #include "common/config.hpp"
 #include "common/net.hpp"
 

@@ -6,9 +6,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
-#include "agent/probes/optional_probes.hpp"
 #include "agent/probes/eicar_drop.hpp"
 #include "agent/probes/encoded_command.hpp"
+#include "agent/probes/optional_probes.hpp"
 #include "agent/probes/tcp_connect.hpp"
 #include "agent/probes/tcp_listen.hpp"
 #include "common/clock.hpp"

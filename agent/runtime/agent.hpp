@@ -10,10 +10,10 @@
 #include <memory>
 
 #include "agent/actions/actions.hpp"
+#include "agent/probes/probe.hpp"
 #include "agent/runtime/config.hpp"
 #include "agent/runtime/identity.hpp"
 #include "agent/runtime/outbox.hpp"
-#include "agent/probes/probe.hpp"
 #include "agent/runtime/scheduler.hpp"
 #include "agent/runtime/uplink.hpp"
 

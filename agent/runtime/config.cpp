@@ -6,8 +6,8 @@
 
 #include <boost/asio/ip/address_v4.hpp>
 
-#include "agent/probes/optional_probes.hpp"
 #include "agent/platform/platform.hpp"
+#include "agent/probes/optional_probes.hpp"
 #include "common/config.hpp"
 
 namespace tocsin::agent {

@@ -8,9 +8,9 @@
 #include <memory>
 #include <string>
 
+#include "agent/probes/probe.hpp"
 #include "agent/runtime/config.hpp"
 #include "agent/runtime/outbox.hpp"
-#include "agent/probes/probe.hpp"
 #include "common/crypto.hpp"
 #include "common/net.hpp"
 #include "common/wire.hpp"

@@ -10,11 +10,11 @@
 
 #include "collector/alerts/alert_sources.hpp"
 #include "collector/audit/audit.hpp"
-#include "collector/runs/correlator.hpp"
-#include "collector/incidents/incidents.hpp"
 #include "collector/commands/commands.hpp"
-#include "collector/notify/notify.hpp"
+#include "collector/incidents/incidents.hpp"
 #include "collector/ingest/registry.hpp"
+#include "collector/notify/notify.hpp"
+#include "collector/runs/correlator.hpp"
 #include "collector/store/store.hpp"
 #include "common/net.hpp"
 

@@ -8,8 +8,8 @@
 #include <memory>
 
 #include "collector/config.hpp"
-#include "collector/runs/correlator.hpp"
 #include "collector/ingest/registry.hpp"
+#include "collector/runs/correlator.hpp"
 #include "collector/store/store.hpp"
 
 namespace tocsin::collector {

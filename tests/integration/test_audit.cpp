@@ -6,8 +6,8 @@
 
 #include <sstream>
 
-#include "collector/cli/api_client.hpp"
 #include "collector/audit/audit.hpp"
+#include "collector/cli/api_client.hpp"
 #include "collector/store/store.hpp"
 #include "tests/integration/harness.hpp"
 

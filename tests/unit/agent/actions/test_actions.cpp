@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "agent/actions/actions.hpp"
-#include "agent/runtime/config.hpp"
 #include "agent/probes/probe.hpp"
+#include "agent/runtime/config.hpp"
 #include "agent/runtime/scheduler.hpp"
 #include "agent/runtime/uplink.hpp"
 #include "common/clock.hpp"

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "agent/runtime/config.hpp"
 #include "agent/probes/http_beacon.hpp"
+#include "agent/runtime/config.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
 #include "tests/unit/temp_dir.hpp"

@@ -18,9 +18,9 @@
 
 #include <sys/stat.h>
 
+#include "agent/probes/probe.hpp"
 #include "agent/runtime/identity.hpp"
 #include "agent/runtime/outbox.hpp"
-#include "agent/probes/probe.hpp"
 #include "agent/runtime/uplink.hpp"
 #include "collector/ingest/ca.hpp"
 #include "common/clock.hpp"

@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "collector/ingest/ca.hpp"
 #include "collector/alerts/syslog_listener.hpp"
+#include "collector/ingest/ca.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
 #include "common/tls.hpp"

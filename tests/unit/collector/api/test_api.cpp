@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "collector/api/api.hpp"
-#include "collector/cli/api_client.hpp"
 #include "collector/audit/audit.hpp"
+#include "collector/cli/api_client.hpp"
 #include "collector/ingest/ca.hpp"
 #include "collector/ingest/registry.hpp"
 #include "collector/store/store.hpp"
