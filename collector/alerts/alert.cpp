@@ -39,7 +39,6 @@ bool all_of(std::string_view s, bool (*pred)(char)) {
   return std::all_of(s.begin(), s.end(), pred);
 }
 
-
 // ------------------------------------------------------------------------------------------
 // Markers
 
@@ -194,7 +193,8 @@ constexpr std::int64_t kNsPerSec = 1'000'000'000;
 constexpr std::int64_t kMaxNs = std::numeric_limits<std::int64_t>::max();
 
 [[noreturn]] void bad_time(const std::string& what, std::string_view text, const std::string& why) {
-  throw AlertParseError(what + ": '" + common::quote_hostile(text, 64) + "' is not a time (" + why + ")");
+  throw AlertParseError(what + ": '" + common::quote_hostile(text, 64) + "' is not a time (" + why +
+                        ")");
 }
 
 // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).

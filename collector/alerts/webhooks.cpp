@@ -122,7 +122,8 @@ constexpr std::size_t kMaxFieldLen = 1024;
 // claim kMaxAlertText.
 constexpr std::size_t kMaxRequestText = 16 << 20;
 constexpr std::size_t kMinTextShare = 2048;
-
+// How much of a hostile value an error message quotes.
+constexpr std::size_t kQuotedChars = 200;
 
 // nlohmann's messages start with "[json.exception.parse_error.101] ".
 std::string json_error_text(const std::exception& e) {
@@ -131,7 +132,7 @@ std::string json_error_text(const std::exception& e) {
     auto close = m.find("] ");
     if (close != std::string_view::npos) m.remove_prefix(close + 2);
   }
-  return common::quote_hostile(m, 200);
+  return common::quote_hostile(m, kQuotedChars);
 }
 
 // The deepest nesting of arrays and objects, counted outside strings; stops counting past `max`.
@@ -491,7 +492,7 @@ std::optional<Alert> alertmanager_alert(const Item& item, const std::string& con
   std::string status = first_string({&a_json}, {"status"});
   if (status == "resolved") return std::nullopt;  // the end of an alert is not a new alert
   if (status != "firing")
-    throw AlertParseError(item.path + ".status: '" + common::quote_hostile(status, 200) +
+    throw AlertParseError(item.path + ".status: '" + common::quote_hostile(status, kQuotedChars) +
                           "' is neither firing nor resolved");
   const json* labels = member(a_json, "labels");
   const json* annotations = member(a_json, "annotations");
@@ -515,7 +516,7 @@ std::vector<Alert> parse_alertmanager(const json& body) {
   const json* version = member(body, "version");
   if (!version) throw AlertParseError("version: missing (only version \"4\" is supported)");
   if (*version != "4")
-    throw AlertParseError("version: " + common::quote_hostile(version->dump(), 200) +
+    throw AlertParseError("version: " + common::quote_hostile(version->dump(), kQuotedChars) +
                           " is not supported (only version \"4\")");
   const json* alerts = member(body, "alerts");
   if (!alerts || !alerts->is_array()) throw AlertParseError("alerts: missing or not an array");
