@@ -3,11 +3,14 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <boost/asio/co_spawn.hpp>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <openssl/crypto.h>
+#include <thread>
 
 #include "agent/platform/platform.hpp"
 #include "agent/runtime/agent.hpp"
@@ -52,28 +55,42 @@ int cmd_run(const fs::path& config_file, bool once, const std::string& log_level
   boost::asio::io_context io(1);
   agent::Agent a(io, cfg);
   agent::platform::ServiceHost host(io);  // systemd or the Windows SCM
-  boost::asio::steady_timer grace(io);
-  int rc = 0;
+  // Probes in flight finish within their timeout, but the way out must never hang on them: after
+  // a stop, a grace of 5 s, then the loop is stopped. Not a timer on `io`: a pending timer is
+  // work, and io.run() would wait out the whole grace even when nothing else is left to do.
+  std::mutex grace_mu;
+  std::condition_variable grace_cv;
+  bool loop_done = false;
+  std::thread grace;
   auto shutdown = [&](const std::string& why) {
     spdlog::info("{}; stopping", why);
     host.stopping();
     a.stop();
-    // Probes in flight finish within their timeout; never hang on the way out.
-    grace.expires_after(std::chrono::seconds(5));
-    grace.async_wait([&](boost::system::error_code ec) {
-      if (!ec) io.stop();
+    if (grace.joinable()) return;
+    grace = std::thread([&] {
+      std::unique_lock lk(grace_mu);
+      if (!grace_cv.wait_for(lk, std::chrono::seconds(5), [&] { return loop_done; })) {
+        spdlog::warn("work still in flight 5 s after the stop; exiting anyway");
+        io.stop();
+      }
     });
   };
   host.on_stop(shutdown);
   a.start(once, [&] {
     auto s = a.outbox().stats();
     spdlog::info("all tests ran once and {} results are acknowledged by the collector", s.acked_seq);
-    grace.cancel();
     shutdown("done (--once)");
   });
   host.ready("running " + std::to_string(cfg.tests.size()) + " tests");
   io.run();
-  return rc;
+  {
+    std::lock_guard lk(grace_mu);
+    loop_done = true;
+  }
+  grace_cv.notify_all();
+  if (grace.joinable()) grace.join();
+  spdlog::info("stopped");
+  return 0;
 }
 
 // The MSI's first-install step: the default configuration, only where none exists yet.
@@ -128,6 +145,11 @@ int cmd_run_once(const fs::path& config_file, const std::string& test_id, bool j
     std::cerr << "tocsin-agent: no test '" << test_id << "' in " << config_file.string() << "\n";
     return 2;
   }
+  if (agent::kill_switch_present(cfg)) {
+    std::cerr << "tocsin-agent: kill switch " << cfg.kill_switch.string()
+              << " is present: no probe runs until it is removed\n";
+    return 4;
+  }
   boost::asio::io_context io(1);
   agent::ClockState clock;  // not synchronised: this run is local and not delivered
   auto probes = agent::make_probes(io.get_executor(), cfg, clock);
@@ -163,6 +185,7 @@ int cmd_run_once(const fs::path& config_file, const std::string& test_id, bool j
 }  // namespace
 
 int main(int argc, char** argv) {
+  common::process_frame();  // the agent's time frame is anchored at process start
   CLI::App app{"Tocsin agent: runs safe, marker-tagged attack simulations and streams signed "
                "results to the collector."};
   // The OpenSSL in use: the Linux build links it statically (cmake/linux-deps.cmake), so a
@@ -230,7 +253,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->default_val(default_config);
   auto* run_once = app.add_subcommand(
-      "run-once", "Run one test now and print its result (local only: not sent to the collector)");
+      "run-once", "Run one test now and print its result (local only: not sent to the collector); "
+                  "exits 4 without running while the kill switch is present");
   std::string test_id;
   bool json = false;
   run_once->add_option("--config", config, "Agent configuration (YAML)")

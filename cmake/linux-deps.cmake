@@ -1,20 +1,16 @@
 # Linux dependencies under the names common/, agent/ and collector/ link.
 #
-# TOCSIN_STATIC_AGENT links tocsin-agent against the static archives Debian ships for
-# OpenSSL, yaml-cpp and c-ares, against a static libstdc++/libgcc, and compiles spdlog and fmt
-# in (common/spdlog_builtin.cpp: Debian ships them only shared, and they need the shared
-# libstdc++). The agent then maps only libc and ld.so (glibc 2.36 or later: DT_RELR), and only
-# the code it uses of the rest (docs/BENCHMARKS.md, footprint). The collector, the CLI and the
-# test programs keep the shared libraries. A target opts in with tocsin_static_deps(); the
-# link interfaces below pick static or shared per target through its TOCSIN_STATIC_DEPS
-# property.
-if(TOCSIN_SANITIZE)
-  set(_static_agent_default OFF)  # ASan wants the shared libstdc++ it intercepts
-else()
-  set(_static_agent_default ON)
-endif()
+# tocsin-agent links Debian's shared OpenSSL, yaml-cpp and c-ares by default: the agent parses
+# untrusted input (TLS, DNS, HTTP, YAML), and a security update to those libraries must reach
+# it through apt, without a rebuild of ours. TOCSIN_STATIC_AGENT (off) links the static archives
+# Debian ships instead, a static libstdc++/libgcc, and compiles spdlog and fmt in
+# (common/spdlog_builtin.cpp): smaller private memory on hosts where nothing else shares those
+# libraries (docs/BENCHMARKS.md, footprint), at the price of shipping every OpenSSL fix
+# ourselves. The collector, the CLI and the test programs always use the shared libraries. A
+# target opts in with tocsin_static_deps(); the link interfaces below pick static or shared per
+# target through its TOCSIN_STATIC_DEPS property.
 option(TOCSIN_STATIC_AGENT
-  "Link tocsin-agent against static OpenSSL, yaml-cpp, c-ares and libstdc++" ${_static_agent_default})
+  "Link tocsin-agent against static OpenSSL, yaml-cpp, c-ares and libstdc++ (security fixes then need a rebuild)" OFF)
 
 if(TOCSIN_STATIC_AGENT)
   set(_missing "")

@@ -1,11 +1,16 @@
 #include "common/clock.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cctype>
 #include <climits>
 #include <cstdio>
 #include <ctime>
 #include <stdexcept>
+
+#if defined(__linux__)
+#include <time.h>
+#endif
 
 #include "common/config.hpp"
 
@@ -95,6 +100,132 @@ ClockSample clock_sample(std::int64_t t1, std::int64_t t2, std::int64_t t3, std:
   s.offset_ns = ((t2 - t1) + (t3 - t4)) / 2;
   std::int64_t rtt = (t4 - t1) - (t3 - t2);
   s.error_ns = rtt > 0 ? rtt / 2 : 0;
+  return s;
+}
+
+namespace {
+
+std::int64_t mono_now_ns() {
+#if defined(__linux__)
+  timespec ts{};
+  ::clock_gettime(CLOCK_BOOTTIME, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+#else
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+#endif
+}
+
+}  // namespace
+
+std::int64_t saturating_add(std::int64_t a, std::int64_t b) {
+  std::int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
+std::int64_t saturating_sub(std::int64_t a, std::int64_t b) {
+  std::int64_t r;
+  if (__builtin_sub_overflow(a, b, &r)) return b < 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
+std::int64_t abs_ns(std::int64_t v) { return v == INT64_MIN ? INT64_MAX : v < 0 ? -v : v; }
+
+ClockReading read_clocks() {
+  // The wall clock between two monotonic readings, paired with their midpoint: a preemption
+  // between the reads shows as a smaller false skew change.
+  auto m1 = mono_now_ns();
+  auto wall = now_ns();
+  auto m2 = mono_now_ns();
+  return {wall, m1 + (m2 - m1) / 2};
+}
+
+const TimeFrame& process_frame() {
+  static const TimeFrame frame{read_clocks()};
+  return frame;
+}
+
+std::int64_t frame_now_ns() {
+  const auto& f = process_frame();
+  return f.at(mono_now_ns());
+}
+
+std::int64_t drift_allowance_ns(std::int64_t elapsed_ns, std::int64_t ppm) {
+  if (elapsed_ns <= 0 || ppm <= 0) return 0;
+  // elapsed * ppm / 1e6, rounded up, without overflowing for any elapsed time.
+  std::int64_t whole = elapsed_ns / 1'000'000, rest = elapsed_ns % 1'000'000;
+  std::int64_t a;
+  if (__builtin_mul_overflow(whole, ppm, &a)) return INT64_MAX;
+  return saturating_add(a, (rest * ppm + 999'999) / 1'000'000);
+}
+
+std::int64_t step_between(std::int64_t skew_before, std::int64_t skew_after, std::int64_t elapsed_ns) {
+  std::int64_t change;
+  if (__builtin_sub_overflow(skew_after, skew_before, &change)) return skew_after > 0 ? INT64_MAX : INT64_MIN;
+  auto allowed = saturating_add(kClockStepMinNs, drift_allowance_ns(elapsed_ns, kClockSlewPpm));
+  return abs_ns(change) > allowed ? change : 0;
+}
+
+ClockMapping ClockMapping::fixed(std::int64_t offset_ns, std::int64_t error_ns) {
+  ClockMapping m;
+  m.offset_ns_ = offset_ns;
+  m.error_ns_ = error_ns;
+  return m;
+}
+
+std::int64_t ClockMapping::observe(const TimeFrame& f, const ClockReading& r) {
+  auto skew = f.skew(r);
+  std::int64_t step = 0;
+  if (last_) {
+    step = step_between(last_skew_ns_, skew, r.mono_ns - last_->mono_ns);
+    if (step != 0) {
+      ++steps_;
+      unconfirmed_ns_ = saturating_add(unconfirmed_ns_, abs_ns(step));
+      if (step_marks_.size() == kStepMarks) {
+        step_marks_.pop_front();
+        step_marks_dropped_ = true;
+      }
+      step_marks_.push_back({f.at(r.mono_ns), steps_total_ns_});
+      steps_total_ns_ = saturating_add(steps_total_ns_, abs_ns(step));
+    }
+  }
+  last_ = r;
+  last_skew_ns_ = skew;
+  return step;
+}
+
+void ClockMapping::synchronised(const ClockSample& s, const ClockReading& at) {
+  offset_ns_ = s.offset_ns;
+  error_ns_ = s.error_ns;
+  exchange_mono_ns_ = at.mono_ns;
+  unconfirmed_ns_ = 0;
+}
+
+std::int64_t ClockMapping::steps_since(std::int64_t frame_ns) const {
+  auto it = std::find_if(step_marks_.begin(), step_marks_.end(),
+                         [&](const StepMark& m) { return m.frame_ns > frame_ns; });
+  if (it == step_marks_.end()) return 0;
+  // The steps before the oldest mark kept are forgotten: charge them all rather than none.
+  if (it == step_marks_.begin() && step_marks_dropped_) return steps_total_ns_;
+  return saturating_sub(steps_total_ns_, it->total_before_ns);
+}
+
+ClockMapping::Stamp ClockMapping::stamp(const ClockReading& r, std::int64_t started_ns) const {
+  Stamp s;
+  s.steps = steps_;
+  auto during = steps_since(started_ns);
+  s.stepped = unconfirmed_ns_ > 0 || during > 0;
+  if (error_ns_ < 0) return s;  // no offset known: the collector handles -1
+  s.offset_ns = offset_ns_;
+  s.error_ns = error_ns_;
+  if (exchange_mono_ns_)
+    s.error_ns = saturating_add(s.error_ns, drift_allowance_ns(r.mono_ns - *exchange_mono_ns_));
+  // The start is mapped with an offset measured at the exchange: every step between the two
+  // (in either order) may have moved one against the other. Both sums run to now, so the
+  // larger is the sum since the earlier of the exchange and the start.
+  s.error_ns = saturating_add(s.error_ns, std::max(unconfirmed_ns_, during));
   return s;
 }
 

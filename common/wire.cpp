@@ -268,7 +268,8 @@ struct Encoder {
 std::string encode_body(const ResultBody& b) {
   msgpack::sbuffer buf;
   Packer p(buf);
-  p.pack_map(16);
+  bool framed = !b.clock_frame.empty();
+  p.pack_map(16 + (b.clock_stepped ? 1 : 0) + (framed ? 2 : 0));
   key(p, "kind"), p.pack(b.kind);
   key(p, "test_id"), p.pack(b.test_id);
   key(p, "probe"), p.pack(b.probe);
@@ -285,6 +286,11 @@ std::string encode_body(const ResultBody& b) {
   key(p, "finished_ns"), p.pack(b.finished_ns);
   key(p, "clock_offset_ns"), p.pack(b.clock_offset_ns);
   key(p, "clock_error_ns"), p.pack(b.clock_error_ns);
+  if (b.clock_stepped) key(p, "clock_stepped"), p.pack(true);
+  if (framed) {
+    key(p, "clock_frame"), p.pack(b.clock_frame);
+    key(p, "clock_steps"), p.pack(b.clock_steps);
+  }
   return std::string(buf.data(), buf.size());
 }
 
@@ -308,6 +314,9 @@ ResultBody decode_body(std::string_view bytes) {
   b.finished_ns = f.i64("finished_ns");
   b.clock_offset_ns = f.i64("clock_offset_ns");
   b.clock_error_ns = f.i64("clock_error_ns", -1);
+  b.clock_stepped = f.boolean("clock_stepped");
+  b.clock_frame = f.str("clock_frame");
+  b.clock_steps = f.u64("clock_steps");
   return b;
 }
 

@@ -35,10 +35,23 @@ struct ResultBody {
   bool expect_prevent = false;
   std::int64_t alert_within_ns = 0;     // the test's alert SLA; 0 = no alert expected
   std::vector<std::string> detections;  // rule names the test expects to fire
-  std::int64_t started_ns = 0;   // agent wall clock, raw (not corrected)
-  std::int64_t finished_ns = 0;  // agent wall clock, raw
-  std::int64_t clock_offset_ns = 0;  // collector_time - agent_time at the last exchange
+  // The agent's frame time (common::TimeFrame: its wall clock at process start plus the
+  // monotonic time since), not corrected; a wall-clock step does not move it. Older agents
+  // sent their raw wall clock here, read the same way.
+  std::int64_t started_ns = 0;
+  std::int64_t finished_ns = 0;
+  std::int64_t clock_offset_ns = 0;  // collector_time - frame_time at the last exchange
   std::int64_t clock_error_ns = -1;  // error bound of that offset; -1 = never synchronised
+  // A step of the host's wall clock (against the monotonic clock) was seen since that exchange
+  // with no exchange confirming the mapping yet, or during the run (after started_ns): the
+  // bound includes the steps' sizes. Sent only when true (older bodies decode as false).
+  bool clock_stepped = false;
+  // Which frame the times are in (random per agent process, 16 hex digits) and how many steps
+  // its agent had seen when it stamped them: an offset measured later applies to this result
+  // only with the same frame and count. Sent only when clock_frame is set ("" and 0 from older
+  // agents).
+  std::string clock_frame;
+  std::uint64_t clock_steps = 0;
 };
 
 std::string encode_body(const ResultBody& body);

@@ -170,7 +170,8 @@ void NonceStore::remember(const std::string& nonce, std::int64_t expires_ns,
 // --- the checks ------------------------------------------------------------------------------
 
 std::int64_t collector_now_latest(const ClockState& clock, std::int64_t agent_now_ns) {
-  return agent_now_ns + clock.offset_ns + std::max<std::int64_t>(clock.error_ns, 0);
+  auto s = clock.now();  // the bound grown since the exchange, widened by a step not yet confirmed
+  return agent_now_ns + s.offset_ns + std::max<std::int64_t>(s.error_ns, 0);
 }
 
 CheckOutcome check_command(const common::Command& c, const CheckInputs& in) {
@@ -249,7 +250,7 @@ asio::awaitable<ActionOutcome> execute(asio::any_io_executor ex, const ActionPol
 
 common::ResultBody command_result(const common::Command& c, const std::string& verdict,
                                   const std::string& reason, const ActionOutcome* action,
-                                  const ClockState& clock) {
+                                  const ClockState& clock, std::int64_t started_ns) {
   common::ResultBody b;
   b.kind = "command";
   b.test_id = c.id;
@@ -264,7 +265,7 @@ common::ResultBody command_result(const common::Command& c, const std::string& v
                 {"exit_code", action ? std::to_string(action->exit_code) : ""},
                 {"output", action ? action->output : ""}};
   if (action) b.evidence.insert(action->evidence.begin(), action->evidence.end());
-  b.started_ns = common::now_ns();
+  b.started_ns = started_ns ? started_ns : common::frame_now_ns();
   finish_result(b, clock);
   return b;
 }
@@ -299,15 +300,14 @@ struct ActionRunner::Impl {
   void report(const common::Command& c, const std::string& verdict, const std::string& reason,
               const ActionOutcome* action, const std::string& detail,
               std::map<std::string, std::string> extra = {}, std::int64_t started_ns = 0) {
-    auto body = command_result(c, verdict, reason, action, clock);
-    if (started_ns) body.started_ns = started_ns;
+    auto body = command_result(c, verdict, reason, action, clock, started_ns);
     if (!detail.empty()) body.evidence["detail"] = detail;
     body.evidence.merge(extra);
     hooks.report(body);
   }
 
   asio::awaitable<void> handle(common::Command c) {
-    CheckInputs in{key.key(), agent_id, collector_now_latest(clock, common::now_ns()), &policy,
+    CheckInputs in{key.key(), agent_id, collector_now_latest(clock, common::frame_now_ns()), &policy,
                    &nonces};
     auto check = check_command(c, in);
     // Once the nonce is known good, it is spent whatever follows: a refused command must not
@@ -331,7 +331,7 @@ struct ActionRunner::Impl {
     }
     spdlog::info("command {}: {} {} (requested by {}, approved by {})", c.id, c.kind, c.target,
                  c.requester, join_approvals(c));
-    auto started_ns = common::now_ns();
+    auto started_ns = common::frame_now_ns();
     auto outcome = co_await execute(ex, policy, *check.action);
     spdlog::info("command {}: {} ({})", c.id, outcome.verdict, outcome.reason);
     std::map<std::string, std::string> extra;

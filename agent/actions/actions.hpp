@@ -112,8 +112,9 @@ class NonceStore {
 struct CheckInputs {
   const common::Ed25519Key* command_key = nullptr;  // nullptr: none pinned -> bad_signature
   std::string agent_id;
-  // The latest collector time consistent with the clock exchange: agent now + offset + error
-  // (error 0 when never synchronised). A command is live only while this is before its expiry.
+  // The latest collector time consistent with the clock exchange: agent now (frame time) +
+  // offset + error, the error grown since the exchange (0 when never synchronised). A command
+  // is live only while this is before its expiry.
   std::int64_t collector_now_latest_ns = 0;
   const ActionPolicy* policy = nullptr;
   const NonceStore* nonces = nullptr;
@@ -141,9 +142,10 @@ boost::asio::awaitable<ActionOutcome> execute(boost::asio::any_io_executor ex,
 ActionOutcome outcome_of_process(const ProcessOutcome& p, const std::string& program);
 
 // The result that reports a command's outcome (kind "command"); `action` is null for refusals.
+// started_ns: when the action began (frame time, common::frame_now_ns); 0: now.
 common::ResultBody command_result(const common::Command& c, const std::string& verdict,
                                   const std::string& reason, const ActionOutcome* action,
-                                  const ClockState& clock);
+                                  const ClockState& clock, std::int64_t started_ns = 0);
 
 // Takes Commands messages from the uplink and handles their commands one at a time, in order:
 // check, remember the nonce, act, report, schedule the recheck.

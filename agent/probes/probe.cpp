@@ -2,10 +2,14 @@
 
 #include <openssl/ssl.h>
 
+#include <array>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/spdlog.h>
 
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
@@ -43,14 +47,84 @@ common::ResultBody start_result(const TestSpec& test, const std::string& marker)
   if (test.alert_within)
     b.alert_within_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(*test.alert_within).count();
   b.detections = test.detections;
-  b.started_ns = common::now_ns();
+  b.started_ns = common::frame_now_ns();
   return b;
 }
 
 void finish_result(common::ResultBody& b, const ClockState& clock) {
-  b.finished_ns = common::now_ns();
-  b.clock_offset_ns = clock.offset_ns;
-  b.clock_error_ns = clock.error_ns;
+  auto r = clock.observe();
+  b.finished_ns = common::process_frame().at(r.mono_ns);
+  auto s = clock.stamp(r, b.started_ns);
+  b.clock_offset_ns = s.offset_ns;
+  b.clock_error_ns = s.error_ns;
+  b.clock_stepped = s.stepped;
+  b.clock_frame = process_frame_id();
+  b.clock_steps = s.steps;
+}
+
+const std::string& process_frame_id() {
+  static const std::string id = [] {
+    std::array<std::uint8_t, 8> bytes{};
+    common::random_bytes(bytes);
+    return common::to_hex(bytes);
+  }();
+  return id;
+}
+
+ClockState::ClockState(std::int64_t offset_ns, std::int64_t error_ns)
+    : mapping_(common::ClockMapping::fixed(offset_ns, error_ns)) {}
+
+common::ClockReading ClockState::observe() const {
+  common::ClockReading r;
+  std::int64_t step = 0;
+  std::function<void()> cb;
+  {
+    // Read under the lock: readings applied out of order (two threads, one preempted between
+    // reading and applying) would count a step and then its reverse.
+    std::lock_guard lk(mu_);
+    r = common::read_clocks();
+    step = mapping_.observe(common::process_frame(), r);
+    if (step != 0) cb = on_step_;
+  }
+  if (step != 0) {
+    spdlog::warn("the wall clock stepped by {:+.3f} s against the monotonic clock; results are "
+                 "marked clock_stepped, their bound widened by the step, until a clock exchange "
+                 "confirms the mapping{}",
+                 step / 1e9, cb ? " (re-synchronising now)" : "");
+    if (cb) cb();
+  }
+  return r;
+}
+
+common::ClockMapping::Stamp ClockState::stamp(const common::ClockReading& r,
+                                              std::int64_t started_ns) const {
+  std::lock_guard lk(mu_);
+  return mapping_.stamp(r, started_ns);
+}
+
+common::ClockMapping::Stamp ClockState::now() const {
+  auto r = observe();
+  return stamp(r, common::process_frame().at(r.mono_ns));
+}
+
+void ClockState::synchronised(const common::ClockSample& s, const common::ClockReading& at) {
+  std::lock_guard lk(mu_);
+  mapping_.synchronised(s, at);
+}
+
+bool ClockState::resync_wanted() const {
+  std::lock_guard lk(mu_);
+  return mapping_.resync_wanted();
+}
+
+std::uint64_t ClockState::steps() const {
+  std::lock_guard lk(mu_);
+  return mapping_.steps();
+}
+
+void ClockState::on_step(std::function<void()> fn) {
+  std::lock_guard lk(mu_);
+  on_step_ = std::move(fn);
 }
 
 asio::awaitable<AllowedAddresses> resolve_allowed(asio::any_io_executor ex, const Allowlist& allow,

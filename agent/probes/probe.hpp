@@ -12,7 +12,9 @@
 
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <type_traits>
 #include <string>
@@ -20,21 +22,51 @@
 
 #include "agent/runtime/allowlist.hpp"
 #include "agent/runtime/config.hpp"
+#include "common/clock.hpp"
 #include "common/wire.hpp"
 
 namespace tocsin::agent {
 
-// The agent's latest clock exchange with the collector (error -1: never synchronised).
-struct ClockState {
-  std::int64_t offset_ns = 0;
-  std::int64_t error_ns = -1;
+// The agent's mapping to the collector's clock (common::ClockMapping) over the process frame,
+// shared by the uplink (which exchanges) and every stamper (probes, actions), on whatever
+// threads they run: all access is under one lock. A step of the wall clock seen by any reading
+// is logged and handed to the step callback (the uplink re-synchronises at once).
+class ClockState {
+ public:
+  ClockState() = default;  // never synchronised: results carry error -1
+  // A mapping given by hand (tests, `run-once`): offset and bound as given, no drift.
+  ClockState(std::int64_t offset_ns, std::int64_t error_ns);
+  ClockState(const ClockState&) = delete;
+  ClockState& operator=(const ClockState&) = delete;
+
+  // Reads both clocks and checks them for a step; returns the reading.
+  common::ClockReading observe() const;
+  // The stamp for a result started at frame time `started_ns` and finished at reading `r`.
+  common::ClockMapping::Stamp stamp(const common::ClockReading& r, std::int64_t started_ns) const;
+  // The offset and bound in force now.
+  common::ClockMapping::Stamp now() const;
+  void synchronised(const common::ClockSample& s, const common::ClockReading& at);
+  bool resync_wanted() const;
+  std::uint64_t steps() const;
+  // Called on the thread that saw a step, outside the lock.
+  void on_step(std::function<void()> fn);
+
+ private:
+  mutable std::mutex mu_;
+  mutable common::ClockMapping mapping_;
+  std::function<void()> on_step_;
 };
 
 // A unique, detector-visible marker for one run: "tcn-" + 10 random [a-z0-9].
 std::string new_marker();
 
+// This process's frame (common::process_frame) named by 16 random hex digits, sent with every
+// result: the collector applies an offset only to results of the same frame.
+const std::string& process_frame_id();
+
 // The fields every result of a run shares: test, kind, technique, marker, expectation, and
-// the start time. finish_result stamps the end time and the clock state.
+// the start time (the process frame, common::frame_now_ns). finish_result stamps the end time
+// and the clock state: offset, bound (grown since the exchange), clock_stepped, frame and steps.
 common::ResultBody start_result(const TestSpec& test, const std::string& marker);
 void finish_result(common::ResultBody& b, const ClockState& clock);
 

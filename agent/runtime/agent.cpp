@@ -45,7 +45,8 @@ asio::awaitable<std::vector<common::ResultBody>> run_probe(const ProbeSet& probe
                                                            std::chrono::milliseconds deadline) {
   if (deadline <= 0ms) deadline = run_deadline(t);
   auto marker = new_marker();
-  auto started_ns = common::now_ns();
+  // A wall-clock step is caught here, before the action, so the uplink re-synchronises at once.
+  auto started_ns = common::process_frame().at(clock.observe().mono_ns);
   auto ex = co_await asio::this_coro::executor;
   // The probe runs as its own coroutine; whichever comes first, its results or the deadline,
   // wakes this one. A probe past its deadline keeps running only to clean up (its own timeouts
@@ -123,9 +124,13 @@ Agent::~Agent() {
   stop();
 }
 
-asio::awaitable<void> Agent::run_test(const TestSpec& t) {
+bool kill_switch_present(const AgentConfig& cfg) {
   std::error_code ec;
-  bool disabled = !cfg_.kill_switch.empty() && std::filesystem::exists(cfg_.kill_switch, ec);
+  return !cfg.kill_switch.empty() && std::filesystem::exists(cfg.kill_switch, ec);
+}
+
+asio::awaitable<void> Agent::run_test(const TestSpec& t) {
+  bool disabled = kill_switch_present(cfg_);
   if (disabled != disabled_) {
     disabled_ = disabled;
     if (disabled)

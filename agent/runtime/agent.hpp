@@ -34,6 +34,10 @@ boost::asio::awaitable<std::vector<common::ResultBody>> run_probe(
     const ProbeSet& probes, const TestSpec& t, const ClockState& clock,
     std::chrono::milliseconds deadline = std::chrono::milliseconds(0));
 
+// The kill switch (`kill_switch:` in the config) exists: no probe may run, on any path
+// (`run`, `run --once`, `run-once`, a command's recheck).
+bool kill_switch_present(const AgentConfig& cfg);
+
 class Agent {
  public:
   Agent(boost::asio::io_context& io, AgentConfig cfg);  // throws with a clear message

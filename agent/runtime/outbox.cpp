@@ -317,7 +317,7 @@ std::size_t Outbox::append(const std::vector<std::string>& bodies) {
       ++appended;
       continue;
     }
-    auto now = common::now_ns();
+    auto now = common::frame_now_ns();  // the frame every result is stamped in
     if (dropped_unreported_ == reporting_) first_drop_ns_ = now;
     last_drop_ns_ = now;
     ++dropped_unreported_;

@@ -3,6 +3,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -145,17 +146,31 @@ struct Uplink::Impl {
     }
   }
 
+  // t1 and t4 are frame times (common::process_frame), like every stamp: the offset maps the
+  // frame, not the wall clock, to the collector's clock, and a wall step changes neither.
   asio::awaitable<void> sync_clock(Stream& s, common::Watchdog& wd) {
-    common::TimeReq req{common::now_ns()};
+    const auto& frame = common::process_frame();
+    auto t1 = frame.at(clock.observe().mono_ns);  // a step seen here came before the exchange
+    auto steps_before = clock.steps();
+    common::TimeReq req{t1};
     co_await write(s, wd, req);
     auto resp = co_await expect<common::TimeResp>(s, wd);
-    auto t4 = common::now_ns();
+    auto at = clock.observe();
+    auto t4 = frame.at(at.mono_ns);
     if (resp.t1 != req.t1) throw std::runtime_error("clock exchange answered another request");
     auto sample = common::clock_sample(resp.t1, resp.t2, resp.t3, t4);
-    clock.offset_ns = sample.offset_ns;
-    clock.error_ns = sample.error_ns;
-    spdlog::debug("clock offset to collector {:.3f} ms ± {:.3f} ms", sample.offset_ns / 1e6,
-                  sample.error_ns / 1e6);
+    if (clock.steps() != steps_before) {
+      // A step inside the exchange may have been the monotonic clock's: the round trip is not
+      // to be trusted. The step left resync_wanted set: the session loop asks again.
+      spdlog::debug("clock exchange discarded: the clock stepped during it");
+      co_return;
+    }
+    bool after_step = clock.resync_wanted();
+    clock.synchronised(sample, at);
+    spdlog::log(after_step ? spdlog::level::info : spdlog::level::debug,
+                "clock offset to collector {:.3f} ms ± {:.3f} ms{}", sample.offset_ns / 1e6,
+                sample.error_ns / 1e6,
+                after_step ? " (re-synchronised after a wall-clock step)" : "");
   }
 
   bool polling() const {
@@ -241,7 +256,7 @@ struct Uplink::Impl {
     auto next_poll = std::chrono::steady_clock::now();  // the first poll right after connecting
 
     while (!stopping) {
-      if (std::chrono::steady_clock::now() >= next_sync) {
+      if (std::chrono::steady_clock::now() >= next_sync || clock.resync_wanted()) {
         co_await sync_clock(s, wd);
         next_sync = std::chrono::steady_clock::now() + opts.clock_sync_interval;
       }
@@ -286,9 +301,19 @@ Uplink::Uplink(asio::any_io_executor ex, asio::ssl::context& tls, common::HostPo
     : impl_(std::make_shared<Impl>(ex, tls, std::move(server), std::move(agent_id), std::move(key),
                                    outbox, clock, opts)) {}
 
-Uplink::~Uplink() { stop(); }
+Uplink::~Uplink() {
+  stop();
+  impl_->clock.on_step(nullptr);
+}
 
 void Uplink::start() {
+  // A step seen by any stamper, on any thread, wakes the sender to re-synchronise at once.
+  impl_->clock.on_step([w = std::weak_ptr<Impl>(impl_)] {
+    if (auto impl = w.lock())
+      asio::post(impl->ex, [w] {
+        if (auto i = w.lock()) i->wake_up();
+      });
+  });
   // The handler holds the state alive for as long as the coroutine may touch it.
   asio::co_spawn(impl_->ex, impl_->run(),
                  [impl = impl_, log = common::log_if_failed("uplink stopped")](

@@ -286,6 +286,8 @@ Agent::Agent(Collector& c, std::string outbox_max) : c_(c), outbox_max_(std::mov
 std::string Agent::config_header(const std::string& server) const {
   std::ostringstream o;
   o << "state_dir: " << state_dir().string() << "\n";
+  // Tests run their probes every few ms to seconds: below the production floor of 10 s.
+  o << "min_every: 10ms\n";
   if (!server.empty()) o << "server: \"" << server << "\"\n";
   o << "outbox:\n  max_bytes: " << outbox_max_ << "\n"
     << "uplink:\n  backoff_initial: 50ms\n  backoff_max: 500ms\n  connect_timeout: 5s\n"
@@ -373,6 +375,21 @@ std::uint16_t closed_port() {
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   close(fd);
   return ntohs(a.sin_port);
+}
+
+std::optional<fs::path> build_timerfd_shim(const fs::path& dir) {
+  const fs::path cc = "/usr/bin/cc";
+  if (!fs::exists(cc)) return std::nullopt;
+  auto src = dir / "timerfd_passthrough.c";
+  auto so = dir / "timerfd_passthrough.so";
+  std::ofstream(src) << "#define _GNU_SOURCE\n#include <sys/syscall.h>\n#include <sys/timerfd.h>\n"
+                        "#include <unistd.h>\n"
+                        "int timerfd_settime(int fd, int flags, const struct itimerspec* v,\n"
+                        "                    struct itimerspec* old) {\n"
+                        "  return (int)syscall(SYS_timerfd_settime, fd, flags, v, old);\n}\n";
+  auto r = run_command({cc.string(), "-shared", "-fPIC", "-O2", "-o", so.string(), src.string()});
+  if (r.rc != 0) throw std::runtime_error("cannot build the timerfd shim: " + r.err);
+  return so;
 }
 
 }  // namespace tocsin::test

@@ -161,4 +161,13 @@ class OpenPort {
 
 std::uint16_t closed_port();  // a loopback port with nothing listening
 
+// libfaketime 0.9.10 rewrites every TFD_TIMER_ABSTIME deadline passed to timerfd_settime by
+// the fake offset, whatever clock the timerfd runs on: Asio arms its CLOCK_MONOTONIC timerfd
+// with the absolute time {0 s, 1 ns} for "a timer is already due", which with a +30 s offset
+// becomes {-30 s, 1 ns}, the kernel answers EINVAL, and the agent's due timers never fire.
+// With monotonic time left real (FAKETIME_DONT_FAKE_MONOTONIC=1) nothing needs rewriting, so
+// this shim, preloaded ahead of libfaketime, sends timerfd_settime straight to the kernel.
+// Built in `dir` at test time; nullopt when there is no C compiler.
+std::optional<std::filesystem::path> build_timerfd_shim(const std::filesystem::path& dir);
+
 }  // namespace tocsin::test

@@ -180,6 +180,39 @@ TEST_CASE("a ResultBody round-trips through encode_body and decode_body") {
   }
 }
 
+TEST_CASE("clock_stepped is sent only when true and round-trips") {
+  auto b = full_body();
+  b.clock_stepped = false;
+  auto plain = encode_body(b);
+  CHECK(plain.find("clock_stepped") == std::string::npos);  // bodies (and hashes) as before
+  CHECK_FALSE(decode_body(plain).clock_stepped);
+  b.clock_stepped = true;
+  auto stepped = encode_body(b);
+  CHECK(stepped.find("clock_stepped") != std::string::npos);
+  CHECK(decode_body(stepped).clock_stepped);
+}
+
+TEST_CASE("clock_frame and clock_steps are sent only with a frame and round-trip") {
+  auto b = full_body();
+  auto plain = encode_body(b);
+  CHECK(plain.find("clock_frame") == std::string::npos);  // older bodies, and their hashes
+  CHECK(plain.find("clock_steps") == std::string::npos);
+  auto d = decode_body(plain);
+  CHECK(d.clock_frame.empty());
+  CHECK(d.clock_steps == 0);
+  b.clock_frame = "0123456789abcdef";
+  b.clock_steps = 3;
+  b.clock_stepped = true;
+  d = decode_body(encode_body(b));
+  CHECK(d.clock_frame == "0123456789abcdef");
+  CHECK(d.clock_steps == 3);
+  CHECK(d.clock_stepped);
+  b.clock_steps = 0;  // a frame with no step yet still says so
+  d = decode_body(encode_body(b));
+  CHECK(d.clock_frame == "0123456789abcdef");
+  CHECK(d.clock_steps == 0);
+}
+
 TEST_CASE("unknown keys are ignored and missing keys take their defaults") {
   SUBCASE("in a message") {
     auto payload = message_map("hello", 2, [](Packer& p) {
