@@ -1,5 +1,6 @@
 #include "collector/alerts/alert.hpp"
 
+#include <boost/asio/ip/address.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -434,6 +435,33 @@ std::string find_technique(std::string_view text) {
 
 std::string alert_key(const Alert& a) {
   return a.source + ":" + (a.id.empty() ? common::to_hex(common::sha256(a.text)) : a.id);
+}
+
+std::int64_t time_resolution_ns(std::int64_t ns) {
+  if (ns == 0) return 0;
+  for (std::int64_t unit : {1'000'000'000LL, 1'000'000LL, 1'000LL})
+    if (ns % unit == 0) return unit;
+  return 1;
+}
+
+std::string neutralise_controls(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return out;
+}
+
+std::string canonical_address(std::string_view s) {
+  constexpr std::size_t kMaxAddressText = 64;
+  if (s.size() >= 2 && s.front() == '[' && s.back() == ']') s = s.substr(1, s.size() - 2);
+  if (auto pct = s.find('%'); pct != std::string_view::npos) s = s.substr(0, pct);
+  if (s.empty() || s.size() > kMaxAddressText) return {};
+  boost::system::error_code ec;
+  auto a = boost::asio::ip::make_address(std::string(s), ec);
+  if (ec) return {};
+  if (a.is_v6() && a.to_v6().is_v4_mapped())
+    return boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6()).to_string();
+  return a.to_string();
 }
 
 }  // namespace tocsin::collector

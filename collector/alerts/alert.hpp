@@ -30,6 +30,9 @@ struct Alert {
   std::string host;
   std::string rule;
   std::string technique;  // ATT&CK id, e.g. T1105 (empty if the source has none)
+  // Addresses the alert names as the activity's source (CrowdSec's source.ip): a host hint
+  // for the fallback match when the alert has no marker. Literal IPs only, at most a few.
+  std::vector<std::string> source_addresses;
   std::string severity;
   std::string text;  // the whole input flattened ("path=value" lines), capped; markers live here
   // Times on the source's clocks, ns since the epoch; 0 = the source did not say.
@@ -60,5 +63,19 @@ std::string find_technique(std::string_view text);
 
 // Dedup identity of an alert: source + ":" + (id or SHA-256 of the flattened text).
 std::string alert_key(const Alert& a);
+
+// The resolution a source's timestamp was written with, inferred from the value: a whole
+// number of seconds has 1 s resolution, of milliseconds 1 ms, of microseconds 1 us, else 1 ns.
+// 0 for 0 (the source gave no time). A difference of such times is only known to within the
+// coarser resolution of the two (CrowdSec's created_at has whole seconds).
+std::int64_t time_resolution_ns(std::int64_t ns);
+
+// Control bytes (< 0x20, 0x7f) in a source-supplied name replaced by '?', so a rule or
+// technique can neither forge an index key nor break a log line.
+std::string neutralise_controls(std::string_view s);
+
+// An IP literal in canonical form (IPv4-mapped IPv6 as IPv4, IPv6 compressed, no zone or
+// brackets), or "" when `s` is not one.
+std::string canonical_address(std::string_view s);
 
 }  // namespace tocsin::collector

@@ -7,6 +7,7 @@
 #include <string>
 #include <utility>
 
+#include "collector/alerts/alert.hpp"
 #include "collector/alerts/alert_sources.hpp"
 #include "collector/api/handlers.hpp"
 #include "collector/runs/correlator.hpp"
@@ -42,6 +43,16 @@ json run_json(const Run& r) {
             {"agent_started_ns", r.agent_started_ns},
             {"clock_offset_ms", ns_to_ms(r.clock_offset_ns)},
             {"clock_synced", r.clock_synced},
+            // Made before the agent's first exchange: re-corrected from a later offset
+            // (resolved), still waiting for one (held: no decision before the hold deadline),
+            // or decided at that deadline without one (unresolved: the bound is unknown).
+            {"clock_resolved", r.clock_resolved},
+            {"clock_held", r.clock_held()},
+            {"clock_unresolved", r.clock_unresolved},
+            {"clock_stepped", r.clock_stepped},
+            // The agent process's frame and the steps it had seen ("" and 0 from older agents).
+            {"clock_frame", r.clock_frame},
+            {"clock_steps", r.clock_steps},
             {"error_bound_ms", ms_or_null(r.action_error_ns >= 0, r.action_error_ns)},
             {"action_error_ns", r.action_error_ns},
             {"received_at", time_or_null(r.received_ns)},
@@ -61,19 +72,29 @@ json run_json(const Run& r) {
                   {"alert_created_time", time_or_null(r.created_ns)},
                   {"arrival_time", time_or_null(r.arrival_ns)},
                   {"arrival_ns", r.arrival_ns}};
+    // Each figure with the resolution of the SIEM timestamps it comes from: CrowdSec writes
+    // whole seconds, so its rule latency is only known to within a second either way.
+    auto res_ms = [](bool known, std::int64_t res) { return ms_or_null(known, res); };
+    bool has_rule = r.created_ns && before_rule;
+    auto rule_res =
+        has_rule ? std::max(time_resolution_ns(r.created_ns), time_resolution_ns(before_rule)) : 0;
     j["pipeline_lag_ms"] = ms_or_null(r.ingest_ns != 0, r.ingest_ns - r.action_ns);
-    j["rule_latency_ms"] = ms_or_null(r.created_ns && before_rule, r.created_ns - before_rule);
+    j["pipeline_lag_resolution_ms"] = res_ms(r.ingest_ns != 0, time_resolution_ns(r.ingest_ns));
+    j["rule_latency_ms"] = ms_or_null(has_rule, r.created_ns - before_rule);
+    j["rule_latency_resolution_ms"] = res_ms(has_rule, rule_res);
+    // Negative beyond the resolution: the SIEM's own clocks disagree (not ours to correct).
+    j["rule_latency_anomaly"] = has_rule && r.created_ns - before_rule < -rule_res;
     j["delivery_lag_ms"] = ms_or_null(r.created_ns != 0, r.arrival_ns - r.created_ns);
+    j["delivery_lag_resolution_ms"] = res_ms(r.created_ns != 0, time_resolution_ns(r.created_ns));
   } else {
     j["alert"] = nullptr;
   }
-  j["logged"] = r.logged_key.empty()
-                    ? json(nullptr)
-                    : json{{"source", r.logged_source},
-                           {"key", r.logged_key},
-                           {"siem_event_time", time_or_null(r.logged_event_ns)},
-                           {"siem_ingest_time", time_or_null(r.logged_ingest_ns)},
-                           {"arrival_time", time_or_null(r.logged_arrival_ns)}};
+  j["logged"] = r.logged_key.empty() ? json(nullptr)
+                                     : json{{"source", r.logged_source},
+                                            {"key", r.logged_key},
+                                            {"siem_event_time", time_or_null(r.logged_event_ns)},
+                                            {"siem_ingest_time", time_or_null(r.logged_ingest_ns)},
+                                            {"arrival_time", time_or_null(r.logged_arrival_ns)}};
   return j;
 }
 
@@ -81,11 +102,13 @@ constexpr std::size_t kMaxReportRuns = 2'000'000;
 
 json percentiles_json(const Percentiles& p) {
   if (p.count == 0) return nullptr;
-  return {{"count", p.count},
-          {"p50_ms", ns_to_ms(p.p50)},
-          {"p95_ms", ns_to_ms(p.p95)},
-          {"p99_ms", ns_to_ms(p.p99)},
-          {"max_ms", ns_to_ms(p.max)}};
+  json j = {{"count", p.count},
+            {"p50_ms", ns_to_ms(p.p50)},
+            {"p95_ms", ns_to_ms(p.p95)},
+            {"p99_ms", ns_to_ms(p.p99)},
+            {"max_ms", ns_to_ms(p.max)}};
+  if (p.resolution_ns > 0) j["resolution_ms"] = ns_to_ms(p.resolution_ns);
+  return j;
 }
 
 }  // namespace
@@ -134,6 +157,9 @@ json get_latency(State& st, const Params& p) {
                     {"time_to_alert", percentiles_json(r.time_to_alert)},
                     {"max_error_ms", ns_to_ms(r.max_error_ns)},
                     {"clock_anomalies", r.clock_anomalies},
+                    {"clock_held", r.clock_held},
+                    {"clock_unresolved", r.clock_unresolved},
+                    {"clock_stepped", r.clock_stepped},
                     {"pipeline_lag", percentiles_json(r.pipeline_lag)},
                     {"rule_latency", percentiles_json(r.rule_latency)},
                     {"delivery_lag", percentiles_json(r.delivery_lag)}});
@@ -178,6 +204,7 @@ json get_alert_sources(State& st, const Params&) {
                 {"duplicates", c.duplicates},
                 {"matched", c.matched},
                 {"waiting_for_run", c.orphaned},
+                {"markers_over_cap", c.markers_over_cap},
                 {"rejected", rejected},
                 {"last_rejection", c.last_rejection},
                 {"last_alert", time_or_null(c.last_alert_ns)}};

@@ -365,6 +365,24 @@ struct IngestServer::Impl {
       co_await settle.async_wait(use_awaitable);
     }
     if (live.generation != gen) co_return;
+    // The correlator's host hint for alerts that name a source address (CrowdSec's source.ip):
+    // where this authenticated agent connects from. Written while nothing else of this agent's
+    // is in flight, and only when it changed.
+    if (auto addr = remote.substr(0, remote.rfind(':')); addr != "unknown" && !addr.empty()) {
+      if (auto cur = store_.get_agent(agent_id); cur && cur->last_address != addr) {
+        cur->last_address = addr;
+        WriteSet ws;
+        ws.put_agent(*cur);
+        ++live.pending;
+        auto err = co_await async_commit(store_, std::move(ws), io_.get_executor(), use_awaitable);
+        --live.pending;
+        if (!err.empty()) {
+          spdlog::critical("{}; exiting so a restart recovers from the database", err);
+          std::_Exit(70);
+        }
+        if (live.generation != gen) co_return;
+      }
+    }
     // Nothing of ours in flight: the store is the truth (another collector may have advanced
     // this agent's chain since we cached it).
     if (auto fresh = store_.get_agent(agent_id)) live.head = {fresh->next_seq, fresh->head_hash};
@@ -457,10 +475,15 @@ struct IngestServer::Impl {
         spdlog::warn("agent {} seq {}: undecodable body: {}", agent_id, rs[i].seq, e.what());
       }
     }
-    if (const auto& last = bodies.back(); last && last->clock_error_ns >= 0) {
-      // A result made before any exchange knows nothing new.
-      rec.clock_offset_ns = last->clock_offset_ns;
-      rec.clock_error_ns = last->clock_error_ns;
+    // The agent's clock figures: from the newest body that has a confirmed mapping. One made
+    // before any exchange knows nothing, and one stamped after a step until the next exchange
+    // carries the step in its bound (runs borrowing it would inherit that bound).
+    for (auto it = bodies.rbegin(); it != bodies.rend(); ++it) {
+      if (*it && (*it)->clock_error_ns >= 0 && !(*it)->clock_stepped) {
+        rec.clock_offset_ns = (*it)->clock_offset_ns;
+        rec.clock_error_ns = (*it)->clock_error_ns;
+        break;
+      }
     }
     auto runs = stage_runs(ws, rs, check.first_fresh, bodies, rec, now);
     ws.put_agent(rec);

@@ -51,12 +51,22 @@ struct Run {
   std::string hostname, test_id, probe, technique, verdict, reason, target;
   std::vector<std::string> detections;  // rule names the test expects to fire
   std::int64_t alert_within_ns = 0;     // 0: the test expects no alert
-  std::int64_t agent_started_ns = 0;    // raw agent clock
+  std::int64_t agent_started_ns = 0;    // the agent's frame time, uncorrected
   std::int64_t clock_offset_ns = 0;     // applied correction (collector - agent)
   std::int64_t action_ns = 0;           // started, on the collector's clock
   std::int64_t action_error_ns = 0;     // bound of that correction; -1: unknown
   bool clock_synced = true;             // false: the agent had no clock sample yet
-  std::int64_t received_ns = 0;         // result stored at the collector
+  // For a run made before the agent's first exchange: its correction was redone from an
+  // offset in a later synchronised result of the same agent (same frame, no step between).
+  // Until then its deadlines are held, at most until hold_deadline_ns().
+  bool clock_resolved = false;
+  // No such result came by the hold deadline: decided on its provisional correction with an
+  // unknown bound, and left out of the latency percentiles.
+  bool clock_unresolved = false;
+  bool clock_stepped = false;    // the host's wall clock stepped since that exchange
+  std::string clock_frame;       // the agent process's frame ("": an older agent)
+  std::uint64_t clock_steps = 0; // steps the agent had seen when it stamped the result
+  std::int64_t received_ns = 0;  // result stored at the collector
 
   DetectionState state = DetectionState::pending;
   bool overdue = false;  // the SLA passed without an alert (still searching until grace)
@@ -73,8 +83,19 @@ struct Run {
   std::string logged_key, logged_source;
   std::int64_t logged_event_ns = 0, logged_ingest_ns = 0, logged_arrival_ns = 0;
 
-  std::int64_t sla_deadline_ns() const { return action_ns + alert_within_ns; }
+  std::int64_t sla_deadline_ns() const;  // saturating: action_ns comes from the agent
+  // Its action time may be minutes off: no overdue, missed or late until it is re-corrected.
+  bool clock_held() const { return !clock_synced && !clock_resolved && !clock_unresolved; }
+  // The latest a held run waits for its offset: the action came before the result reached the
+  // collector, so by received + SLA + grace every alert that could count has arrived.
+  std::int64_t hold_deadline_ns(std::chrono::milliseconds grace) const;
 };
+
+// At most this many expected detections are kept per run (the wire allows more): each is an
+// index key, and a stored run must always decode.
+inline constexpr std::size_t kMaxRunDetections = 64;
+// One alert matches at most this many runs; further markers in it are counted and ignored.
+inline constexpr std::size_t kMaxRunsPerAlert = 16;
 
 std::string encode_run(const Run& r);  // msgpack, versioned; JSON records still decode
 Run decode_run(const std::string& s);  // throws StoreError
@@ -82,7 +103,9 @@ Run decode_run(const std::string& s);  // throws StoreError
 // The run a stored result describes, or nullopt when it is not a probe run with a marker.
 // `agent` supplies the hostname and, for a result made before the first clock exchange, the
 // agent's latest offset, its bound widened by the drift allowance; with no offset known at all,
-// the bound is -1 (unknown) until one is (the correlator re-corrects when an alert matches).
+// the bound is -1 (unknown). Either way the run's deadlines are held until a later synchronised
+// result of the same agent (same frame, no step between) brings an offset (the correlator then
+// re-corrects it), or at most until Run::hold_deadline_ns.
 std::optional<Run> run_from_result(const common::ResultRecord& rec, const common::ResultBody& body,
                                    const AgentRecord& agent, std::int64_t received_ns,
                                    const CorrelationConfig& cfg);
@@ -114,6 +137,7 @@ std::vector<DetectionEvent> list_detection_events(const Store& store, std::uint6
 struct SourceCounters {
   std::string source;
   std::uint64_t accepted = 0, duplicates = 0, matched = 0, orphaned = 0;
+  std::uint64_t markers_over_cap = 0;  // markers beyond kMaxRunsPerAlert in one alert, ignored
   std::map<std::string, std::uint64_t> rejected;  // reason -> count
   std::string last_rejection;
   std::int64_t last_alert_ns = 0;

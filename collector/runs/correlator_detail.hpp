@@ -32,12 +32,40 @@ std::string orphan_key(const std::string& marker, const std::string& alert_key);
 
 // ---- matching rules (correlator_matching.cpp) ------------------------------------------------
 
+// What a fuzzy key says the run and the alert share besides the time: the same host (first
+// DNS label) or the agent's network address (the alert's source address), and the same
+// technique or an expected detection (rule) name.
+enum class FuzzyKind : char {
+  host_technique = 't',
+  host_rule = 'r',
+  address_technique = 'T',
+  address_rule = 'R',
+};
+struct FuzzyKey {
+  FuzzyKind kind;
+  std::string key;  // the kind byte, then each part length-prefixed: no input can forge a kind
+};
+double fuzzy_confidence(FuzzyKind k);
+
 // The keys a pending run is indexed under for fuzzy matching, and an alert looked up by.
-std::vector<std::string> fuzzy_keys(const std::string& host, const std::string& technique,
-                                    const std::vector<std::string>& rules);
+// `addresses` are canonical IP literals (canonical_address); empty ones are skipped.
+std::vector<FuzzyKey> fuzzy_keys(const std::string& host, const std::vector<std::string>& addresses,
+                                 const std::string& technique,
+                                 const std::vector<std::string>& rules);
 // A run's clock correction from the agent's latest offset, its bound widened by the drift
 // since; with no offset known, the bound is -1 (unknown).
 void borrow_offset(Run& r, const AgentRecord& agent, std::int64_t at_ns,
                    const CorrelationConfig& cfg);
+// Re-corrects a run made before its agent's first clock exchange from an offset the same agent
+// measured later (`measured_agent_ns`, on the agent's clock): bound widened by the drift over
+// the gap; marks the run resolved. Returns false (and changes nothing) for an unknown offset.
+bool resolve_offset(Run& r, std::int64_t offset_ns, std::int64_t error_ns,
+                    std::int64_t measured_agent_ns, const CorrelationConfig& cfg);
+
+// Whether `synced`'s offset may re-correct the held run `held`: a synchronised, unstepped
+// result of the same agent, made after it, in the same process frame with no step between
+// (same clock_frame and clock_steps). A held run without a frame (an older agent) takes any.
+bool offset_applies(const std::string& held_frame, std::uint64_t held_steps,
+                    std::uint64_t held_seq, const Run& synced);
 
 }  // namespace tocsin::collector::detail::runs

@@ -1,4 +1,5 @@
 // Stored records: runs, alerts and detection events (msgpack; older JSON read) and their tables.
+#include <spdlog/spdlog.h>
 #include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 
@@ -117,8 +118,17 @@ DetectionEvent decode_event(std::uint64_t seq, std::string_view v) {
 
 // Run records: a msgpack array in this fixed order, led by its format number. Positional,
 // because ingest writes one per result and keys would double its size and encode time.
+// New fields are appended and the format stays 1: a reader takes the fields it knows and
+// ignores the rest (record_fields accepts a longer array), so an older collector still reads
+// a newer record, and the array's length tells which fields a record has. 39 fields: the first
+// layout; 44: then clock_resolved, clock_stepped, clock_frame, clock_steps, clock_unresolved.
 constexpr std::uint64_t kRunFormat = 1;
-constexpr std::uint32_t kRunFields = 39;
+constexpr std::uint32_t kRunFieldsV1 = 39;
+constexpr std::uint32_t kRunFields = 44;
+// Larger than any array encode_run writes (its fields, kMaxRunDetections), so every stored
+// run decodes; anything larger is damage.
+const auto kRunLimit = msgpack::unpack_limit(128, 0, 1 << 20, 0, 1024, 4);
+static_assert(kMaxRunDetections <= 128 && kRunFields <= 128);
 
 Run decode_run_json(const std::string& s) {  // databases written before format 1
   json j = json::parse(s, nullptr, false);
@@ -143,6 +153,8 @@ Run decode_run_json(const std::string& s) {  // databases written before format 
   r.action_ns = i64("action_ns");
   r.action_error_ns = i64("action_error_ns");
   r.clock_synced = j.value("clock_synced", true);
+  // Runs stored before resolution existed were never held: treat them as resolved.
+  r.clock_resolved = !r.clock_synced;
   r.received_ns = i64("received_ns");
   r.state = parse_state(str("state")).value_or(DetectionState::pending);
   r.overdue = j.value("overdue", false);
@@ -256,13 +268,17 @@ std::string encode_event(const DetectionEvent& e) {
 }
 
 std::string open_run_value(const Run& r) {
-  return dump({{"a", r.action_ns},
-               {"e", r.action_error_ns},
-               {"w", r.alert_within_ns},
-               {"o", r.overdue},
-               {"h", r.hostname},
-               {"t", r.technique},
-               {"d", r.detections}});
+  json j = {{"a", r.action_ns},  {"e", r.action_error_ns}, {"w", r.alert_within_ns},
+            {"o", r.overdue},    {"h", r.hostname},        {"t", r.technique},
+            {"d", r.detections}, {"g", r.agent_id},        {"q", r.seq}};
+  if (r.clock_held()) {  // absent in values written before holding existed
+    j["held"] = true;
+    j["r"] = r.received_ns;  // its hold deadline
+    j["f"] = r.clock_frame;  // which results may resolve it
+    j["s"] = r.clock_steps;
+  }
+  if (!r.alert_key.empty()) j["k"] = true;
+  return dump(j);
 }
 
 std::optional<Run> open_run_from_value(std::string_view marker, std::string_view v) {
@@ -277,6 +293,17 @@ std::optional<Run> open_run_from_value(std::string_view marker, std::string_view
   r.hostname = j.value("h", "");
   r.technique = j.value("t", "");
   r.detections = j.value("d", std::vector<std::string>{});
+  r.agent_id = j.value("g", "");
+  r.seq = j.value("q", std::uint64_t{0});
+  if (j.value("held", false)) {
+    // Without its hold deadline's inputs the summary is not enough: read the full record.
+    if (!j.contains("r")) return std::nullopt;
+    r.clock_synced = false;
+    r.received_ns = j.value("r", std::int64_t{0});
+    r.clock_frame = j.value("f", "");
+    r.clock_steps = j.value("s", std::uint64_t{0});
+  }
+  if (j.value("k", false)) r.alert_key = "-";  // only whether it has one matters here
   return r;
 }
 
@@ -327,7 +354,11 @@ std::string encode_run(const Run& r) {
   p.pack(r.verdict);
   p.pack(r.reason);
   p.pack(r.target);
-  p.pack(r.detections);
+  if (r.detections.size() > kMaxRunDetections)
+    p.pack(
+        std::vector<std::string>(r.detections.begin(), r.detections.begin() + kMaxRunDetections));
+  else
+    p.pack(r.detections);
   p.pack(r.alert_within_ns);
   p.pack(r.agent_started_ns);
   p.pack(r.clock_offset_ns);
@@ -355,16 +386,21 @@ std::string encode_run(const Run& r) {
   p.pack(r.logged_event_ns);
   p.pack(r.logged_ingest_ns);
   p.pack(r.logged_arrival_ns);
+  p.pack(r.clock_resolved);
+  p.pack(r.clock_stepped);
+  p.pack(r.clock_frame);
+  p.pack(r.clock_steps);
+  p.pack(r.clock_unresolved);
   return std::string(buf.data(), buf.size());
 }
 
 Run decode_run(const std::string& s) {
   if (!s.empty() && s[0] == '{') return decode_run_json(s);
   try {
-    auto oh = msgpack::unpack(s.data(), s.size(), nullptr, nullptr,
-                              msgpack::unpack_limit(64, 0, 1 << 20, 0, 1024, 4));
-    const msgpack::object* f = record_fields(oh, kRunFormat, kRunFields);
+    auto oh = msgpack::unpack(s.data(), s.size(), nullptr, nullptr, kRunLimit);
+    const msgpack::object* f = record_fields(oh, kRunFormat, kRunFieldsV1);
     if (!f) throw StoreError("corrupt run record");
+    bool v1 = oh.get().via.array.size < kRunFields;  // the first layout (or a damaged later one)
     Run r;
     f++->convert(r.marker);
     f++->convert(r.agent_id);
@@ -407,6 +443,15 @@ Run decode_run(const std::string& s) {
     f++->convert(r.logged_event_ns);
     f++->convert(r.logged_ingest_ns);
     f++->convert(r.logged_arrival_ns);
+    if (v1) {
+      r.clock_resolved = !r.clock_synced;  // never held: decided as it was
+    } else {
+      f++->convert(r.clock_resolved);
+      f++->convert(r.clock_stepped);
+      f++->convert(r.clock_frame);
+      f++->convert(r.clock_steps);
+      f++->convert(r.clock_unresolved);
+    }
     return r;
   } catch (const msgpack::type_error&) {
     throw StoreError("corrupt run record");
@@ -434,12 +479,21 @@ std::vector<Run> list_runs(const Store& store, std::int64_t since_ns, std::int64
   std::string from;
   put_be64(from, time_key(since_ns));
   auto until = time_key(until_ns);
+  std::size_t unreadable = 0;
+  std::string first_error;
   store.scan(Table::runs_by_time, from, [&](std::string_view k, std::string_view) {
     if (k.size() <= 8 || get_be64(k.data()) >= until || out.size() >= limit) return false;
-    auto r = get_run(store, std::string(k.substr(8)));
-    if (r && (!keep || keep(*r))) out.push_back(std::move(*r));
+    try {
+      auto r = get_run(store, std::string(k.substr(8)));
+      if (r && (!keep || keep(*r))) out.push_back(std::move(*r));
+    } catch (const StoreError& e) {  // one damaged record must not hide every other run
+      if (unreadable++ == 0) first_error = e.what();
+    }
     return true;
   });
+  if (unreadable)
+    spdlog::warn("list of runs: skipped {} unreadable run records (first: {})", unreadable,
+                 first_error);
   return out;
 }
 

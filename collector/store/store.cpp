@@ -84,7 +84,8 @@ json to_json(const AgentRecord& a) {
           {"head_hash", hex(a.head_hash)},
           {"clock_offset_ns", a.clock_offset_ns},
           {"clock_error_ns", a.clock_error_ns},
-          {"revoked", a.revoked}};
+          {"revoked", a.revoked},
+          {"last_address", a.last_address}};
 }
 AgentRecord agent_from_json(const json& j) {
   AgentRecord a;
@@ -101,6 +102,7 @@ AgentRecord agent_from_json(const json& j) {
   a.clock_offset_ns = j.value("clock_offset_ns", std::int64_t{0});
   a.clock_error_ns = j.value("clock_error_ns", std::int64_t{-1});
   a.revoked = j.value("revoked", false);
+  a.last_address = j.value("last_address", std::string());
   return a;
 }
 

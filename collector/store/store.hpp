@@ -45,6 +45,7 @@ struct AgentRecord {
   std::int64_t clock_offset_ns = 0;
   std::int64_t clock_error_ns = -1;
   bool revoked = false;
+  std::string last_address;  // peer address of the latest authenticated session (host hint)
 };
 
 struct StoredResult {

@@ -309,3 +309,30 @@ TEST_CASE("alert_key uses the source's id, else a hash of the text") {
   a.text = "x=2\n";
   CHECK(alert_key(a) != hashed);
 }
+
+TEST_CASE("a timestamp's resolution is inferred from its value") {
+  CHECK(time_resolution_ns(0) == 0);
+  CHECK(time_resolution_ns(kBase) == kSec);                     // CrowdSec's created_at
+  CHECK(time_resolution_ns(kBase + 250'000'000) == 1'000'000);  // milliseconds
+  CHECK(time_resolution_ns(kBase + 250'001'000) == 1'000);
+  CHECK(time_resolution_ns(kBase + 1) == 1);
+  CHECK(time_resolution_ns(-kSec) == kSec);
+}
+
+TEST_CASE("control bytes in a source's names are neutralised") {
+  CHECK(neutralise_controls(std::string("T1105\0r:x", 9)) == "T1105?r:x");
+  CHECK(neutralise_controls("a\tb\x7f"
+                            "c\n") == "a?b?c?");
+  CHECK(neutralise_controls("Règle ok") == "Règle ok");  // UTF-8 is kept
+}
+
+TEST_CASE("addresses are compared in canonical form") {
+  CHECK(canonical_address("10.1.2.3") == "10.1.2.3");
+  CHECK(canonical_address("::ffff:10.1.2.3") == "10.1.2.3");
+  CHECK(canonical_address("[2001:DB8::0:1]") == "2001:db8::1");
+  CHECK(canonical_address("fe80::1%eth0") == "fe80::1");
+  CHECK(canonical_address("web01").empty());
+  CHECK(canonical_address("").empty());
+  CHECK(canonical_address("10.1.2.3:80").empty());
+  CHECK(canonical_address(std::string(100, '1')).empty());
+}

@@ -1,6 +1,7 @@
 // The correlator against a real RocksDB store: exact and fuzzy matches, alerts before their
 // run, duplicates, SLA and grace deadlines, late reclassification, restart, the report.
 #include <doctest/doctest.h>
+#include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -11,107 +12,19 @@
 #include <vector>
 
 #include "collector/runs/correlator.hpp"
+#include "collector/runs/correlator_detail.hpp"
 #include "collector/runs/report.hpp"
 #include "common/clock.hpp"
+#include "common/wire.hpp"
+#include "tests/unit/collector/runs/correlator_fixture.hpp"
 #include "tests/unit/temp_dir.hpp"
 
 using namespace tocsin::collector;
 using namespace std::chrono_literals;
 using tocsin::common::now_ns;
 using tocsin::test::TempDir;
+using namespace tocsin::test;
 
-namespace {
-
-constexpr std::int64_t kSec = 1'000'000'000;
-
-Run make_run(const std::string& marker, std::int64_t action_ns, std::int64_t within_ns) {
-  Run r;
-  r.marker = marker;
-  r.agent_id = "agent-1";
-  r.seq = 1;
-  r.hostname = "web01";
-  r.test_id = "eicar-drop-tmp";
-  r.probe = "eicar_drop";
-  r.technique = "T1105";
-  r.verdict = "prevented";
-  r.alert_within_ns = within_ns;
-  r.action_ns = action_ns;
-  r.agent_started_ns = action_ns;
-  r.action_error_ns = 2'000'000;
-  r.received_ns = action_ns;
-  r.state = within_ns > 0 ? DetectionState::pending : DetectionState::not_expected;
-  return r;
-}
-
-Alert make_alert(const std::string& text, std::int64_t arrival_ns, const std::string& id = "") {
-  Alert a;
-  a.source = "siem";
-  a.source_type = "generic";
-  a.id = id;
-  a.text = text;
-  a.arrival_ns = arrival_ns;
-  return a;
-}
-
-// A correlator over a fresh store that records the detection events it emits.
-struct Fixture {
-  explicit Fixture(CorrelationConfig cfg = {}) : cfg(cfg) { open(); }
-  ~Fixture() { close(); }
-
-  void open() {
-    store = Store::open(dir / "db");
-    correlator = std::make_unique<Correlator>(*store, cfg);
-    correlator->on_event([this](const DetectionEvent& e) {
-      std::lock_guard lk(mu);
-      events.push_back(e);
-      cv.notify_all();
-    });
-    correlator->start();
-  }
-  void close() {
-    correlator.reset();
-    store.reset();
-  }
-
-  void add_run(const Run& r) {  // as the ingest does: stored first, then announced
-    WriteSet ws;
-    put_run(ws, r);
-    store->commit(std::move(ws));
-    correlator->runs_stored({r});
-  }
-  SubmitOutcome submit(std::vector<Alert> alerts) {
-    std::promise<SubmitOutcome> p;
-    auto f = p.get_future();
-    correlator->submit(std::move(alerts), [&p](SubmitOutcome o) { p.set_value(o); });
-    REQUIRE(f.wait_for(10s) == std::future_status::ready);
-    return f.get();
-  }
-  Run run(const std::string& marker) {
-    correlator->drain();
-    auto r = get_run(*store, marker);
-    REQUIRE(r.has_value());
-    return *r;
-  }
-  // Waits (bounded) for an event that moves `marker` to `to`.
-  bool wait_event(const std::string& marker, const std::string& to) {
-    std::unique_lock lk(mu);
-    return cv.wait_for(lk, 10s, [&] {
-      for (const auto& e : events)
-        if (e.marker == marker && e.to == to) return true;
-      return false;
-    });
-  }
-
-  TempDir dir{"correlator"};
-  CorrelationConfig cfg;
-  std::unique_ptr<Store> store;
-  std::unique_ptr<Correlator> correlator;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<DetectionEvent> events;
-};
-
-}  // namespace
 
 TEST_CASE("a run is built from a result with its action time corrected by the agent's offset") {
   tocsin::common::ResultRecord rec;
@@ -280,7 +193,8 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("no alert by the SLA: overdue, then missed at the grace deadline, a late alert reclassifies") {
+TEST_CASE(
+    "no alert by the SLA: overdue, then missed at the grace deadline, a late alert reclassifies") {
   CorrelationConfig cfg;
   cfg.grace = 1s;
   Fixture fx(cfg);
@@ -552,4 +466,200 @@ TEST_CASE("run records round-trip every field, JSON records of older databases s
   REQUIRE(static_cast<unsigned char>(wrong_type[4]) == 0xa0 + r.marker.size());  // fixstr
   wrong_type[4] = '\xc3';  // the marker's header replaced by `true`
   CHECK_THROWS_AS(decode_run(wrong_type), StoreError);
+}
+
+TEST_CASE("an alert carrying several runs' markers matches each run, each with its own latency") {
+  Fixture fx;
+  auto t0 = now_ns();
+  fx.add_run(make_run("tcn-mmmmmmmmm1", t0, 3600 * kSec));
+  fx.add_run(make_run("tcn-mmmmmmmmm2", t0 + 5 * kSec, 3600 * kSec));
+
+  SUBCASE("both runs are here") {
+    auto out = fx.submit({make_alert(
+        "scenario=http-probing\nreq=/tcn-mmmmmmmmm1\nreq=/tcn-mmmmmmmmm2", t0 + 10 * kSec)});
+    CHECK(out.matched == 1);  // one alert, counted once
+    auto r1 = fx.run("tcn-mmmmmmmmm1");
+    auto r2 = fx.run("tcn-mmmmmmmmm2");
+    CHECK(r1.state == DetectionState::alerted);
+    CHECK(r1.time_to_alert_ns == 10 * kSec);
+    CHECK(r2.state == DetectionState::alerted);
+    CHECK(r2.time_to_alert_ns == 5 * kSec);
+    CHECK(r1.alert_key == r2.alert_key);
+    CHECK(fx.wait_event("tcn-mmmmmmmmm2", "alerted"));
+    CHECK(fx.correlator->pending_runs() == 0);
+  }
+  SUBCASE("a run whose result comes later is matched when it comes") {
+    fx.submit({make_alert("tcn-mmmmmmmmm1 tcn-mmmmmmmmm3", t0 + 10 * kSec)});
+    CHECK(fx.run("tcn-mmmmmmmmm1").state == DetectionState::alerted);
+    fx.add_run(make_run("tcn-mmmmmmmmm3", t0 + 4 * kSec, 3600 * kSec));
+    CHECK(fx.wait_event("tcn-mmmmmmmmm3", "alerted"));
+    CHECK(fx.run("tcn-mmmmmmmmm3").time_to_alert_ns == 6 * kSec);
+    auto counters = fx.correlator->counters();
+    REQUIRE(counters.size() == 1);
+    CHECK(counters[0].matched == 1);
+  }
+  SUBCASE("beyond the cap, markers are counted and ignored") {
+    std::string text = "tcn-mmmmmmmmm1";
+    for (int i = 0; i < static_cast<int>(kMaxRunsPerAlert) + 3; ++i)
+      text += " tcn-" + std::to_string(5000000000LL + i);
+    fx.submit({make_alert(text, t0 + 10 * kSec)});
+    CHECK(fx.run("tcn-mmmmmmmmm1").state == DetectionState::alerted);
+    auto counters = fx.correlator->counters();
+    REQUIRE(counters.size() == 1);
+    CHECK(counters[0].markers_over_cap == 4);
+  }
+}
+
+TEST_CASE("a negative time to alert within the error bound is not a clock anomaly") {
+  Fixture fx;
+  auto t0 = now_ns();
+  fx.add_run(make_run("tcn-bound00001", t0, 3600 * kSec));  // bound 2 ms
+  fx.add_run(make_run("tcn-bound00002", t0, 3600 * kSec));
+  fx.submit({make_alert("tcn-bound00001", t0 - kSec / 1000)});
+  fx.submit({make_alert("tcn-bound00002", t0 - kSec / 100)});
+  auto within = fx.run("tcn-bound00001");
+  CHECK(within.time_to_alert_ns == -kSec / 1000);  // kept as measured
+  CHECK_FALSE(within.clock_anomaly);
+  CHECK(fx.run("tcn-bound00002").clock_anomaly);
+}
+
+TEST_CASE("an alert from the agent's source address matches by address and technique, less sure") {
+  Fixture fx;
+  WriteSet ws;
+  AgentRecord agent;
+  agent.agent_id = "agent-1";
+  agent.hostname = "web01";
+  agent.last_address = "::ffff:10.1.2.3";  // as a dual-stack listener reports it
+  ws.put_agent(agent);
+  fx.store->commit(std::move(ws));
+  auto t0 = now_ns();
+  fx.add_run(make_run("tcn-address001", t0, 3600 * kSec));
+  auto a = make_alert("scenario=http-probing source.ip=10.1.2.3", t0 + 4 * kSec);
+  a.host = "crowdsec-lapi";
+  a.technique = "T1105";
+  a.event_ns = t0 + kSec;
+  SUBCASE("the agent's address") {
+    a.source_addresses = {"10.1.2.3"};
+    CHECK(fx.submit({a}).matched == 1);
+    auto r = fx.run("tcn-address001");
+    CHECK(r.state == DetectionState::alerted);
+    CHECK(r.confidence == doctest::Approx(0.4));
+    CHECK(r.match_reason.find("source address") != std::string::npos);
+  }
+  SUBCASE("another address") {
+    a.source_addresses = {"10.1.2.4", "not an address"};
+    CHECK(fx.submit({a}).matched == 0);
+  }
+}
+
+TEST_CASE("a technique or rule from a source cannot forge the kind of a fuzzy key") {
+  using tocsin::collector::detail::runs::fuzzy_keys;
+  using tocsin::collector::detail::runs::FuzzyKind;
+  // Before, both were the same string "a\0r:b\0t:c", and the kind was read from its bytes.
+  auto rule = fuzzy_keys("a", {}, "", {std::string("b\0t:c", 5)});
+  auto tech = fuzzy_keys(std::string("a\0r:b", 5), {}, "c", {});
+  REQUIRE(rule.size() == 1);
+  REQUIRE(tech.size() == 1);
+  CHECK(rule[0].key != tech[0].key);
+  CHECK(rule[0].kind == FuzzyKind::host_rule);
+  CHECK(tech[0].kind == FuzzyKind::host_technique);
+
+  Fixture fx;
+  auto t0 = now_ns();
+  auto run = make_run("tcn-spoof00001", t0, 3600 * kSec);
+  run.technique = std::string("T1105\0r:x", 9);
+  fx.add_run(run);
+  auto a = make_alert("AV quarantine", t0 + 2 * kSec);
+  a.host = "web01";
+  a.technique = run.technique;  // control bytes from a source are neutralised
+  CHECK(fx.submit({a}).matched == 0);
+  CHECK(fx.run("tcn-spoof00001").state == DetectionState::pending);
+}
+
+TEST_CASE(
+    "runs with more detections than stored decode, and a damaged run does not stop correlation") {
+  auto r = make_run("tcn-detect0001", 1, kSec);
+  for (int i = 0; i < 100; ++i) r.detections.push_back("rule " + std::to_string(i));
+  auto d = decode_run(encode_run(r));
+  CHECK(d.detections.size() == kMaxRunDetections);
+  CHECK(d.detections.back() == "rule " + std::to_string(kMaxRunDetections - 1));
+
+  tocsin::common::ResultRecord rec;
+  rec.agent_id = "agent-1";
+  tocsin::common::ResultBody body;
+  body.marker = "tcn-detect0002";
+  body.verdict = "prevented";
+  body.detections.assign(8192, "x");
+  body.clock_stepped = true;
+  auto built = run_from_result(rec, body, AgentRecord{}, 5, CorrelationConfig{});
+  REQUIRE(built);
+  CHECK(built->detections.size() == kMaxRunDetections);
+  CHECK(built->clock_stepped);
+
+  Fixture fx;
+  auto t0 = now_ns();
+  WriteSet ws;
+  ws.put(Table::runs, "tcn-corruptrun", "\x93\x01\x02\x03");
+  fx.store->commit(std::move(ws));
+  fx.add_run(make_run("tcn-goodrun001", t0, 3600 * kSec));
+  CHECK(fx.submit({make_alert("tcn-corruptrun tcn-goodrun001", t0 + kSec)}).matched == 1);
+  CHECK(fx.wait_event("tcn-goodrun001", "alerted"));
+  fx.submit({make_alert("tcn-corruptrun alone", t0 + kSec)});
+  fx.add_run(make_run("tcn-goodrun002", t0, 3600 * kSec));  // the thread still runs
+  CHECK(fx.submit({make_alert("tcn-goodrun002", t0 + kSec)}).matched == 1);
+}
+
+TEST_CASE("the latency report leaves clock anomalies and held runs out of the percentiles") {
+  constexpr std::int64_t kBase = 1795860000LL * kSec;
+  std::vector<Run> runs;
+  for (int i = 0; i < 5; ++i) {
+    auto r = make_run("tcn-" + std::to_string(2000000000 + i), kBase, 60 * kSec);
+    r.state = DetectionState::alerted;
+    r.alert_key = "k" + std::to_string(i);
+    r.time_to_alert_ns = (i + 1) * kSec;
+    r.arrival_ns = kBase + r.time_to_alert_ns;
+    // CrowdSec: created_at in whole seconds, a little "before" the (finer) ingest time.
+    r.created_ns = kBase + kSec;
+    r.ingest_ns = kBase + kSec + 115'600'000;
+    runs.push_back(r);
+  }
+  runs[3].time_to_alert_ns = -10 * kSec;
+  runs[3].clock_anomaly = true;
+  runs[4].state = DetectionState::pending;
+  runs[4].clock_synced = false;  // alert held until the agent's offset is known
+  runs[2].clock_stepped = true;
+  auto rows = latency_report(runs, GroupBy::test);
+  REQUIRE(rows.size() == 1);
+  const auto& row = rows[0];
+  CHECK(row.time_to_alert.count == 3);
+  CHECK(row.time_to_alert.p50 == 2 * kSec);
+  CHECK(row.time_to_alert.max == 3 * kSec);
+  CHECK(row.clock_anomalies == 1);
+  CHECK(row.clock_held == 1);
+  CHECK(row.clock_stepped == 1);
+  CHECK(row.pipeline_lag.count == 3);
+  CHECK(row.rule_latency.count == 5);  // the SIEM's own interval needs no agent clock
+  CHECK(row.rule_latency.p50 == -115'600'000);
+  CHECK(row.rule_latency.resolution_ns == kSec);
+}
+
+TEST_CASE("an alert naming a matched run and a waiting one keeps both in its record") {
+  Fixture fx;
+  auto t0 = now_ns();
+  fx.add_run(make_run("tcn-multi00001", t0, 3600 * kSec));
+  auto a = make_alert("tcn-multi00001 and tcn-multi00002", t0 + 2 * kSec, "both");
+  CHECK(fx.submit({a}).matched == 1);
+  fx.add_run(make_run("tcn-multi00002", t0, 3600 * kSec));
+  CHECK(fx.wait_event("tcn-multi00002", "alerted"));
+  fx.correlator->drain();
+  auto v = fx.store->get(Table::alerts, alert_key(a));
+  REQUIRE(v);
+  auto rec = tocsin::collector::detail::runs::decode_alert_record(*v);
+  REQUIRE(rec);
+  CHECK(rec->second == std::vector<std::string>{"tcn-multi00001", "tcn-multi00002"});
+  auto oh = msgpack::unpack(v->data(), v->size());
+  const auto* f = oh.get().via.array.ptr;
+  CHECK(f[15].as<std::string>() == "tcn-multi00001");  // the first run it matched
+  auto reason = f[16].as<std::string>();
+  CHECK(reason == "exact marker tcn-multi00001, tcn-multi00002");
 }
