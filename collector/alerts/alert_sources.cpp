@@ -68,7 +68,10 @@ std::vector<std::string> allowed_keys(SourceType t) {
            "token_url"});
       break;
     case SourceType::crowdsec_lapi:
+      // api_key is refused with its own reason (see load_crowdsec_lapi), not as unknown;
+      // username is the older spelling of machine_id.
       add(basic_auth);
+      add({"machine_id"});
       break;
     default:
       break;
@@ -209,6 +212,26 @@ void load_basic_auth(const ConfigNode& n, const std::filesystem::path& base_dir,
     n.fail("api_key", "use either api_key or username and password, not both");
 }
 
+// CrowdSec's GET /v1/alerts answers machines (watchers) only: a bouncer key, which older
+// versions of this page suggested, gets 403 there, so it is an error at start, not at the poll.
+void load_crowdsec_lapi(const ConfigNode& n, const std::filesystem::path& base_dir,
+                        AlertSourceConfig& c) {
+  for (const char* key : {"api_key", "api_key_file"})
+    if (n.has(key))
+      n.fail(key,
+             "a CrowdSec bouncer key cannot read alerts (LAPI refuses bouncers on /v1/alerts); "
+             "use machine_id and password (or password_file) of a machine added with "
+             "'cscli machines add'");
+  if (n.has("machine_id") && n.has("username"))
+    n.fail("username", "is the older name of machine_id: give only machine_id");
+  const std::string id_key = n.has("username") ? "username" : "machine_id";
+  c.username = n.str(id_key, "");
+  c.password = secret(n, "password", base_dir).value_or("");
+  if (c.username.empty()) n.fail(id_key, "is required: alerts need a CrowdSec machine login");
+  if (has_control(c.username)) n.fail(id_key, "contains control characters");
+  if (c.password.empty()) n.fail("password", "is required with machine_id (or password_file)");
+}
+
 void load_poll_timing(const ConfigNode& n, AlertSourceConfig& c) {
   c.interval = n.duration("interval", c.interval);
   c.lookback = n.duration("lookback", c.lookback);
@@ -256,9 +279,7 @@ void load_poller(const ConfigNode& n, const std::filesystem::path& base_dir, Ale
       break;
     case SourceType::crowdsec_lapi:
       c.url = load_url(n, "url");
-      load_basic_auth(n, base_dir, c);
-      if (c.api_key.empty() && c.username.empty())
-        n.fail("api_key", "is required (or username and password)");
+      load_crowdsec_lapi(n, base_dir, c);
       break;
     default:
       load_sentinel(n, base_dir, c);

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "collector/alerts/pollers/crowdsec_fields.hpp"
 #include "common/crypto.hpp"
 #include "common/text.hpp"
 
@@ -549,6 +550,9 @@ std::vector<Alert> parse_crowdsec(const json& body) {
     a.id = first_string({item.doc}, {"id", "uuid"});
     a.rule = first_string({item.doc}, {"scenario"});
     a.host = first_string({item.doc}, {"machine_id"});
+    // machine_id names the CrowdSec agent, not the attacked host: without a marker, the
+    // attacker's address is what links the alert to a Tocsin agent.
+    a.source_addresses = detail::crowdsec::source_addresses(*item.doc);
     a.technique = technique_of("", a.rule, a.text);
     a.event_ns = time_of(first_time({{item.doc, item.path}}, {"start_at"}));
     a.created_ns = time_of(first_time({{item.doc, item.path}}, {"created_at"}));

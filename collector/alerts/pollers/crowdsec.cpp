@@ -1,8 +1,9 @@
-// CrowdSec alerts: the Local API's GET /v1/alerts, as a machine (JWT) or a bouncer (API key).
+// CrowdSec alerts: the Local API's GET /v1/alerts, logged in as a machine (watcher, JWT).
 #include "collector/alerts/pollers/vendor.hpp"
 
 #include <algorithm>
 
+#include "collector/alerts/pollers/crowdsec_fields.hpp"
 #include "common/clock.hpp"
 
 namespace tocsin::collector::detail::pollers {
@@ -22,7 +23,7 @@ class CrowdsecLapi : public Vendor {
     std::int64_t since_s = std::max<std::int64_t>(1, (back_ns + 999'999'999) / 1'000'000'000);
     HttpRequest req;
     req.url = what + "?since=" + std::to_string(since_s) + "s&limit=" + std::to_string(limit());
-    HttpResponse resp = send_authorized(http, req);
+    HttpResponse resp = bearer_.send(http, req);
     expect_2xx(resp, what);
     return read_page(parse_body(resp.body, what), what);
   }
@@ -33,17 +34,9 @@ class CrowdsecLapi : public Vendor {
     return std::min(cfg_.page_size * pages, kMaxAlertsPerRequest);
   }
 
-  // LAPI documents GET /alerts for machines (JWT from /v1/watchers/login); X-Api-Key is the
-  // bouncer scheme, used only when no machine login is configured.
-  HttpResponse send_authorized(HttpClient& http, const HttpRequest& req) {
-    if (cfg_.username.empty()) {
-      HttpRequest r = req;
-      r.headers.push_back("X-Api-Key: " + cfg_.api_key);
-      return http.send(r);
-    }
-    return bearer_.send(http, req);
-  }
-
+  // GET /v1/alerts answers only a machine (watcher): a bouncer's X-Api-Key is refused there,
+  // so the config demands machine_id/password. The JWT is renewed a minute before `expire`
+  // and once more on a 401 (LAPI restarted with a new secret, or the token expired early).
   std::pair<std::string, std::int64_t> fetch_token(HttpClient& http) {
     std::string url = cfg_.url + "/v1/watchers/login";
     HttpRequest req;
@@ -96,7 +89,8 @@ class CrowdsecLapi : public Vendor {
     Alert a = base_alert(cfg_, "crowdsec_lapi", o);
     a.id = scalar_text(*id);
     a.rule = first_text(o, {"scenario"});
-    a.host = first_text(o, {"machine_id"});
+    a.host = first_text(o, {"machine_id"});  // the CrowdSec agent that raised it
+    a.source_addresses = crowdsec::source_addresses(o);
     a.technique = technique_from(o, {"labels"}, a.text);
     a.created_ns = read_time(o, {"created_at"}, where, page);
     a.event_ns = read_time(o, {"start_at"}, where, page);

@@ -66,6 +66,11 @@ void check_common(const AlertSourceConfig& cfg) {
     require(!has_control_chars(*s), cfg, "credentials contain control characters");
 }
 
+constexpr const char* kCrowdsecNoBouncerKey =
+    "crowdsec_lapi cannot use api_key: that is a bouncer key, and CrowdSec refuses bouncers on "
+    "GET /v1/alerts; alerts need a machine login (machine_id and password, from cscli machines "
+    "add)";
+
 void check_vendor(const AlertSourceConfig& cfg) {
   bool basic = !cfg.username.empty();
   switch (cfg.type) {
@@ -86,8 +91,9 @@ void check_vendor(const AlertSourceConfig& cfg) {
               "sentinel needs tenant_id or token_url");
       break;
     case SourceType::crowdsec_lapi:
-      require(basic || !cfg.api_key.empty(), cfg,
-              "crowdsec_lapi needs username/password (machine) or api_key");
+      require(cfg.api_key.empty(), cfg, kCrowdsecNoBouncerKey);
+      require(basic && !cfg.password.empty(), cfg,
+              "crowdsec_lapi needs machine_id and password (a machine login: cscli machines add)");
       break;
     default:
       require(false, cfg, "type is not a poller");

@@ -35,6 +35,7 @@ inline constexpr std::size_t kMaxResponseBytes = 16 << 20;
 inline constexpr std::size_t kMaxFieldChars = 1024;  // host, rule, severity, ids
 inline constexpr std::size_t kMaxNotesPerPage = 3;   // bad fields reported per page, not per alert
 inline constexpr std::int64_t kNsPerMs = 1'000'000;
+inline constexpr const char* kUserAgentHeader = "User-Agent: tocsin-collector/" TOCSIN_VERSION;
 
 // ---------------------------------------------------------------------------------------------
 // Outcomes of one request or one poll.
@@ -73,7 +74,7 @@ class HttpClient {
 
   HttpResponse send(const HttpRequest& r) {
     try {
-      return http_.send(r);
+      return http_.send(with_user_agent(r));
     } catch (const curl::Aborted&) {
       throw Stopped{};
     } catch (const curl::TransferError& e) {
@@ -82,6 +83,14 @@ class HttpClient {
   }
 
  private:
+  // libcurl sends no User-Agent by default, and some SIEMs refuse a request without one:
+  // CrowdSec's LAPI answers a machine login 401 "incorrect Username or Password" unless the
+  // agent reads "name/version".
+  static HttpRequest with_user_agent(HttpRequest r) {
+    r.headers.push_back(kUserAgentHeader);
+    return r;
+  }
+
   curl::HttpClient http_;
 };
 

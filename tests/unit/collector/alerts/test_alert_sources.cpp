@@ -136,7 +136,8 @@ TEST_CASE("a full alert_sources list loads with every field") {
   - name: lapi
     type: crowdsec_lapi
     url: http://127.0.0.1:8080
-    api_key: bouncer-key
+    machine_id: tocsin
+    password: machine-pass
   - name: spl
     type: splunk_search
     url: https://splunk:8089
@@ -197,7 +198,9 @@ TEST_CASE("a full alert_sources list loads with every field") {
   CHECK(az.interval == 30s);
   CHECK(az.lookback == 10min);
 
-  CHECK(sources[5].api_key == "bouncer-key");
+  CHECK(sources[5].username == "tocsin");
+  CHECK(sources[5].password == "machine-pass");
+  CHECK(sources[5].api_key.empty());
   CHECK(sources[5].url == "http://127.0.0.1:8080");
   CHECK(sources[6].query == "search index=notable");
 }
@@ -295,7 +298,11 @@ TEST_CASE("config errors name the file, the line and the key") {
            "    tenant_id: t/../x\n    client_id: c\n    client_secret: s\n    workspace_id: w\n"),
        "4: key 'alert_sources[0].tenant_id': must be letters, digits"},
       {source("crowdsec_lapi", "    url: https://lapi\n"),
-       "2: key 'alert_sources[0].api_key': is required (or username and password)"},
+       "2: key 'alert_sources[0].machine_id': is required: alerts need a CrowdSec machine login"},
+      {source("crowdsec_lapi", "    url: https://lapi\n    api_key: bouncer-key\n"),
+       "5: key 'alert_sources[0].api_key': a CrowdSec bouncer key cannot read alerts"},
+      {source("crowdsec_lapi", "    url: https://lapi\n    machine_id: tocsin\n"),
+       "2: key 'alert_sources[0].password': is required with machine_id"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.yaml);
@@ -335,11 +342,13 @@ TEST_CASE("secrets can come from files next to the config") {
     CHECK(missing.rfind(where + "cannot read", 0) == 0);
   }
   SUBCASE("poller secrets from files") {
-    tocsin::common::write_file_atomic(dir / "key", "lapi-key\n");
+    tocsin::common::write_file_atomic(dir / "key", "machine-pass\n");
     tocsin::common::write_file_atomic(dir / "cs", "azure-secret\n");
     auto lapi =
-        load(dir, source("crowdsec_lapi", "    url: https://lapi\n    api_key_file: key\n"));
-    CHECK(lapi[0].api_key == "lapi-key");
+        load(dir, source("crowdsec_lapi",
+                         "    url: https://lapi\n    machine_id: tocsin\n    password_file: key\n"));
+    CHECK(lapi[0].username == "tocsin");
+    CHECK(lapi[0].password == "machine-pass");
     auto az = load(dir, source("sentinel",
                                "    tenant_id: contoso.onmicrosoft.com\n    client_id: c\n"
                                "    client_secret_file: cs\n    workspace_id: w\n"));

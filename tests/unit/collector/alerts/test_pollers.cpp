@@ -496,37 +496,74 @@ TEST_CASE("splunk poller retries after a 5xx, records the failure and maps expor
 
 namespace {
 
+// The shape real CrowdSec 1.4.6 answers on GET /v1/alerts (captured from one): created_at is
+// RFC 3339, start_at/stop_at are Go's time.String() ("... +0000 UTC").
 json crowdsec_alert(int id) {
   return {
       {"id", id},
       {"machine_id", "edge-fw-01"},
       {"created_at", "2026-03-01T10:00:05Z"},
-      {"scenario", "crowdsecurity/http-probing"},
+      {"scenario", "crowdsecurity/apache_log4j2_cve-2021-44228"},
       {"scenario_hash", "abc"},
-      {"scenario_version", "0.1"},
-      {"message", "Ip 192.0.2.7 performed 'crowdsecurity/http-probing'"},
-      {"events_count", 11},
-      {"start_at", "2026-03-01T10:00:00Z"},
-      {"stop_at", "2026-03-01T10:00:04Z"},
-      {"capacity", 10},
-      {"leakspeed", "10s"},
+      {"scenario_version", "0.4"},
+      {"message", "Ip 100.64.0.7 performed 'crowdsecurity/apache_log4j2_cve-2021-44228'"},
+      {"events_count", 1},
+      {"start_at", "2026-03-01 10:00:00.41762128 +0000 UTC"},
+      {"stop_at", "2026-03-01 10:00:00.417621461 +0000 UTC"},
+      {"capacity", 0},
+      {"leakspeed", "0s"},
       {"simulated", false},
-      {"events", json::array({{{"timestamp", "2026-03-01T10:00:00Z"},
+      {"labels", nullptr},
+      {"events", json::array({{{"timestamp", "2026-03-01 10:00:00 +0000 UTC"},
                                {"meta", json::array({{{"key", "http_path"},
-                                                      {"value", "/probe/tcn-p0o9i8u7y6"}}})}}})},
-      {"source", {{"scope", "Ip"}, {"value", "192.0.2.7"}, {"ip", "192.0.2.7"}}},
-      {"decisions", json::array()}};
+                                                      {"value", "/probe/tcn-p0o9i8u7y6"}},
+                                                     {{"key", "source_ip"},
+                                                      {"value", "100.64.0.7"}}})}}})},
+      {"source", {{"scope", "Ip"}, {"value", "100.64.0.7"}, {"ip", "100.64.0.7"}}},
+      {"decisions", json::array({{{"scope", "Ip"}, {"type", "ban"}, {"value", "100.64.0.7"}}})}};
+}
+
+json lapi_login(const std::string& token) {
+  return {{"status", 200},
+          {"json", {{"code", 200}, {"expire", "2099-01-01T00:00:00Z"}, {"token", token}}}};
+}
+
+// Real LAPI answers a machine login without "User-Agent: name/version" with 401 "incorrect
+// Username or Password" and alerts only to a machine's JWT. The mock only records, so these
+// are the demands, checked on every request it saw.
+void check_lapi_demands(const SiemMock& mock, const std::string& token) {
+  auto logins = mock.requests("POST", "/v1/watchers/login");
+  auto alerts = mock.requests("GET", "/v1/alerts");
+  REQUIRE(!logins.empty());
+  for (const auto& reqs : {logins, alerts})
+    for (const auto& r : reqs) {
+      std::string ua = header(r, "user-agent");
+      CAPTURE(ua);
+      CHECK(ua.rfind("tocsin-collector/", 0) == 0);
+      CHECK(ua.size() > std::string("tocsin-collector/").size());
+    }
+  for (const auto& r : alerts) {
+    CHECK(header(r, "authorization") == "Bearer " + token);
+    CHECK(header(r, "x-api-key").empty());
+  }
+}
+
+AlertSourceConfig lapi_config(const std::string& url) {
+  auto cfg = poller_config(SourceType::crowdsec_lapi, url);
+  cfg.username = "tocsin";
+  cfg.password = "machine-pass";
+  return cfg;
 }
 
 }  // namespace
 
 TEST_CASE("crowdsec poller reports a malformed body and keeps polling") {
-  SiemMock mock({{"GET /v1/alerts",
+  SiemMock mock({{"POST /v1/watchers/login", {lapi_login("jwt-1")}},
+                 {"GET /v1/alerts",
                   {{{"status", 200}, {"body", "<html>maintenance</html>"}},
                    {{"status", 200}, {"json", json::array({crowdsec_alert(42)})}}}}});
   RecordingSink sink;
-  auto cfg = poller_config(SourceType::crowdsec_lapi, mock.url());
-  cfg.api_key = "bouncer-key";
+  auto cfg = lapi_config(mock.url());
   cfg.page_size = 50;
   cfg.max_pages = 4;
   Poller poller(cfg, sink);
@@ -538,13 +575,14 @@ TEST_CASE("crowdsec poller reports a malformed body and keeps polling") {
 
   const Alert& a = by_id(alerts, "42");
   CHECK(a.source_type == "crowdsec_lapi");
-  CHECK(a.rule == "crowdsecurity/http-probing");
+  CHECK(a.rule == "crowdsecurity/apache_log4j2_cve-2021-44228");
   CHECK(a.host == "edge-fw-01");
   CHECK(a.created_ns == iso_ns("2026-03-01T10:00:05.000Z"));
-  CHECK(a.event_ns == iso_ns("2026-03-01T10:00:00.000Z"));
+  CHECK(a.event_ns == iso_ns("2026-03-01T10:00:00.000Z") + 417'621'280);
+  CHECK(a.source_addresses == std::vector<std::string>{"100.64.0.7"});
   CHECK(find_markers(a.text) == std::vector<std::string>{"tcn-p0o9i8u7y6"});
   CHECK(rejection[2].find("not valid JSON") != std::string::npos);
-  CHECK(header(reqs[0], "x-api-key") == "bouncer-key");
+  check_lapi_demands(mock, "jwt-1");
   auto q = form(reqs[0]["query"]);
   REQUIRE(q.count("since"));
   CHECK(q["since"].back() == 's');
@@ -555,26 +593,52 @@ TEST_CASE("crowdsec poller reports a malformed body and keeps polling") {
   CHECK(poller.status().failures == 1);
 }
 
-TEST_CASE("crowdsec poller logs in as a machine and reuses the JWT") {
-  SiemMock mock(
-      {{"POST /v1/watchers/login",
-        {{{"status", 200},
-          {"json", {{"code", 200}, {"expire", "2099-01-01T00:00:00Z"}, {"token", "jwt-1"}}}}}},
-       {"GET /v1/alerts", {{{"status", 200}, {"json", json::array({crowdsec_alert(7)})}}}}});
+TEST_CASE("crowdsec poller logs in as a machine with a User-Agent and reuses the JWT") {
+  SiemMock mock({{"POST /v1/watchers/login", {lapi_login("jwt-1")}},
+                 {"GET /v1/alerts", {{{"status", 200}, {"json", json::array({crowdsec_alert(7)})}}}}});
   RecordingSink sink;
-  auto cfg = poller_config(SourceType::crowdsec_lapi, mock.url());
-  cfg.username = "tocsin";
-  cfg.password = "machine-pass";
-  Poller poller(cfg, sink);
+  Poller poller(lapi_config(mock.url()), sink);
   poller.start();
   sink.wait_alerts(1);
-  auto reqs = mock.wait_requests("GET", "/v1/alerts", 3);
+  mock.wait_requests("GET", "/v1/alerts", 3);
   poller.stop();
 
   auto logins = mock.requests("POST", "/v1/watchers/login");
   REQUIRE(logins.size() == 1);
   CHECK(body_json(logins[0]) == json{{"machine_id", "tocsin"}, {"password", "machine-pass"}});
-  for (const auto& r : reqs) CHECK(header(r, "authorization") == "Bearer jwt-1");
+  check_lapi_demands(mock, "jwt-1");
+}
+
+TEST_CASE("crowdsec poller logs in again when LAPI answers 401 to its JWT") {
+  SiemMock mock(
+      {{"POST /v1/watchers/login", {lapi_login("jwt-old"), lapi_login("jwt-new")}},
+       {"GET /v1/alerts",
+        {{{"status", 401}, {"json", {{"code", 401}, {"message", "Token is expired"}}}},
+         {{"status", 200}, {"json", json::array({crowdsec_alert(8)})}}}}});
+  RecordingSink sink;
+  Poller poller(lapi_config(mock.url()), sink);
+  poller.start();
+  sink.wait_alert_id("8");
+  auto alerts = mock.wait_requests("GET", "/v1/alerts", 2);
+  poller.stop();
+
+  auto logins = mock.requests("POST", "/v1/watchers/login");
+  REQUIRE(logins.size() == 2);
+  CHECK(header(alerts[0], "authorization") == "Bearer jwt-old");
+  CHECK(header(alerts[1], "authorization") == "Bearer jwt-new");
+  CHECK(poller.status().failures == 0);
+}
+
+TEST_CASE("crowdsec poller refuses a bouncer api_key: alerts need a machine login") {
+  RecordingSink sink;
+  auto cfg = poller_config(SourceType::crowdsec_lapi, "http://127.0.0.1:9");
+  cfg.api_key = "bouncer-key";
+  CHECK_THROWS_WITH_AS(Poller(cfg, sink),
+                       doctest::Contains("cannot use api_key: that is a bouncer key"),
+                       std::invalid_argument);
+  cfg.api_key.clear();
+  CHECK_THROWS_WITH_AS(Poller(cfg, sink), doctest::Contains("needs machine_id and password"),
+                       std::invalid_argument);
 }
 
 namespace {

@@ -329,6 +329,7 @@ TEST_CASE("CrowdSec http plugin: the default JSON list of alerts") {
   CHECK(a.event_ns == kBase + 1 * kSec + 123'456'789);
   CHECK(markers(a) == std::vector<std::string>{kM});
   CHECK(a.text.find("events[0].meta[0].value=" + kM) != std::string::npos);
+  CHECK(a.source_addresses == std::vector<std::string>{"192.0.2.7"});
 
   CHECK_THROWS_WITH_AS(parse(SourceType::crowdsec, R"([{"scenario":"x","created_at":"nope"}])"),
                        doctest::Contains("crowdsec: [0].created_at: 'nope' is not a time"),
@@ -336,6 +337,26 @@ TEST_CASE("CrowdSec http plugin: the default JSON list of alerts") {
   CHECK_THROWS_WITH_AS(parse(SourceType::crowdsec, R"("text")"),
                        doctest::Contains("crowdsec: body must be a JSON array of alerts"),
                        AlertParseError);
+}
+
+TEST_CASE("CrowdSec http plugin: the alert's source address, only when it is a literal IP") {
+  auto addresses = [](const std::string& source) {
+    auto alerts = parse(SourceType::crowdsec, R"([{"scenario":"s","source":)" + source + "}]");
+    REQUIRE(alerts.size() == 1);
+    return alerts[0].source_addresses;
+  };
+  using V = std::vector<std::string>;
+  CHECK(addresses(R"({"scope":"Ip","ip":"100.64.3.9","value":"100.64.3.9"})") == V{"100.64.3.9"});
+  // Canonical form, so the same host reads the same from every source.
+  CHECK(addresses(R"({"scope":"Ip","ip":"2001:DB8:0:0::1"})") == V{"2001:db8::1"});
+  CHECK(addresses(R"({"scope":"Ip","ip":"::ffff:100.64.3.9"})") == V{"100.64.3.9"});
+  // A range's value is a CIDR, and junk is not an address: no hint rather than a wrong one.
+  CHECK(addresses(R"({"scope":"Range","value":"100.64.0.0/10","ip":""})").empty());
+  CHECK(addresses(R"({"scope":"Ip","ip":"evil\nhost","value":"999.1.1.1"})").empty());
+  CHECK(addresses(R"({"scope":"Ip","ip":["100.64.3.9"],"value":7})").empty());
+  CHECK(addresses(R"("100.64.3.9")").empty());
+  CHECK(addresses(R"({"scope":"Ip","ip":"100.64.3.9","value":"100.64.3.10"})") ==
+        V{"100.64.3.9", "100.64.3.10"});
 }
 
 TEST_CASE("HEC: concatenated event objects, each one an alert or event") {
