@@ -31,10 +31,12 @@ json get_latency(State& st, const Params& p);
 json get_detection_events(State& st, const Params& p);
 json get_alert_sources(State& st, const Params& p);
 
-// ---- incidents.cpp, commands.cpp, approval_page.cpp: matched by prefix ------------------------
+// ---- incidents.cpp, silences.cpp, commands.cpp, approval_page.cpp: matched by prefix ----------
 
 std::optional<Response> dispatch_incidents(State& st, const Request& req, std::string_view path,
                                            std::string_view query);
+std::optional<Response> dispatch_silences(State& st, const Request& req, std::string_view path,
+                                          std::string_view query);
 std::optional<Response> dispatch_commands(State& st, const Request& req, std::string_view path,
                                           std::string_view query);
 std::optional<Response> dispatch_approval_link(State& st, const Request& req,

@@ -18,7 +18,9 @@ namespace tocsin::collector::detail::api {
 // The id is part of the path, so these are matched by prefix rather than through the route
 // table: GET /api/v1/incidents[?state=&severity=&limit=], GET /api/v1/incidents/N,
 // GET /api/v1/incidents/closed-untouched?since=, POST /api/v1/incidents/N/<action> with
-// action ack, note {text}, assign {owner}, resolve {reason}, pause {reason}, resume.
+// action ack, note {text}, assign {owner}, resolve {reason[, accepted_risk: true]},
+// close {reason}, pause {reason}, resume, reopen {reason}. The list also filters by agent, test
+// and kind (the incident's kind or one of its facets).
 // Reading needs viewer, changing operator; the actor on the timeline is the token's name.
 
 namespace {
@@ -29,6 +31,13 @@ IncidentEngine& incident_engine(State& st) {
     throw HttpError(http::status::service_unavailable,
                     "the incident engine is not running in this collector");
   return *engine;
+}
+
+// The record as the API shows it, with the active silences that match it.
+json shown(const IncidentEngine& engine, const Incident& i, std::int64_t now, bool timeline) {
+  auto j = incident_json(i, now, timeline);
+  j["silenced_by"] = engine.silenced_by(i);
+  return j;
 }
 
 json get_incidents(State& st, const Params& p) {
@@ -47,10 +56,25 @@ json get_incidents(State& st, const Params& p) {
           http::status::bad_request,
           "unknown severity '" + s + "' (use informational, low, medium, high, critical)");
   }
+  if (auto s = param(p, "kind", ""); !s.empty()) {
+    f.kind = parse_kind(s);
+    if (!f.kind)
+      throw HttpError(http::status::bad_request,
+                      "unknown kind '" + s.substr(0, 64) +
+                          "' (use prevention_failed, detection_missed, detection_late, "
+                          "health_failed, agent_silent, security_event, latency_regression)");
+  }
+  if (auto s = param(p, "agent", ""); !s.empty()) f.agent_id = s;
+  if (auto s = param(p, "test", ""); !s.empty()) f.test_id = s;
   json list = json::array();
   auto now = engine.now();
-  for (const auto& i : engine.list(f, limit_param(p)))
-    list.push_back(incident_json(i, now, false));
+  auto incidents = engine.list(f, limit_param(p));
+  auto silenced = engine.silenced_by(incidents);  // the engine's lock once, not per incident
+  for (std::size_t n = 0; n < incidents.size(); ++n) {
+    auto j = incident_json(incidents[n], now, false);
+    j["silenced_by"] = std::move(silenced[n]);
+    list.push_back(std::move(j));
+  }
   return {{"incidents", std::move(list)}};
 }
 
@@ -83,8 +107,18 @@ json post_incident_action(State& st, const Request& req, const ApiToken& who, st
     i = engine.assign(id, who.name,
                       required_body_text(parse_body_object(req, {"owner"}), "owner"));
   } else if (action == "resolve") {
-    i = engine.resolve(id, who.name,
-                       required_body_text(parse_body_object(req, {"reason"}), "reason"));
+    auto body = parse_body_object(req, {"reason", "accepted_risk"});
+    auto reason = required_body_text(body, "reason");
+    if (body.contains("accepted_risk") && !body["accepted_risk"].is_boolean())
+      throw HttpError(http::status::bad_request, "'accepted_risk' must be true or false");
+    i = body.value("accepted_risk", false) ? engine.accept_risk(id, who.name, reason)
+                                           : engine.resolve(id, who.name, reason);
+  } else if (action == "close") {
+    i = engine.close(id, who.name,
+                     required_body_text(parse_body_object(req, {"reason"}), "reason"));
+  } else if (action == "reopen") {
+    i = engine.reopen(id, who.name,
+                      required_body_text(parse_body_object(req, {"reason"}), "reason"));
   } else if (action == "pause") {
     i = engine.pause(id, who.name,
                      required_body_text(parse_body_object(req, {"reason"}), "reason"));
@@ -94,10 +128,10 @@ json post_incident_action(State& st, const Request& req, const ApiToken& who, st
   } else {
     throw HttpError(http::status::not_found,
                     "no such incident action '" + std::string(action) +
-                        "' (use ack, note, assign, resolve, pause, resume)");
+                        "' (use ack, note, assign, resolve, close, pause, resume, reopen)");
   }
   spdlog::info("api: '{}' {} incident #{}", who.name, std::string(action), id);
-  return incident_json(i, engine.now(), true);
+  return shown(engine, i, engine.now(), true);
 }
 
 }  // namespace
@@ -114,7 +148,8 @@ std::optional<Response> dispatch_incidents(State& st, const Request& req, std::s
     ApiToken who = authorize(st, req, is_post ? Role::operator_ : Role::viewer);
     json out;
     if (first.empty()) {
-      out = get_incidents(st, parse_query(query, {"state", "severity", "limit"}));
+      out = get_incidents(
+          st, parse_query(query, {"state", "severity", "agent", "test", "kind", "limit"}));
     } else if (first == "closed-untouched" && !is_post) {
       out = get_closed_untouched(st, parse_query(query, {"since"}));
     } else {
@@ -126,7 +161,7 @@ std::optional<Response> dispatch_incidents(State& st, const Request& req, std::s
         auto& engine = incident_engine(st);
         auto i = engine.get(id);
         if (!i) throw HttpError(http::status::not_found, "no incident #" + std::to_string(id));
-        out = incident_json(*i, engine.now(), true);
+        out = shown(engine, *i, engine.now(), true);
       }
     }
     return {http::status::ok, out};

@@ -152,6 +152,7 @@ Response dispatch(State& st, const Request& req) {
   }
   if (auto res = dispatch_approval_link(st, req, path)) return std::move(*res);
   if (auto res = dispatch_incidents(st, req, path, query)) return std::move(*res);
+  if (auto res = dispatch_silences(st, req, path, query)) return std::move(*res);
   if (auto res = dispatch_commands(st, req, path, query)) return std::move(*res);
   const auto& all = routes();
   auto route = std::find_if(all.begin(), all.end(), [&](const Route& r) { return r.path == path; });

@@ -108,7 +108,8 @@ awaitable<Response> handle_offloaded(State& st, const Request& req, const std::s
 // all of it) run on the worker thread.
 bool is_offloaded_path(std::string_view target) {
   for (std::string_view base :
-       {"/api/v1/incidents", "/api/v1/notifications", "/api/v1/audit", "/api/v1/commands", "/approve"})
+       {"/api/v1/incidents", "/api/v1/silences", "/api/v1/notifications", "/api/v1/audit",
+        "/api/v1/commands", "/approve"})
     if (target.substr(0, base.size()) == base &&
         (target.size() == base.size() || target[base.size()] == '/' || target[base.size()] == '?'))
       return true;

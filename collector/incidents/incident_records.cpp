@@ -75,9 +75,31 @@ std::optional<IncidentKind> parse_kind(const std::string& s) {
   return parse_name<IncidentKind>(kKindNames, s);
 }
 
+bool is_test_facet(IncidentKind k) {
+  return k == IncidentKind::prevention_failed || k == IncidentKind::detection_missed ||
+         k == IncidentKind::detection_late;
+}
+
+std::string legacy_dedup_key(IncidentKind kind, const std::string& test_id,
+                             const std::string& agent_id, const std::string& target) {
+  return kind_name(kind) + "|" + test_id + "|" + agent_id + (target.empty() ? "" : "|" + target);
+}
+
 std::string dedup_key(IncidentKind kind, const std::string& test_id, const std::string& agent_id,
                       const std::string& target) {
-  return kind_name(kind) + "|" + test_id + "|" + agent_id + (target.empty() ? "" : "|" + target);
+  if (!is_test_facet(kind)) return legacy_dedup_key(kind, test_id, agent_id, target);
+  return "test|" + test_id + "|" + agent_id + (target.empty() ? "" : "|" + target);
+}
+
+std::string target_without_marker(const std::string& target, const std::string& marker) {
+  if (marker.empty()) return target;
+  std::string out;
+  for (std::size_t pos = 0;;) {
+    auto hit = target.find(marker, pos);
+    if (hit == std::string::npos) return out + target.substr(pos);
+    out += target.substr(pos, hit - pos) + "{marker}";
+    pos = hit + marker.size();
+  }
 }
 
 // ---- policy -------------------------------------------------------------------------------
@@ -195,6 +217,11 @@ std::string encode_incident(const Incident& i) {
                {"resolved_ns", i.resolved_ns},
                {"closed_ns", i.closed_ns},
                {"touched", i.touched},
+               {"accepted_risk", i.accepted_risk},
+               {"target", i.target},
+               {"facets", i.facets},
+               {"escalated_to", i.escalated_to ? json(severity_name(*i.escalated_to)) : json(nullptr)},
+               {"labels", i.labels},
                {"resolution", i.resolution},
                {"pause_reason", i.pause_reason},
                {"ack_sla", timer_json(i.ack_sla)},
@@ -233,6 +260,15 @@ Incident decode_incident(const std::string& s) {
     i.resolved_ns = j.value("resolved_ns", std::int64_t{0});
     i.closed_ns = j.value("closed_ns", std::int64_t{0});
     i.touched = j.value("touched", false);
+    i.accepted_risk = j.value("accepted_risk", false);
+    i.target = j.value("target", "");
+    if (j.contains("facets"))
+      i.facets = j.at("facets").get<std::vector<std::string>>();
+    else if (i.active())  // stored before facets: the one kind it was opened for
+      i.facets = {kind_name(i.kind)};
+    if (auto e = j.find("escalated_to"); e != j.end() && e->is_string())
+      i.escalated_to = parse_severity(e->get<std::string>());
+    i.labels = j.value("labels", std::map<std::string, std::string>{});
     i.resolution = j.value("resolution", "");
     i.pause_reason = j.value("pause_reason", "");
     i.ack_sla = timer_from(j.value("ack_sla", json::object()));
@@ -249,6 +285,7 @@ Incident decode_incident(const std::string& s) {
 json incident_json(const Incident& i, std::int64_t now_ns, bool with_timeline) {
   json j = json::parse(encode_incident(i));
   j.erase("v");
+  j["silenced_by"] = json::array();
   if (!with_timeline) j.erase("timeline");
   for (const char* name : {"opened", "reopened", "updated", "acknowledged", "resolved", "closed"}) {
     auto ns = j.value(std::string(name) + "_ns", std::int64_t{0});
@@ -262,6 +299,25 @@ json incident_json(const Incident& i, std::int64_t now_ns, bool with_timeline) {
     j[name]["paused"] = t->paused_since_ns != 0;
   }
   return j;
+}
+
+std::map<std::string, std::string> incident_labels(const Incident& i) {
+  auto l = i.labels;
+  if (!i.target.empty()) l["target"] = i.target;
+  l["kind"] = kind_name(i.kind);
+  l["severity"] = severity_name(i.severity);
+  return l;
+}
+
+bool IncidentFilter::matches(const Incident& i) const {
+  if (state && i.state != *state) return false;
+  if (severity && i.severity != *severity) return false;
+  if (agent_id && i.agent_id != *agent_id) return false;
+  if (test_id && i.test_id != *test_id) return false;
+  if (kind && i.kind != *kind &&
+      std::find(i.facets.begin(), i.facets.end(), kind_name(*kind)) == i.facets.end())
+    return false;
+  return true;
 }
 
 json incident_event_json(const IncidentEvent& e) {

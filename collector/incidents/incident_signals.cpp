@@ -21,15 +21,20 @@ std::string window_words(std::chrono::milliseconds w) {
   return common::format_duration(w);
 }
 
+// `raw_target` may hold the run's marker (web probes put it in the URL): the key and the
+// incident get the target without it, so runs of one test share one incident.
 Signal make_signal(IncidentKind kind, const std::string& test, const std::string& agent,
-                   const IncidentPolicy& policy, const std::string& target = "") {
+                   const IncidentPolicy& policy, const std::string& raw_target = "",
+                   const std::string& marker = "") {
   Signal s;
   s.kind = kind;
-  s.key = dedup_key(kind, test, agent, target);
-  s.target = target;
+  s.target = target_without_marker(raw_target, marker);
+  s.key = dedup_key(kind, test, agent, s.target);
+  if (is_test_facet(kind)) s.legacy_key = legacy_dedup_key(kind, test, agent, raw_target);
   s.severity = policy.severity_of(kind);
   s.test_id = test;
   s.agent_id = agent;
+  if (!s.target.empty()) s.labels["target"] = s.target;
   return s;
 }
 
@@ -42,8 +47,10 @@ std::vector<Signal> signals_from_result(const common::ResultBody& body, const st
   std::vector<Signal> out;
   if (body.kind != "probe") return out;
   auto add = [&](IncidentKind kind, bool clears, std::string title, std::string detail) {
-    auto s = make_signal(kind, body.test_id, agent_id, policy, body.target);
+    auto s = make_signal(kind, body.test_id, agent_id, policy, body.target, body.marker);
     s.marker = body.marker;
+    s.labels["probe"] = body.probe;
+    if (!body.technique.empty()) s.labels["technique"] = body.technique;
     s.time_ns = time_ns;
     s.agent_started_ns = body.started_ns;
     s.clears = clears;
@@ -52,11 +59,12 @@ std::vector<Signal> signals_from_result(const common::ResultBody& body, const st
     out.push_back(std::move(s));
   };
   std::string marker = body.marker.empty() ? "" : " (marker " + body.marker + ")";
+  auto target = target_without_marker(body.target, body.marker);
   if (body.probe == "http_check") {
     if (body.verdict == "unhealthy")
       add(IncidentKind::health_failed, false,
           "health check " + body.test_id + " failing" + on_agent(agent_id),
-          "unhealthy: " + body.reason + (body.target.empty() ? "" : " at " + body.target) + marker);
+          "unhealthy: " + body.reason + (target.empty() ? "" : " at " + target) + marker);
     else if (body.verdict == "healthy")
       add(IncidentKind::health_failed, true, "", "a later health check passed" + marker);
     return out;
@@ -64,10 +72,9 @@ std::vector<Signal> signals_from_result(const common::ResultBody& body, const st
   if (!body.expect_prevent) return out;
   if (body.verdict == "not_prevented")
     add(IncidentKind::prevention_failed, false,
-        body.test_id + " was not prevented" + (body.target.empty() ? "" : " (" + body.target + ")") +
+        body.test_id + " was not prevented" + (target.empty() ? "" : " (" + target + ")") +
             on_agent(agent_id),
-        "not_prevented: " + body.reason + (body.target.empty() ? "" : " at " + body.target) +
-            marker);
+        "not_prevented: " + body.reason + (target.empty() ? "" : " at " + target) + marker);
   else if (body.verdict == "prevented")
     add(IncidentKind::prevention_failed, true, "", "a later run was prevented" + marker);
   return out;
@@ -76,7 +83,7 @@ std::vector<Signal> signals_from_result(const common::ResultBody& body, const st
 std::vector<Signal> signals_from_detection(const DetectionEvent& e, const IncidentPolicy& policy) {
   std::vector<Signal> out;
   auto add = [&](IncidentKind kind, bool clears, std::string title, std::string detail) {
-    auto s = make_signal(kind, e.test_id, e.agent_id, policy, e.target);
+    auto s = make_signal(kind, e.test_id, e.agent_id, policy, e.target, e.marker);
     s.marker = e.marker;
     s.time_ns = e.time_ns;
     s.clears = clears;
@@ -86,19 +93,22 @@ std::vector<Signal> signals_from_detection(const DetectionEvent& e, const Incide
   };
   std::string marker = " (marker " + e.marker + ")";
   std::string what = e.detail.empty() ? "" : ": " + e.detail;
+  auto target = target_without_marker(e.target, e.marker);
   if (e.to == "missed") {
     add(IncidentKind::detection_missed, false,
-        "no alert for " + e.test_id + (e.target.empty() ? "" : " (" + e.target + ")") +
+        "no alert for " + e.test_id + (target.empty() ? "" : " (" + target + ")") +
             on_agent(e.agent_id),
         "missed" + what + marker);
   } else if (e.to == "logged") {
     add(IncidentKind::detection_missed, false, "no alert for " + e.test_id + on_agent(e.agent_id),
         "the SIEM logged the activity but raised no alert" + what + marker);
   } else if (e.to == "late") {
-    add(IncidentKind::detection_missed, true, "", "an alert arrived, late" + marker);
+    // The failure first: were "missed" its only facet, clearing it first would resolve the
+    // incident (a "resolved" page) and the late facet would reopen it a moment later.
     add(IncidentKind::detection_late, false,
         "alert for " + e.test_id + on_agent(e.agent_id) + " arrived after its SLA",
         "late" + what + marker);
+    add(IncidentKind::detection_missed, true, "", "an alert arrived, late" + marker);
   } else if (e.to == "alerted") {
     add(IncidentKind::detection_missed, true, "", "a later run was alerted in time" + marker);
     add(IncidentKind::detection_late, true, "", "a later run was alerted in time" + marker);

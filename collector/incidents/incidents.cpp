@@ -1,37 +1,33 @@
-// The incident engine: lifecycle, human actions, SLA breaches, auto-close, event log; its feed.
+// The incident engine: lifecycle, facets, human actions, SLA breaches, auto-close, event log.
 #include "collector/incidents/incidents.hpp"
 
 #include <algorithm>
 #include <limits>
+#include <set>
 
 #include <spdlog/spdlog.h>
 #include <pthread.h>
 
+#include "collector/incidents/engine_txn.hpp"
 #include "collector/incidents/incidents_detail.hpp"
 #include "common/clock.hpp"
+#include "common/crypto.hpp"
 
 namespace tocsin::collector {
 
 using nlohmann::json;
 using detail::incidents::dump;
+using detail::incidents::id_key;
+using detail::incidents::kCursorPrefix;
+using detail::incidents::kEventFormat;
+using detail::incidents::kMaxOwner;
+using detail::incidents::kMaxText;
+using detail::incidents::kSeenSecurityPrefix;
+using detail::incidents::kSystem;
 using detail::incidents::ms_to_ns;
 using detail::incidents::on_agent;
 
 namespace {
-
-constexpr int kEventFormat = 1;
-constexpr std::size_t kMaxText = 4096;  // notes, reasons
-constexpr std::size_t kMaxOwner = 128;
-// Cursors share Table::incident_keys with the dedup keys; a dedup key starts with a kind name,
-// never with this byte.
-const std::string kCursorPrefix = std::string(1, '\x01') + "cursor/";
-const std::string kSystem = "system";
-
-std::string id_key(std::uint64_t id) {
-  std::string k;
-  put_be64(k, id);
-  return k;
-}
 
 // The auto-close note speaks in hours ("72h"), as triage rotas do.
 std::string hours_words(std::chrono::milliseconds d) {
@@ -72,14 +68,22 @@ void resume_timer(SlaTimer& t, std::int64_t now) {
   t.paused_since_ns = 0;
 }
 
-// Keeps the record bounded for an incident that recurs for weeks: the oldest occurrences go
-// first (their count stays in `occurrences`); lifecycle entries stay as long as possible.
-void thin_timeline(std::vector<TimelineEntry>& tl) {
-  while (tl.size() > kMaxTimeline) {
-    auto it = std::find_if(tl.begin() + 1, tl.end(),
-                           [](const TimelineEntry& e) { return e.what == "occurrence"; });
-    tl.erase(it != tl.end() ? it : tl.begin() + 1);
+// A new severity's target for a timer still running (elapsed time counts from the opening, so
+// a raise can be overdue at once and breach on the next tick); a stopped one stays as it was.
+void retarget_timer(SlaTimer& t, std::chrono::milliseconds target, std::int64_t now) {
+  if (t.stopped_ns) return;
+  if (target.count() <= 0) {
+    t.target_ns = 0;  // no timer at this severity; started_ns stays for a later raise
+    return;
   }
+  if (!t.started_ns) t.started_ns = now;
+  t.target_ns = ms_to_ns(target);
+}
+
+std::string id_list(const std::vector<std::uint64_t>& ids) {
+  std::string out;
+  for (auto id : ids) out += (out.empty() ? "#" : ", #") + std::to_string(id);
+  return out;
 }
 
 }  // namespace
@@ -105,45 +109,6 @@ std::vector<IncidentEvent> list_incident_events(const Store& store, std::uint64_
 
 // ---- engine -------------------------------------------------------------------------------
 
-// One unit of work: every incident it changes and every event it appends go into one
-// WriteSet; the engine's counters and cache change only after that write is durable.
-struct IncidentEngine::Txn {
-  Txn(std::int64_t n, std::uint64_t id, std::uint64_t seq) : now(n), next_id(id), next_seq(seq) {}
-  WriteSet ws;
-  std::int64_t now = 0;
-  std::uint64_t next_id = 0, next_seq = 0;
-  std::map<std::uint64_t, Incident> changed;
-  std::map<std::string, std::optional<std::uint64_t>> keys;  // overlay on incident_keys
-  std::map<std::string, std::uint64_t> cursors;
-  std::vector<AuditRecord> audit;  // committed with ws when the engine has an audit log
-
-  Incident& record(Incident& i, const std::string& actor, const std::string& what,
-                   const std::string& detail) {
-    i.updated_ns = now;
-    i.timeline.push_back({now, actor, what, detail});
-    thin_timeline(i.timeline);
-    std::uint64_t seq = next_seq++;
-    if (what != "occurrence")  // not a state change; one per failing run
-      audit.push_back({actor,
-                       "incident_" + what,
-                       "incident #" + std::to_string(i.id),
-                       {{"incident_id", i.id},
-                        {"event_seq", seq},
-                        {"severity", severity_name(i.severity)},
-                        {"detail", detail}}});
-    ws.put(Table::incident_events, id_key(seq),
-           dump({{"v", kEventFormat},
-                 {"time_ns", now},
-                 {"incident_id", i.id},
-                 {"what", what},
-                 {"severity", severity_name(i.severity)},
-                 {"actor", actor},
-                 {"detail", detail}}));
-    changed[i.id] = i;
-    return changed[i.id];
-  }
-};
-
 IncidentEngine::~IncidentEngine() = default;
 
 IncidentEngine::IncidentEngine(Store& store, IncidentPolicy policy, Clock now)
@@ -162,6 +127,7 @@ IncidentEngine::IncidentEngine(Store& store, IncidentPolicy policy, Clock now)
     if (i.active()) active_.emplace(i.id, std::move(i));
     return true;
   });
+  load_silences();
   rebuild_baseline();
 }
 
@@ -194,6 +160,9 @@ void IncidentEngine::commit(Txn& t) {
   }
   for (const auto& [name, v] : t.cursors)
     t.ws.put(Table::incident_keys, kCursorPrefix + name, id_key(v));
+  for (const auto& [id, sil] : t.silences)
+    t.ws.put(Table::incident_keys, detail::incidents::kSilencePrefix + id_key(id),
+             encode_silence(sil));
   if (t.ws.empty()) return;
   // Throws StoreError; nothing in memory changed yet.
   if (audit_)
@@ -202,6 +171,13 @@ void IncidentEngine::commit(Txn& t) {
     store_.commit(std::move(t.ws));
   next_id_ = t.next_id;
   next_seq_ = t.next_seq;
+  if (t.next_silence_id) next_silence_id_ = t.next_silence_id;
+  for (auto& [id, sil] : t.silences) {
+    if (sil.active(t.now))
+      silences_[id] = std::move(sil);
+    else
+      silences_.erase(id);
+  }
   for (auto& [id, i] : t.changed) {
     if (i.active())
       active_[id] = std::move(i);
@@ -218,12 +194,91 @@ std::optional<Incident> IncidentEngine::apply(const Signal& s) {
   return r;
 }
 
+std::map<std::string, std::string> IncidentEngine::signal_labels(const Signal& s) {
+  auto labels = s.labels;
+  if (!s.agent_id.empty()) {
+    auto host = hostnames_.find(s.agent_id);
+    if (host == hostnames_.end()) {
+      auto a = store_.get_agent(s.agent_id);
+      host = hostnames_.emplace(s.agent_id, a ? a->hostname : "").first;
+    }
+    if (!host->second.empty()) labels["hostname"] = host->second;
+  }
+  return labels;
+}
+
+std::optional<std::uint64_t> IncidentEngine::migrate_legacy(const Signal& s, Txn& t) {
+  // Before facets were merged one run could hold an incident per facet ("prevention_failed|t|a"
+  // and "detection_missed|t|a"): all of them fold into one under the merged key, or the others
+  // would never be looked up again (breaching, escalating, never resolving).
+  auto own = kind_name(s.kind);
+  if (s.legacy_key.rfind(own, 0) != 0) return std::nullopt;
+  auto rest = s.legacy_key.substr(own.size());
+  std::vector<std::pair<std::string, Incident>> found;
+  for (auto k : {IncidentKind::prevention_failed, IncidentKind::detection_missed,
+                 IncidentKind::detection_late}) {
+    auto key = kind_name(k) + rest;
+    std::optional<std::uint64_t> id;
+    if (auto it = t.keys.find(key); it != t.keys.end())
+      id = it->second;
+    else if (auto v = store_.get(Table::incident_keys, key); v && v->size() == 8)
+      id = get_be64(v->data());
+    if (!id) continue;
+    t.keys[key] = std::nullopt;  // the old keys go, whatever became of their incidents
+    auto i = t.changed.count(*id) ? t.changed[*id] : load(*id);
+    if (i.state != IncidentState::closed) found.emplace_back(key, std::move(i));
+  }
+  if (found.empty()) return std::nullopt;
+  // The survivor: an active one if any, else the oldest.
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    if (a.second.active() != b.second.active()) return a.second.active();
+    return a.second.id < b.second.id;
+  });
+  Incident keep = found.front().second;
+  for (std::size_t n = 1; n < found.size(); ++n) {
+    auto& other = found[n].second;
+    if (other.id == keep.id) continue;
+    if (other.active()) {
+      for (const auto& f : other.facets)
+        if (std::find(keep.facets.begin(), keep.facets.end(), f) == keep.facets.end())
+          keep.facets.push_back(f);
+      keep.severity = std::max(keep.severity, other.severity);
+      if (keep.active() && other.kind < keep.kind) {  // the principal facet names it
+        keep.kind = other.kind;
+        keep.title = other.title;
+      }
+    }
+    keep.occurrences += other.occurrences;
+    keep.last_failure_ns = std::max(keep.last_failure_ns, other.last_failure_ns);
+    keep.last_failure_agent_ns = std::max(keep.last_failure_agent_ns, other.last_failure_agent_ns);
+    keep.timeline.push_back({t.now, kSystem, "merged",
+                             "#" + std::to_string(other.id) + " (" + kind_name(other.kind) + ")"});
+    auto why = "merged into #" + std::to_string(keep.id);
+    other.state = IncidentState::closed;
+    other.closed_ns = t.now;
+    other.resolution = why;
+    other.facets.clear();
+    other.pause_reason.clear();
+    stop_timer(other.ack_sla, t.now);
+    stop_timer(other.resolve_sla, t.now);
+    t.record(other, kSystem, "closed", why);
+  }
+  detail::incidents::thin_timeline(keep.timeline);
+  keep.key = s.key;
+  t.keys[s.key] = keep.id;
+  t.changed[keep.id] = keep;
+  return keep.id;
+}
+
 std::optional<Incident> IncidentEngine::apply_locked(const Signal& s, Txn& t) {
-  std::optional<std::uint64_t> id;
-  if (auto it = t.keys.find(s.key); it != t.keys.end())
-    id = it->second;
-  else if (auto v = store_.get(Table::incident_keys, s.key); v && v->size() == 8)
-    id = get_be64(v->data());
+  auto lookup = [&](const std::string& key) -> std::optional<std::uint64_t> {
+    if (auto it = t.keys.find(key); it != t.keys.end()) return it->second;
+    if (auto v = store_.get(Table::incident_keys, key); v && v->size() == 8)
+      return get_be64(v->data());
+    return std::nullopt;
+  };
+  auto id = lookup(s.key);
+  if (!id && !s.legacy_key.empty() && s.legacy_key != s.key) id = migrate_legacy(s, t);
   std::optional<Incident> cur;
   if (id) cur = t.changed.count(*id) ? t.changed[*id] : load(*id);
   if (cur && cur->state == IncidentState::closed) cur.reset();  // closed is final
@@ -231,6 +286,31 @@ std::optional<Incident> IncidentEngine::apply_locked(const Signal& s, Txn& t) {
   if (s.clears) {
     if (!cur || !cur->active()) return std::nullopt;
     auto& i = *cur;
+    auto facet = kind_name(s.kind);
+    if (is_test_facet(s.kind)) {
+      auto it = std::find(i.facets.begin(), i.facets.end(), facet);
+      if (it == i.facets.end()) return std::nullopt;  // that facet was not failing
+      i.facets.erase(it);
+      if (!i.facets.empty()) {
+        auto worst = Severity::informational;
+        auto principal = IncidentKind::detection_late;
+        for (const auto& f : i.facets)
+          if (auto k = parse_kind(f)) {
+            worst = std::max(worst, policy_.severity_of(*k));
+            principal = std::min(principal, *k);
+          }
+        // Never below what a human or the watchdog escalated it to.
+        if (i.escalated_to) worst = std::max(worst, *i.escalated_to);
+        if (worst != i.severity) {
+          i.severity = worst;
+          retarget_timer(i.ack_sla, policy_.sla_for(worst).acknowledge, t.now);
+          retarget_timer(i.resolve_sla, policy_.sla_for(worst).resolve, t.now);
+        }
+        i.kind = principal;
+        return t.record(i, kSystem, "facet_cleared", facet + ": " + s.detail);
+      }
+    }
+    i.facets.clear();
     i.state = IncidentState::resolved;
     i.resolved_ns = t.now;
     i.resolution = s.detail.empty() ? "the condition cleared" : s.detail;
@@ -238,6 +318,24 @@ std::optional<Incident> IncidentEngine::apply_locked(const Signal& s, Txn& t) {
     stop_timer(i.ack_sla, t.now);
     stop_timer(i.resolve_sla, t.now);
     return t.record(i, kSystem, "auto_resolved", i.resolution);
+  }
+  auto facet = kind_name(s.kind);
+  auto detail = is_test_facet(s.kind) ? facet + ": " + s.detail : s.detail;
+  auto labels = signal_labels(s);
+  auto note_failure = [&](Incident& i) {
+    ++i.occurrences;
+    i.last_failure_ns = std::max(i.last_failure_ns, s.time_ns);
+    i.last_failure_agent_ns = std::max(i.last_failure_agent_ns, s.agent_started_ns);
+    if (!s.marker.empty()) i.marker = s.marker;
+    if (!s.target.empty()) i.target = s.target;
+    i.labels = labels;
+  };
+  // A silenced failure is recorded (on the silences, and on its incident if there is one)
+  // but opens, reopens and notifies nothing.
+  if (auto by = silence_signal(s, labels, t); !by.empty()) {
+    if (!cur) return std::nullopt;
+    note_failure(*cur);
+    return t.record(*cur, kSystem, "silenced", "silenced by " + id_list(by) + ": " + detail);
   }
   auto restart_timers = [&](Incident& i) {
     const auto& target = policy_.sla_for(i.severity);
@@ -254,31 +352,53 @@ std::optional<Incident> IncidentEngine::apply_locked(const Signal& s, Txn& t) {
         s.title.empty() ? kind_name(s.kind) + " " + s.test_id + on_agent(s.agent_id) : s.title;
     i.test_id = s.test_id;
     i.agent_id = s.agent_id;
-    i.marker = s.marker;
-    i.occurrences = 1;
+    i.facets = {facet};
     i.opened_ns = t.now;
-    i.last_failure_ns = s.time_ns;
-    i.last_failure_agent_ns = s.agent_started_ns;
+    note_failure(i);
     restart_timers(i);
     t.keys[s.key] = i.id;
-    return t.record(i, kSystem, "opened", s.detail);
+    return t.record(i, kSystem, "opened", detail);
   }
   auto& i = *cur;
-  ++i.occurrences;
-  i.last_failure_ns = std::max(i.last_failure_ns, s.time_ns);
-  i.last_failure_agent_ns = std::max(i.last_failure_agent_ns, s.agent_started_ns);
-  if (!s.marker.empty()) i.marker = s.marker;
-  if (i.active()) return t.record(i, kSystem, "occurrence", s.detail);
+  note_failure(i);
+  if (i.accepted_risk && i.state == IncidentState::resolved)
+    return t.record(i, kSystem, "suppressed", "accepted risk: " + detail);
+  if (i.active()) {
+    auto before = i.severity;
+    if (std::find(i.facets.begin(), i.facets.end(), facet) == i.facets.end()) {
+      i.facets.push_back(facet);
+      i.severity = std::max(i.severity, s.severity);  // the worst facet
+      // The kind (and title) is the principal facet failing, in enum order (not prevented,
+      // then no alert, then late), whichever the feed happened to see first.
+      if (is_test_facet(s.kind) && s.kind < i.kind) {
+        i.kind = s.kind;
+        if (!s.title.empty()) i.title = s.title;
+      }
+    }
+    auto& r = t.record(i, kSystem, "occurrence", detail);
+    if (r.severity == before) return r;
+    // Worse than it was paged as: the timers move to the new severity's targets (from the
+    // opening, as if it had been this bad all along) and "escalated" pages again.
+    retarget_timer(r.ack_sla, policy_.sla_for(r.severity).acknowledge, t.now);
+    retarget_timer(r.resolve_sla, policy_.sla_for(r.severity).resolve, t.now);
+    Incident raised = r;
+    return t.record(raised, kSystem, "escalated",
+                    facet + " failing too (severity " + severity_name(before) + " -> " +
+                        severity_name(raised.severity) + ")");
+  }
   // Resolved and seen again: the same incident, reopened for a fresh triage.
   i.state = IncidentState::open;
+  i.kind = s.kind;
   i.severity = s.severity;
+  i.escalated_to.reset();  // a fresh triage
+  i.facets = {facet};
   i.reopened_ns = t.now;
   ++i.reopen_count;
   i.touched = false;
   i.acknowledged_ns = i.resolved_ns = 0;
   i.resolution.clear();
   restart_timers(i);
-  return t.record(i, kSystem, "reopened", "recurred" + (s.detail.empty() ? "" : ": " + s.detail));
+  return t.record(i, kSystem, "reopened", "recurred" + (detail.empty() ? "" : ": " + detail));
 }
 
 Incident IncidentEngine::human(std::uint64_t id, const std::string& actor,
@@ -350,10 +470,56 @@ Incident IncidentEngine::resolve(std::uint64_t id, const std::string& actor,
     i.resolved_ns = t.now;
     i.resolution = why;
     i.touched = true;
+    i.facets.clear();  // nothing is failing as far as anyone knows (and ?kind= agrees)
     i.pause_reason.clear();
     stop_timer(i.ack_sla, t.now);
     stop_timer(i.resolve_sla, t.now);
     i = t.record(i, actor, "resolved", why);
+  });
+}
+
+Incident IncidentEngine::accept_risk(std::uint64_t id, const std::string& actor,
+                                     const std::string& reason) {
+  auto why = required_text(reason, "reason", kMaxText);
+  return human(id, actor, [&](Incident& i, Txn& t) {
+    if (i.accepted_risk && i.state == IncidentState::resolved)
+      throw IncidentError("incident #" + std::to_string(id) + " is already an accepted risk");
+    if (!i.active() && i.state != IncidentState::resolved)
+      throw IncidentError("cannot accept the risk of incident #" + std::to_string(id) +
+                          ": it is " + incident_state_name(i.state));
+    i.state = IncidentState::resolved;
+    if (!i.resolved_ns) i.resolved_ns = t.now;
+    i.resolution = "accepted risk: " + why;
+    i.accepted_risk = true;
+    i.facets.clear();
+    i.touched = true;
+    i.pause_reason.clear();
+    stop_timer(i.ack_sla, t.now);
+    stop_timer(i.resolve_sla, t.now);
+    i = t.record(i, actor, "risk_accepted", why);
+  });
+}
+
+Incident IncidentEngine::reopen(std::uint64_t id, const std::string& actor,
+                                const std::string& reason) {
+  auto why = required_text(reason, "reason", kMaxText);
+  return human(id, actor, [&](Incident& i, Txn& t) {
+    if (i.state != IncidentState::resolved)
+      throw IncidentError("cannot reopen incident #" + std::to_string(id) + ": it is " +
+                          incident_state_name(i.state));
+    i.state = IncidentState::open;
+    i.accepted_risk = false;
+    // Resolved ones carry no facets; reopened, it is failing again as what it was opened for.
+    if (i.facets.empty()) i.facets = {kind_name(i.kind)};
+    i.reopened_ns = t.now;
+    ++i.reopen_count;
+    i.touched = true;  // a human chose to look at it again
+    i.acknowledged_ns = i.resolved_ns = 0;
+    i.resolution.clear();
+    const auto& target = policy_.sla_for(i.severity);
+    i.ack_sla = start_timer(target.acknowledge, t.now);
+    i.resolve_sla = start_timer(target.resolve, t.now);
+    i = t.record(i, actor, "reopened_by", why);
   });
 }
 
@@ -364,6 +530,7 @@ Incident IncidentEngine::close(std::uint64_t id, const std::string& actor,
     i.state = IncidentState::closed;
     i.closed_ns = t.now;
     if (i.resolution.empty()) i.resolution = why;
+    i.facets.clear();
     i.touched = true;
     i.pause_reason.clear();
     stop_timer(i.ack_sla, t.now);
@@ -409,10 +576,16 @@ Incident IncidentEngine::escalate(std::uint64_t id, const std::string& actor,
   return human(id, actor, [&](Incident& i, Txn& t) {
     require_active(i, "escalate");
     for (const auto& [name, v] : cursors) t.cursors[name] = v;
+    // Silenced: on the timeline, but no page and no raise while the silence lasts.
+    if (auto by = silences_of(i, t.now); !by.empty()) {
+      i = t.record(i, actor, "silenced", "escalation silenced by " + id_list(by) + ": " + why);
+      return;
+    }
     std::string detail = why;
     if (i.severity != Severity::critical)
       detail += " (severity " + severity_name(i.severity) + " -> critical)";
     i.severity = Severity::critical;
+    i.escalated_to = Severity::critical;  // a facet clearing later must not lower it
     i = t.record(i, actor, "escalated", detail);
   });
 }
@@ -420,13 +593,20 @@ Incident IncidentEngine::escalate(std::uint64_t id, const std::string& actor,
 TickResult IncidentEngine::tick() {
   std::lock_guard lk(mu_);
   Txn t(now_(), next_id_, next_seq_);
+  std::erase_if(silences_, [&](const auto& kv) { return !kv.second.active(t.now); });
+  prune_silences(t);
   TickResult r;
   for (const auto& [id, cached] : active_) {
     Incident i = cached;
     for (auto [timer, name] : {std::pair{&i.ack_sla, "acknowledge"}, {&i.resolve_sla, "resolve"}}) {
       if (!timer->running() || timer->paused_since_ns || timer->breached_ns) continue;
       if (timer->elapsed_ns(t.now) < timer->target_ns) continue;
-      timer->breached_ns = t.now;
+      timer->breached_ns = t.now;  // once, silenced or not: no page when the silence ends
+      if (auto by = silences_of(i, t.now); !by.empty()) {
+        i = t.record(i, kSystem, "silenced",
+                     std::string(name) + " SLA breached, not paged: silenced by " + id_list(by));
+        continue;
+      }
       i = t.record(i, kSystem, "sla_breached", name);
       ++r.breaches;
     }
@@ -437,6 +617,7 @@ TickResult IncidentEngine::tick() {
       i.state = IncidentState::closed;
       i.closed_ns = t.now;
       i.resolution = note;
+      i.facets.clear();
       stop_timer(i.ack_sla, t.now);
       stop_timer(i.resolve_sla, t.now);
       t.keys[i.key] = std::nullopt;
@@ -495,34 +676,82 @@ void IncidentEngine::process_results(const std::string& agent_id,
   commit(t);
 }
 
-void IncidentEngine::process_security_events(const std::vector<SecurityEvent>& events) {
-  if (events.empty()) return;
+namespace {
+// Where a processed security event is remembered: by time first, so the ones that fell out of
+// the re-read window are a prefix to erase.
+std::string seen_security_key(const SecurityEvent& e) {
+  auto identity = std::to_string(e.time_ns) + '\0' + e.kind + '\0' + e.agent_id + '\0' +
+                  e.remote + '\0' + e.detail;
+  auto digest = common::sha256(identity);
+  std::string k = kSeenSecurityPrefix;
+  put_be64(k, time_key(e.time_ns));
+  k.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  return k;
+}
+}  // namespace
+
+std::size_t IncidentEngine::process_security_events(const std::vector<SecurityEvent>& events) {
+  if (events.empty()) return 0;
   std::lock_guard lk(mu_);
   Txn t(now_(), next_id_, next_seq_);
   auto newest = cursor("security_events");  // never moves back for a late-landing event
+  std::set<std::string> batch;
+  std::size_t n = 0;
   for (const auto& e : events) {
+    auto seen = seen_security_key(e);
+    if (!batch.insert(seen).second || store_.get(Table::incident_keys, seen)) continue;
+    t.ws.put(Table::incident_keys, seen, "");
     apply_locked(signal_from_security_event(e, policy_), t);
     newest = std::max(newest, static_cast<std::uint64_t>(std::max<std::int64_t>(0, e.time_ns + 1)));
+    ++n;
   }
+  if (n == 0) return 0;
   t.cursors["security_events"] = newest;
+  // The feed never re-reads before cursor - margin: what is older need not be remembered.
+  auto horizon = time_key(static_cast<std::int64_t>(newest) - kSecurityReadMarginNs - 1);
+  store_.scan(Table::incident_keys, kSeenSecurityPrefix, [&](std::string_view k, std::string_view) {
+    if (k.substr(0, kSeenSecurityPrefix.size()) != kSeenSecurityPrefix ||
+        k.size() < kSeenSecurityPrefix.size() + 8 ||
+        get_be64(k.data() + kSeenSecurityPrefix.size()) >= horizon)
+      return false;
+    t.ws.erase(Table::incident_keys, std::string(k));
+    return true;
+  });
   commit(t);
+  return n;
 }
 
 void IncidentEngine::watch_silence(const std::vector<AgentRecord>& agents) {
   if (policy_.agent_silent_after.count() <= 0) return;
   std::lock_guard lk(mu_);
   Txn t(now_(), next_id_, next_seq_);
+  std::map<std::string, std::vector<std::uint64_t>> counted;
   for (const auto& a : agents) {
     if (a.last_seen_ns <= 0) continue;  // enrolled, never connected: nothing to miss yet
     auto s = agent_silence_signal(a.agent_id, t.now, a.last_seen_ns, policy_.agent_silent_after,
                                   policy_);
+    if (s.clears) silent_episodes_.erase(s.key);  // heard from: the next silence is an episode
     std::optional<Incident> cur;
     if (auto v = store_.get(Table::incident_keys, s.key); v && v->size() == 8)
       cur = load(get_be64(v->data()));
     bool active = cur && cur->active();
-    if (s.clears == active) apply_locked(s, t);  // open once while silent; resolve once heard
+    if (s.clears != active) continue;  // open once while silent; resolve once heard
+    if (!s.clears) {
+      // A silenced silent agent stays "failing" on every poll: each silence counts the
+      // episode once, not one synced write per poll.
+      auto labels = signal_labels(s);
+      labels["severity"] = severity_name(s.severity);
+      auto ids = matching_silences(s.test_id, s.agent_id, {kind_name(s.kind)}, labels, t.now);
+      if (!ids.empty()) {
+        auto seen = silent_episodes_.find(s.key);
+        if (seen != silent_episodes_.end() && seen->second == ids) continue;
+        counted[s.key] = ids;
+      }
+    }
+    apply_locked(s, t);
   }
   commit(t);
+  for (auto& [key, ids] : counted) silent_episodes_[key] = std::move(ids);
 }
 
 std::optional<Incident> IncidentEngine::observe_latency(const Run& run) {
@@ -568,8 +797,7 @@ std::vector<Incident> IncidentEngine::list(const IncidentFilter& f, std::size_t 
     auto v = store_.get(Table::incidents, id_key(id));
     if (!v) continue;
     auto i = decode_incident(*v);
-    if ((!f.state || i.state == *f.state) && (!f.severity || i.severity == *f.severity))
-      out.push_back(std::move(i));
+    if (f.matches(i)) out.push_back(std::move(i));
   }
   return out;
 }
@@ -590,106 +818,6 @@ std::map<IncidentKind, std::size_t> IncidentEngine::closed_untouched_since(
     return true;
   });
   return out;
-}
-
-// ---- feed ---------------------------------------------------------------------------------
-
-namespace {
-constexpr std::size_t kFeedBatch = 1000;
-}
-
-IncidentFeed::IncidentFeed(IncidentEngine& engine, Store& store, std::chrono::milliseconds period)
-    : engine_(engine), store_(store), period_(period) {}
-
-IncidentFeed::~IncidentFeed() {
-  stop();
-}
-
-void IncidentFeed::start() {
-  thread_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "incident-feed");
-    loop();
-  });
-}
-
-void IncidentFeed::stop() {
-  {
-    std::lock_guard lk(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
-
-void IncidentFeed::loop() {
-  std::unique_lock lk(mu_);
-  while (!stopping_) {
-    lk.unlock();
-    try {
-      poll_once();
-    } catch (const std::exception& e) {
-      spdlog::error("incidents: feeding the engine failed (retrying next round): {}", e.what());
-    }
-    lk.lock();
-    cv_.wait_for(lk, period_, [this] { return stopping_; });
-  }
-}
-
-namespace {
-constexpr std::int64_t kSecurityMarginNs = 60'000'000'000;  // 60 s
-}  // namespace
-
-std::size_t IncidentFeed::poll_once() {
-  if (engine_.cursor("initialised") == 0) {
-    std::map<std::string, std::uint64_t> c{{"initialised", 1}};
-    auto last = store_.last_key(Table::detection_events);
-    c["detection_events"] = last && last->size() == 8 ? get_be64(last->data()) + 1 : 1;
-    for (const auto& a : store_.list_agents()) c["results/" + a.agent_id] = a.next_seq;
-    c["security_events"] = static_cast<std::uint64_t>(std::max<std::int64_t>(1, engine_.now()));
-    engine_.set_cursors(c);
-  }
-  std::size_t n = 0;
-  for (;;) {
-    // The baseline watch learns from every alerted or late run in there too.
-    auto ev = list_detection_events(store_, engine_.cursor("detection_events"), kFeedBatch);
-    engine_.process_detection_events(ev);
-    n += ev.size();
-    if (ev.size() < kFeedBatch) break;
-  }
-  for (const auto& a : store_.list_agents()) {
-    for (;;) {
-      auto rs = store_.list_results_by_seq(a.agent_id, engine_.cursor("results/" + a.agent_id),
-                                           kFeedBatch);
-      engine_.process_results(a.agent_id, rs);
-      n += rs.size();
-      if (rs.size() < kFeedBatch) break;
-    }
-  }
-  // Security events are keyed by the time they were stamped, which is before their group
-  // commit: one stamped earlier can become visible after a later one was read. So each poll
-  // re-reads a margin before the cursor and skips the events it has already processed.
-  auto cursor = static_cast<std::int64_t>(engine_.cursor("security_events"));
-  auto since = std::max<std::int64_t>(1, cursor - kSecurityMarginNs);
-  for (auto from = since;;) {
-    auto page = store_.list_security_events(from, kFeedBatch);
-    std::vector<SecurityEvent> fresh;
-    for (const auto& e : page) {
-      auto id = std::to_string(e.time_ns) + '\0' + e.kind + '\0' + e.agent_id + '\0' + e.remote +
-                '\0' + e.detail;
-      if (!seen_security_.emplace(std::move(id), e.time_ns).second) continue;
-      fresh.push_back(e);
-    }
-    engine_.process_security_events(fresh);
-    n += fresh.size();
-    // A full page continues from its last time (events at that time again: already seen); a
-    // page of one single nanosecond could not advance and ends the round.
-    if (page.size() < kFeedBatch || page.back().time_ns == from) break;
-    from = page.back().time_ns;
-  }
-  std::erase_if(seen_security_, [&](const auto& kv) { return kv.second < since; });
-  engine_.watch_silence(store_.list_agents());
-  engine_.tick();
-  return n;
 }
 
 }  // namespace tocsin::collector

@@ -2,10 +2,12 @@
 //
 // Inputs become `Signal`s through pure functions (a stored result, a detection event, a
 // security event, an agent's silence, a time-to-alert far above its baseline). The engine
-// deduplicates them by key (kind + test + agent) into incidents with a lifecycle
+// deduplicates them by key (test + agent + target for the facets of a failing test, else kind
+// + test + agent) into incidents with a lifecycle
 // (open → acknowledged → resolved / closed; resolved reopens on recurrence, closed is final),
 // SLA timers per severity, auto-close of untriaged low-priority incidents and a timeline of
-// every change. Every change is also appended to a gap-free event log (Table::incident_events)
+// every change. Accepted risks and silences record failures without reopening or notifying.
+// Every change is also appended to a gap-free event log (Table::incident_events)
 // in the same synced write as the incident, so notifiers page through it and never miss one.
 //
 // One mutex guards the engine; the clock is injected so tests drive timers without waiting.
@@ -29,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "collector/audit/audit.hpp"
+#include "collector/incidents/silences.hpp"
 #include "collector/runs/correlator.hpp"
 #include "collector/store/store.hpp"
 #include "common/config.hpp"
@@ -92,11 +95,30 @@ struct IncidentPolicy {
   static IncidentPolicy load(const common::ConfigNode& node);
 };
 
-// Dedup key: kind, test, agent and (if any) target, separated by '|', which no id in Tocsin
-// contains. A test that reaches several targets (tcp_connect) gives one result and run per target: the
-// target is part of the key, so one target passing never clears another's failure.
+// The facets of one test failing on one agent and target: prevention failed, no alert, a late
+// alert. They share one incident (one run can fail all three; three criticals for one fault
+// is noise), which records the facets failing now and takes the worst one's severity.
+bool is_test_facet(IncidentKind k);
+
+// Dedup key, fields separated by '|' (which no id in Tocsin contains): for a test facet
+// "test|<test>|<agent>[|<target>]", so the facets share it; for the other kinds
+// "<kind>|<test>|<agent>[|<target>]". A test that reaches several targets (tcp_connect) gives
+// one result and run per target: the target is part of the key, so one target passing never
+// clears another's failure. The target must not hold a per-run value (see target_without_marker).
 std::string dedup_key(IncidentKind kind, const std::string& test_id, const std::string& agent_id,
                       const std::string& target = "");
+// The key a test facet had before facets were merged ("<kind>|..."): an incident stored under
+// it is found again by its first signal with the new key.
+std::string legacy_dedup_key(IncidentKind kind, const std::string& test_id,
+                             const std::string& agent_id, const std::string& target = "");
+// Web probes put the run's marker in the URL (the target): every occurrence of the marker is
+// replaced by "{marker}", so runs of one test share a key and a pass clears a failure.
+std::string target_without_marker(const std::string& target, const std::string& marker);
+
+// The most time a security event can become visible after a later-stamped one: the feed
+// re-reads this far before its cursor, and the engine remembers (durably) what it processed
+// in that window so a re-read or a restart processes nothing twice.
+inline constexpr std::int64_t kSecurityReadMarginNs = 60'000'000'000;
 
 // Something observed that opens (or adds to) an incident, or — with `clears` — that the
 // condition behind one is gone (a later run passed, the late alert arrived).
@@ -111,6 +133,10 @@ struct Signal {
   std::int64_t time_ns = 0;
   std::int64_t agent_started_ns = 0;  // from a result: when the run began, agent clock (raw)
   bool clears = false;
+  // What silences match against: probe, technique, target, kind, severity where known (the
+  // engine adds hostname from the agent record).
+  std::map<std::string, std::string> labels;
+  std::string legacy_key;  // a test facet's pre-merge key (see legacy_dedup_key)
 };
 
 // ---- pure input → signal functions ------------------------------------------------------
@@ -121,7 +147,8 @@ struct Signal {
 std::vector<Signal> signals_from_result(const common::ResultBody& body, const std::string& agent_id,
                                         std::int64_t time_ns, const IncidentPolicy& policy);
 // A detection state change: missed (or logged: the SIEM saw it but raised no alert) opens
-// detection_missed; late opens detection_late and clears detection_missed; alerted clears both.
+// detection_missed; late opens detection_late and then clears detection_missed (that order, so
+// an incident failing only as "missed" does not resolve and reopen); alerted clears both.
 std::vector<Signal> signals_from_detection(const DetectionEvent& e, const IncidentPolicy& policy);
 // Tampering, forged signatures, replays...: one incident per event kind and agent.
 Signal signal_from_security_event(const SecurityEvent& e, const IncidentPolicy& policy);
@@ -194,6 +221,14 @@ struct Incident {
   // in flight before it, whatever the upload delays.
   std::int64_t last_failure_agent_ns = 0;
   bool touched = false;  // a human acknowledged or noted the current opening
+  // Resolved as an accepted risk: later failures are recorded on the timeline ("suppressed"),
+  // reopen nothing and notify nothing until a human reopens it.
+  bool accepted_risk = false;
+  std::string target;                  // without the run marker
+  std::vector<std::string> facets;     // kind names failing now (a test facet incident: 1-3)
+  // The severity a human or the watchdog escalated to: a facet clearing never lowers it below.
+  std::optional<Severity> escalated_to;
+  std::map<std::string, std::string> labels;  // the newest signal's, for silences
   std::string resolution;
   std::string pause_reason;  // non-empty while the SLA timers are paused
   SlaTimer ack_sla, resolve_sla;
@@ -212,7 +247,9 @@ Incident decode_incident(const std::string& s);  // throws StoreError
 // One change, in the order it happened: what notifiers consume.
 // what: opened, reopened, occurrence, acknowledged, noted, assigned, resolved, auto_resolved,
 // closed, auto_closed, sla_breached (detail: "acknowledge" or "resolve"), paused, resumed,
-// escalated.
+// escalated, facet_cleared (one facet passes again, others still fail), suppressed (a failure
+// on an accepted risk), silenced (a failure a silence matched), risk_accepted, reopened_by
+// (a human reopened it). The last five notify nobody.
 struct IncidentEvent {
   std::uint64_t seq = 0;  // gap-free from 1
   std::int64_t time_ns = 0;
@@ -224,13 +261,19 @@ struct IncidentEvent {
 std::vector<IncidentEvent> list_incident_events(const Store& store, std::uint64_t from_seq,
                                                 std::size_t limit);
 
-// What the API and CLI show: the record plus each SLA timer's remaining time at now_ns.
+// What the API and CLI show: the record plus each SLA timer's remaining time at now_ns;
+// "silenced_by" is set by the caller (IncidentEngine::silenced_by).
 nlohmann::json incident_json(const Incident& i, std::int64_t now_ns, bool with_timeline);
+// The labels silences match an incident against: its stored ones plus kind and severity.
+std::map<std::string, std::string> incident_labels(const Incident& i);
 nlohmann::json incident_event_json(const IncidentEvent& e);
 
 struct IncidentFilter {
   std::optional<IncidentState> state;
   std::optional<Severity> severity;
+  std::optional<std::string> agent_id = std::nullopt, test_id = std::nullopt;
+  std::optional<IncidentKind> kind = std::nullopt;  // the incident's kind or one of its facets
+  bool matches(const Incident& i) const;
 };
 
 struct TickResult {
@@ -255,6 +298,10 @@ class IncidentEngine {
   Incident note(std::uint64_t id, const std::string& actor, const std::string& text);
   Incident assign(std::uint64_t id, const std::string& actor, const std::string& owner);
   Incident resolve(std::uint64_t id, const std::string& actor, const std::string& reason);
+  // Resolved for good: later failures land on its timeline as "suppressed" and reopen nothing.
+  Incident accept_risk(std::uint64_t id, const std::string& actor, const std::string& reason);
+  // A resolved incident (accepted risk or not) back to open, by a human.
+  Incident reopen(std::uint64_t id, const std::string& actor, const std::string& reason);
   Incident close(std::uint64_t id, const std::string& actor, const std::string& reason);
   // SLA timers stand still while paused (e.g. a restart waits for approval).
   Incident pause(std::uint64_t id, const std::string& actor, const std::string& reason);
@@ -264,11 +311,13 @@ class IncidentEngine {
                   const std::string& only_if_reason_prefix = "");
   // Something that should have fixed it did not (the watchdog's restart, say): raised to
   // critical (its SLA timers keep running as they were) and announced as "escalated".
-  // `cursors` (see set_cursors) are written in the same synced write.
+  // `cursors` (see set_cursors) are written in the same synced write. While a silence
+  // matches the incident it is only recorded ("silenced"): no raise, no page.
   Incident escalate(std::uint64_t id, const std::string& actor, const std::string& reason,
                     const std::map<std::string, std::uint64_t>& cursors = {});
 
-  // Fires due SLA breaches (once per timer, persisted) and auto-closes untouched
+  // Fires due SLA breaches (once per timer, persisted; a silenced incident's breach is only
+  // recorded), prunes long-ended silences and auto-closes untouched
   // low/informational incidents older than auto_close_after.
   TickResult tick();
 
@@ -279,8 +328,10 @@ class IncidentEngine {
   // Results of one agent in seq order; cursor "results/<agent>".
   void process_results(const std::string& agent_id, const std::vector<StoredResult>& results);
   // Security events are not numbered: the cursor "security_events" is the time after the
-  // newest one processed.
-  void process_security_events(const std::vector<SecurityEvent>& events);
+  // newest one processed. An event already processed (the same time, kind, agent, peer and
+  // detail, remembered durably for kSecurityReadMarginNs) is skipped, so a re-read or a
+  // restart raises nothing twice. Returns the events processed.
+  std::size_t process_security_events(const std::vector<SecurityEvent>& events);
   // A run's time-to-alert against its test's baseline (applies the signal, if any).
   std::optional<Incident> observe_latency(const Run& run);
   // Opens agent_silent for an agent past policy.agent_silent_after (once, not per call) and
@@ -301,6 +352,19 @@ class IncidentEngine {
   std::uint64_t cursor(const std::string& name) const;
   void set_cursors(const std::map<std::string, std::uint64_t>& values);
 
+  // Silences (silences.hpp). add_silence throws IncidentError for bad input or when
+  // kMaxActiveSilences are active; expire_silence: nullopt for an unknown id, IncidentError
+  // when it has already ended. Both are audited (silence_created, silence_expired).
+  Silence add_silence(const SilenceRequest& r, const std::string& actor);
+  std::optional<Silence> expire_silence(std::uint64_t id, const std::string& actor);
+  // Newest first, at most limit; state: "active", "expired" or "all".
+  std::vector<Silence> list_silences(const std::string& state, std::size_t limit) const;
+  // One silence by id (a point read), expired ones included.
+  std::optional<Silence> get_silence(std::uint64_t id) const;
+  // Ids of the active silences that match the incident (the list form takes the lock once).
+  std::vector<std::string> silenced_by(const Incident& i) const;
+  std::vector<std::vector<std::string>> silenced_by(const std::vector<Incident>& list) const;
+
   std::int64_t now() const { return now_(); }
   const IncidentPolicy& policy() const { return policy_; }
   // With an audit log, every change but a mere occurrence is also an audit entry
@@ -315,6 +379,24 @@ class IncidentEngine {
   Incident load(std::uint64_t id) const;
   void commit(Txn& t);
   void rebuild_baseline();
+  void load_silences();
+  // The active silences matching s (counted on each, in t); empty: not silenced.
+  std::vector<std::uint64_t> silence_signal(const Signal& s,
+                                            const std::map<std::string, std::string>& labels,
+                                            Txn& t);
+  // The active silences matching a signal's test, agent, any of `kinds` and labels (which
+  // must hold "kind" and "severity" slots to fill). Not counted.
+  std::vector<std::uint64_t> matching_silences(const std::string& test, const std::string& agent,
+                                               const std::vector<std::string>& kinds,
+                                               std::map<std::string, std::string> labels,
+                                               std::int64_t now) const;
+  std::vector<std::uint64_t> silences_of(const Incident& i, std::int64_t now) const;
+  // The signal's labels plus the agent's hostname.
+  std::map<std::string, std::string> signal_labels(const Signal& s);
+  // Erases silences that ended more than kSilenceRetention ago (at most once an hour).
+  void prune_silences(Txn& t);
+  // Signals of older per-kind keys for the same test, agent and target folded into one.
+  std::optional<std::uint64_t> migrate_legacy(const Signal& s, Txn& t);
 
   Store& store_;
   IncidentPolicy policy_;
@@ -323,6 +405,13 @@ class IncidentEngine {
   std::uint64_t next_id_ = 1;
   std::uint64_t next_seq_ = 1;
   std::map<std::uint64_t, Incident> active_;  // open and acknowledged, by id
+  std::map<std::uint64_t, Silence> silences_;  // active (not expired, not past until), by id
+  std::uint64_t next_silence_id_ = 1;
+  std::map<std::string, std::string> hostnames_;  // agent -> hostname, for silence labels
+  // agent_silent keys whose silenced episode was already counted, with the silences that
+  // counted it: the feed re-checks every poll, and a silence counts an episode once.
+  std::map<std::string, std::vector<std::uint64_t>> silent_episodes_;
+  std::int64_t pruned_ns_ = 0;  // last prune_silences
   LatencyBaseline baseline_;
   AuditLog* audit_ = nullptr;
 };
@@ -350,10 +439,6 @@ class IncidentFeed {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
-  // Security events processed within the re-read margin (identity -> time), so an event that
-  // lands late is processed once, and an early one is not processed again. In memory: after a
-  // restart, events of the last minute before the cursor may add one more occurrence.
-  std::map<std::string, std::int64_t> seen_security_;
   std::thread thread_;
 };
 

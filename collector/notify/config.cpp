@@ -158,11 +158,15 @@ std::string notify_event_name(NotifyEvent e) {
 }
 
 std::optional<NotifyEvent> notify_event_of(const std::string& w) {
-  if (w == "opened" || w == "reopened") return NotifyEvent::opened;
+  // "reopened_by": a person undid an accepted risk; the incident is live again.
+  if (w == "opened" || w == "reopened" || w == "reopened_by") return NotifyEvent::opened;
   if (w == "acknowledged") return NotifyEvent::acknowledged;
   if (w == "sla_breached") return NotifyEvent::breached;
-  if (w == "resolved" || w == "auto_resolved" || w == "closed" || w == "auto_closed")
+  if (w == "resolved" || w == "auto_resolved" || w == "closed" || w == "auto_closed" ||
+      w == "risk_accepted")
     return NotifyEvent::resolved;
+  // "suppressed" (a failure under accepted risk), "silenced" and "facet_cleared" are on the
+  // timeline and notify nobody: that is what accepting or silencing asked for.
   if (w == "noted" || w == "assigned" || w == "occurrence" || w == "paused" || w == "resumed")
     return NotifyEvent::updated;
   if (w == "escalated") return NotifyEvent::escalated;

@@ -88,7 +88,9 @@ TEST_CASE("a repeated signal adds an occurrence to the open incident instead of 
   SUBCASE("another agent or kind is another incident") {
     CHECK(f.engine->apply(failing(IncidentKind::prevention_failed, "eicar-drop-tmp", "agent-2"))
               ->id == 2);
-    CHECK(f.engine->apply(failing(IncidentKind::detection_missed))->id == 3);
+    CHECK(f.engine->apply(failing(IncidentKind::health_failed))->id == 3);
+    // Another facet of the same test is not: it joins the incident (test_incident_facets.cpp).
+    CHECK(f.engine->apply(failing(IncidentKind::detection_missed))->id == 1);
   }
   SUBCASE("an acknowledged incident still collects occurrences") {
     f.engine->ack(1, "alice");
@@ -461,7 +463,8 @@ TEST_CASE("detection events map to missed and late signals, and alerts clear the
   const std::vector<Row> rows{
       {"missed", {{IncidentKind::detection_missed, false}}},
       {"logged", {{IncidentKind::detection_missed, false}}},
-      {"late", {{IncidentKind::detection_missed, true}, {IncidentKind::detection_late, false}}},
+      // The failure before the clear: "missed" alone must not resolve and then reopen.
+      {"late", {{IncidentKind::detection_late, false}, {IncidentKind::detection_missed, true}}},
       {"alerted", {{IncidentKind::detection_missed, true}, {IncidentKind::detection_late, true}}},
       {"overdue", {}},
       {"pending", {}},
@@ -478,7 +481,7 @@ TEST_CASE("detection events map to missed and late signals, and alerts clear the
     }
   }
   DetectionEvent late{1, kStart, "tcn-m", "agent-1", "t1", "pending", "late", "", ""};
-  CHECK(signals_from_detection(late, p)[1].severity == Severity::high);
+  CHECK(signals_from_detection(late, p)[0].severity == Severity::high);
   DetectionEvent missed{1, kStart, "tcn-m", "agent-1", "t1", "pending", "missed", "", ""};
   CHECK(signals_from_detection(missed, p)[0].severity == Severity::critical);
 }

@@ -685,3 +685,67 @@ TEST_CASE("delivery records older than notify.keep are deleted, pending ones nev
   CHECK(f.notifier->prune_once() == 1);  // the failed webhook only
   CHECK(f.notifier->list(std::nullopt, 10).size() == 2);
 }
+
+TEST_CASE("three collector restarts re-raise nothing: no reopen, no new occurrence, no webhook") {
+  // Issue 18: the feed re-reads the minute before its security-event cursor, and what it had
+  // processed lived only in memory, so each restart turned one refused connection into
+  // another occurrence, reopened the resolved incident and sent another "opened".
+  SiemMock hook({{"POST /hook", {{{"status", 202}, {"json", {{"ok", true}}}}}}});
+  Fixture f;
+  auto cfg = load("notify:\n  channels:\n"
+                  "    - {name: hook, type: webhook, url: \"" + hook.url() + "/hook\", "
+                  "secret: 0123456789abcdef-secret}\n");
+  IncidentPolicy policy;
+  policy.agent_silent_after = 0ms;  // no agent records here to be silent
+  auto restart = [&](std::unique_ptr<IncidentFeed>& feed) {
+    feed.reset();
+    f.notifier.reset();
+    f.engine.reset();
+    f.store.reset();
+    f.store = Store::open(f.dir / "db");  // the same RocksDB on disk
+    f.engine = std::make_unique<IncidentEngine>(*f.store, policy, [&f] { return f.now; });
+    f.start(cfg);
+    feed = std::make_unique<IncidentFeed>(*f.engine, *f.store);
+  };
+  std::unique_ptr<IncidentFeed> feed;
+  restart(feed);
+  CHECK(feed->poll_once() == 0);  // the cursors start at the current ends
+
+  WriteSet ws;
+  ws.put_security_event({f.now + kSec, "connection_refused", "web-01", "127.0.0.1:5555",
+                         "peer closed the handshake"});
+  std::string seq;
+  put_be64(seq, 1);
+  ws.put(Table::detection_events, seq,
+         json{{"time_ns", f.now}, {"marker", "tcn-m1"}, {"agent_id", "web-01"},
+              {"test_id", "eicar-drop-tmp"}, {"from", "pending"}, {"to", "missed"}, {"detail", ""}}
+             .dump());
+  f.store->commit(std::move(ws));
+  f.now += 2 * kSec;
+  CHECK(feed->poll_once() == 2);
+  f.round();
+  auto all = f.engine->list({}, 10);
+  REQUIRE(all.size() == 2);
+  for (const auto& i : all) f.engine->resolve(i.id, "analyst", "looked into it: benign");
+  f.round();
+  auto sent = hook.requests("POST", "/hook").size();
+  CHECK(sent == 4);  // two opened, two resolved
+  auto events = list_incident_events(*f.store, 0, 1000).size();
+
+  for (int n = 0; n < 3; ++n) {
+    CAPTURE(n);
+    restart(feed);
+    f.now += 5 * kSec;  // well inside the re-read margin
+    CHECK(feed->poll_once() == 0);
+    f.round();
+    CHECK(f.notifier->poll_once() == 0);
+  }
+  for (const auto& i : f.engine->list({}, 10)) {
+    CHECK(i.state == IncidentState::resolved);
+    CHECK(i.occurrences == 1);
+    CHECK(i.reopen_count == 0);
+  }
+  CHECK(list_incident_events(*f.store, 0, 1000).size() == events);
+  CHECK(hook.requests("POST", "/hook").size() == sent);  // the sink stayed silent
+  CHECK(f.notifier->list(std::nullopt, 100).size() == 4);
+}
