@@ -1,12 +1,15 @@
-// tocsin-collector: `init` creates a collector's data directory; `run` serves agents and the
-// API.
+// tocsin-collector: `init` creates a collector's data directory; `check-config` validates one;
+// `run` serves agents and the API.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <functional>
+#include <initializer_list>
+#include <memory>
 
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -45,6 +48,31 @@ std::vector<std::string> default_server_names(const common::HostPort& agent_list
   return names;
 }
 
+// Port 0 in collector.yaml would make the kernel choose new ports at every start, and enrolled
+// agents (which keep the endpoint they enrolled with) could not find the collector again. So
+// init binds each port-0 listener once, both at the same time so they differ, and writes the
+// ports it got. The ports stay free between init and run; `run` reports a clear bind error in
+// the unlikely case that something else took one meanwhile.
+void pin_free_ports(std::initializer_list<common::HostPort*> listens) {
+  boost::asio::io_context io;
+  std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> held;
+  for (auto* hp : listens) {
+    if (hp->port != 0) continue;
+    boost::asio::ip::tcp::resolver resolver(io);
+    boost::system::error_code ec;
+    auto eps = resolver.resolve(hp->host, "0", boost::asio::ip::tcp::resolver::numeric_service, ec);
+    if (ec || eps.empty())
+      throw std::runtime_error("cannot resolve listen address '" + hp->host + "': " + ec.message());
+    auto acc = std::make_unique<boost::asio::ip::tcp::acceptor>(io);
+    acc->open(eps.begin()->endpoint().protocol());
+    acc->bind(eps.begin()->endpoint(), ec);
+    if (ec)
+      throw std::runtime_error("cannot bind " + hp->host + ":0 to choose a port: " + ec.message());
+    hp->port = acc->local_endpoint().port();
+    held.push_back(std::move(acc));
+  }
+}
+
 int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
              const std::string& api_listen, std::vector<std::string> names) {
   collector::CollectorConfig cfg;
@@ -52,6 +80,8 @@ int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
   cfg.agent_listen = common::parse_host_port(agent_listen);
   cfg.api_listen = common::parse_host_port(api_listen);
   auto config_file = cfg.data_dir / "collector.yaml";
+  bool chose_ports = cfg.agent_listen.port == 0 || cfg.api_listen.port == 0;
+  if (!fs::exists(config_file)) pin_free_ports({&cfg.agent_listen, &cfg.api_listen});
   if (fs::exists(config_file)) {
     std::cerr << "tocsin-collector: " << config_file.string()
               << " already exists; refusing to overwrite an initialised collector\n";
@@ -85,6 +115,8 @@ int cmd_init(const fs::path& data_dir, const std::string& agent_listen,
             << "  CA (pin it): " << cfg.ca_cert.string() << "\n"
             << "  admin token: " << (cfg.data_dir / "admin.token").string() << " (0600)\n"
             << "  server certificate names: " << name_list << "\n"
+            << "  agents connect to port " << cfg.agent_listen.port << ", the API listens on port "
+            << cfg.api_listen.port << (chose_ports ? " (chosen now for port 0)" : "") << "\n"
             << "Start it with: tocsin-collector run --config " << config_file.string() << "\n";
   return 0;
 }
@@ -137,6 +169,69 @@ int cmd_audit_verify(const fs::path& data_dir) {
   for (const auto& p : r.problems) std::cout << "  seq " << p.seq << ": " << p.reason << "\n";
   if (r.problems_truncated) std::cout << "  (more problems not shown)\n";
   return 1;
+}
+
+// Everything `run` would load, without binding a port or opening the database: the YAML (with
+// its file, line and key on error), the CA, the server certificate and key, the audit and
+// command keys when they exist. Prints "ok" and a summary, or the error; --json for scripts.
+int cmd_check_config(const fs::path& config_file, bool as_json) {
+  nlohmann::json out = {{"config", config_file.string()}};
+  std::string error;
+  std::vector<std::string> notes;
+  try {
+    if (!fs::is_regular_file(config_file)) throw std::runtime_error("no such file");
+    auto cfg = collector::CollectorConfig::load(config_file);
+    collector::CertificateAuthority::load(cfg.ca_cert, cfg.ca_key);
+    common::make_server_context({cfg.server_cert, cfg.server_key, cfg.ca_cert}, false);
+    for (const auto& key : {collector::audit_key_path(cfg.data_dir),
+                            collector::command_key_path(cfg.data_dir)}) {
+      if (!fs::exists(key)) {
+        notes.push_back(key.filename().string() + " will be created at the first start");
+        continue;
+      }
+      try {
+        common::Ed25519Key::from_private_pem(common::read_file(key, 64 * 1024));
+      } catch (const std::exception& e) {
+        throw std::runtime_error(key.string() + ": " + e.what());
+      }
+    }
+    if (!fs::is_directory(cfg.db_dir()))
+      notes.push_back("no database yet at " + cfg.db_dir().string() + " (created at the first start)");
+    nlohmann::json sources = nlohmann::json::array();
+    for (const auto& src : cfg.alert_sources)
+      sources.push_back({{"name", src.name}, {"type", collector::source_type_name(src.type)}});
+    nlohmann::json channels = nlohmann::json::array();
+    for (const auto& c : cfg.notify.channels)
+      channels.push_back({{"name", c.name}, {"type", collector::channel_type_name(c.type)}});
+    out.update({{"data_dir", cfg.data_dir.string()},
+                {"agent_listen", cfg.agent_listen.to_string()},
+                {"api_listen", cfg.api_listen.to_string()},
+                {"alert_sources", sources},
+                {"notify_channels", channels},
+                {"watch_rules", cfg.watch.rules.size()},
+                {"notes", notes}});
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  out["ok"] = error.empty();
+  if (!error.empty()) out["error"] = error;
+  if (as_json) {
+    std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else if (!error.empty()) {
+    std::cerr << "tocsin-collector: " << config_file.string() << ": " << error << "\n";
+  } else {
+    std::string src;
+    for (const auto& s : out["alert_sources"])
+      src += (src.empty() ? "" : ", ") + s["name"].get<std::string>() + " (" +
+             s["type"].get<std::string>() + ")";
+    std::cout << "ok: agents on " << out["agent_listen"].get<std::string>() << ", API on "
+              << out["api_listen"].get<std::string>() << "; " << out["alert_sources"].size()
+              << " alert source(s)" << (src.empty() ? "" : ": " + src) << "; "
+              << out["notify_channels"].size() << " notify channel(s); " << out["watch_rules"].get<std::size_t>()
+              << " watch rule(s)\n";
+    for (const auto& n : notes) std::cout << "  note: " << n << "\n";
+  }
+  return error.empty() ? 0 : 1;
 }
 
 int cmd_run(const fs::path& config_file, const std::string& ready_file) {
@@ -306,6 +401,14 @@ int main(int argc, char** argv) {
   run->add_option("--ready-file", ready_file,
                   "Write {\"agent_port\",\"api_port\",\"pid\"} as JSON here once listening "
                   "(useful with port 0)");
+  auto* check = app.add_subcommand(
+      "check-config",
+      "Load and validate a collector.yaml and the keys it names, as run would, without binding "
+      "ports or opening the database; exit 0 and print a summary, or 1 naming the error");
+  fs::path check_file;
+  bool check_json = false;
+  check->add_option("--config", check_file, "The collector.yaml to check")->required();
+  check->add_flag("--json", check_json, "Print {\"ok\", ...} as JSON");
   auto* audit = app.add_subcommand("audit", "The tamper-evident audit log (docs/AUDIT.md)");
   audit->require_subcommand(1);
   auto* audit_verify = audit->add_subcommand(
@@ -316,6 +419,7 @@ int main(int argc, char** argv) {
   try {
     if (*init) return cmd_init(data_dir, agent_listen, api_listen, names);
     if (*audit_verify) return cmd_audit_verify(audit_dir);
+    if (*check) return cmd_check_config(check_file, check_json);
     return cmd_run(config, ready_file);
   } catch (const std::exception& e) {
     std::cerr << "tocsin-collector: " << e.what() << "\n";

@@ -1,11 +1,13 @@
 // The fleet: enrollment and API tokens, agents, their verified results and security events.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <queue>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -137,6 +139,71 @@ json result_json(const StoredResult& r, BatchVerifier& verifier) {
   return j;
 }
 
+// The newest `limit` results received at or after since_ns, newest first, and how many there
+// are in all. An agent's results are stored in seq order as they arrive, so within one agent
+// the receive time grows with seq: a binary search finds where the window starts and its size
+// is a subtraction. The newest rows come from merging each agent's tail, read backwards in
+// chunks, so a request reads about `limit` results rather than the whole window.
+struct NewestResults {
+  std::vector<StoredResult> rows;
+  std::uint64_t total = 0;
+};
+
+NewestResults newest_results(const Store& store, const std::vector<AgentRecord>& agents,
+                             std::int64_t since_ns, std::size_t limit) {
+  struct Tail {
+    std::string agent;
+    std::uint64_t first = 1, end = 1;  // [first, end): seqs in the window not yet read
+    std::vector<StoredResult> buf;     // read but not taken, oldest first
+  };
+  std::vector<Tail> tails;
+  NewestResults out;
+  for (const auto& a : agents) {
+    Tail t{a.agent_id, 1, a.next_seq, {}};
+    std::uint64_t lo = 1, hi = a.next_seq;
+    while (lo < hi) {  // the first seq received at or after since_ns
+      auto mid = lo + (hi - lo) / 2;
+      auto r = store.list_results_by_seq(a.agent_id, mid, 1);
+      if (r.empty() || r[0].record.seq >= hi || r[0].received_ns >= since_ns)
+        hi = mid;
+      else
+        lo = r[0].record.seq + 1;
+    }
+    t.first = lo;
+    if (t.end > t.first) {
+      out.total += t.end - t.first;
+      tails.push_back(std::move(t));
+    }
+  }
+  std::size_t chunk = std::clamp<std::size_t>(limit / std::max<std::size_t>(tails.size(), 1) + 1,
+                                              16, std::max<std::size_t>(limit, 16));
+  auto refill = [&](Tail& t) {
+    while (t.buf.empty() && t.end > t.first) {
+      auto from = t.end - std::min<std::uint64_t>(chunk, t.end - t.first);
+      t.buf = store.list_results_by_seq(t.agent, from, t.end - from);
+      t.end = from;
+    }
+  };
+  auto newest_of = [&](std::size_t i) {
+    return std::make_pair(tails[i].buf.back().received_ns, tails[i].buf.back().record.seq);
+  };
+  auto older = [&](std::size_t a, std::size_t b) { return newest_of(a) < newest_of(b); };
+  std::priority_queue<std::size_t, std::vector<std::size_t>, decltype(older)> heap(older);
+  for (std::size_t i = 0; i < tails.size(); ++i) {
+    refill(tails[i]);
+    if (!tails[i].buf.empty()) heap.push(i);
+  }
+  while (out.rows.size() < limit && !heap.empty()) {
+    auto i = heap.top();
+    heap.pop();
+    out.rows.push_back(std::move(tails[i].buf.back()));
+    tails[i].buf.pop_back();
+    refill(tails[i]);
+    if (!tails[i].buf.empty()) heap.push(i);
+  }
+  return out;
+}
+
 }  // namespace
 
 json post_enroll_token(State& st, const Request& req, const ApiToken& who) {
@@ -191,6 +258,7 @@ json get_agents(State& st, const Params&) {
                     {"results", a.next_seq - 1},
                     {"clock_offset_ms", ns_to_ms(a.clock_offset_ns)},
                     {"clock_error_ms", error_ms_or_null(a.clock_error_ns)},
+                    {"clock_synced", a.clock_error_ns >= 0},
                     {"revoked", a.revoked}});
   }
   return {{"agents", std::move(list)}};
@@ -204,7 +272,6 @@ json get_results(State& st, const Params& p) {
     throw HttpError(http::status::not_found, "no agent '" + agent + "' is enrolled");
   BatchVerifier verifier(st.store);
   json list = json::array();
-  std::vector<StoredResult> rows;
   if (p.count("from_seq")) {
     // Seq order for one agent: pages never overlap or skip, whatever the arrival times.
     if (agent.empty()) throw HttpError(http::status::bad_request, "'from_seq' needs 'agent'");
@@ -212,12 +279,16 @@ json get_results(State& st, const Params& p) {
     if (text.empty() || text.size() > 19 ||
         text.find_first_not_of("0123456789") != std::string::npos)
       throw HttpError(http::status::bad_request, "'from_seq' must be a positive integer");
-    rows = st.store.list_results_by_seq(agent, std::stoull(text), limit);
-  } else {
-    rows = st.store.list_results(agent, since, limit);
+    for (const auto& r : st.store.list_results_by_seq(agent, std::stoull(text), limit))
+      list.push_back(result_json(r, verifier));
+    return {{"results", std::move(list)}};
   }
-  for (const auto& r : rows) list.push_back(result_json(r, verifier));
-  return {{"results", std::move(list)}};
+  std::vector<AgentRecord> agents;
+  if (agent.empty()) agents = st.store.list_agents();
+  else agents.push_back(*st.store.get_agent(agent));
+  auto newest = newest_results(st.store, agents, since, limit);
+  for (const auto& r : newest.rows) list.push_back(result_json(r, verifier));
+  return {{"results", std::move(list)}, {"total", newest.total}};
 }
 
 json get_security_events(State& st, const Params& p) {

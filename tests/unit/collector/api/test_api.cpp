@@ -385,7 +385,7 @@ TEST_CASE("API results verify on read and a body altered on disk is reported as 
     CHECK(r["signature"] == common::to_hex(sb.batch.signature));
     CHECK(r["verdict"] == "prevented");
   }
-  const json& first = j["results"][0];
+  const json& first = j["results"][2];  // newest first: seq 3, 2, 1
   CHECK(first["seq"] == 1);
   CHECK(first["test_id"] == "tcp-smb-1");
   CHECK(first["hash"] == common::to_hex(sb.results[0].record.hash));
@@ -549,4 +549,51 @@ TEST_CASE("the audit endpoints need an approver and page the export by seq") {
     REQUIRE(e);
     CHECK(e->status == 400);
   }
+}
+
+TEST_CASE("API results are the newest first, with the total in the window") {
+  ApiFixture f;
+  auto key = common::Ed25519Key::generate();
+  std::vector<std::string> bodies;
+  for (int i = 1; i <= 7; ++i) bodies.push_back(common::encode_body(probe_body(i)));
+  auto sb = make_batch(key, bodies);
+  // Each result arrived a second after the previous one.
+  for (std::size_t i = 0; i < sb.results.size(); ++i)
+    sb.results[i].received_ns = sb.batch.received_ns - static_cast<std::int64_t>(7 - i) * 1'000'000'000;
+  store_batch(*f.store, key, sb);
+  auto api = f.client(f.viewer_token);
+
+  json j = api.get("/api/v1/results?limit=3");
+  REQUIRE(j["results"].size() == 3);
+  CHECK(j["results"][0]["seq"] == 7);
+  CHECK(j["results"][1]["seq"] == 6);
+  CHECK(j["results"][2]["seq"] == 5);
+  CHECK(j["total"] == 7);
+  for (const auto& r : j["results"]) CHECK(r["verified"] == true);
+
+  // The window starts where it says: results 5, 6, 7 arrived after this time.
+  auto since = common::format_time(sb.batch.received_ns - 3'500'000'000);
+  j = api.get("/api/v1/results?agent=" + kAgent + "&since=" + since + "&limit=10");
+  CHECK(j["total"] == 3);
+  REQUIRE(j["results"].size() == 3);
+  CHECK(j["results"][0]["seq"] == 7);
+  CHECK(j["results"][2]["seq"] == 5);
+}
+
+namespace tocsin::collector::detail::notify {
+std::string csv_cell(std::string s);  // collector/notify/email.cpp
+}
+
+TEST_CASE("the status mail's CSV leaves numbers alone and still neutralises formulas") {
+  using collector::detail::notify::csv_cell;
+  CHECK(csv_cell("-174") == "-174");
+  CHECK(csv_cell("-0.5") == "-0.5");
+  CHECK(csv_cell("+3") == "+3");
+  CHECK(csv_cell("42") == "42");
+  CHECK(csv_cell("-cmd") == "'-cmd");
+  CHECK(csv_cell("=1+1") == "'=1+1");
+  CHECK(csv_cell("@x") == "'@x");
+  CHECK(csv_cell("-1+2") == "'-1+2");
+  CHECK(csv_cell("-") == "'-");
+  CHECK(csv_cell("+1,5") == "\"'+1,5\"");
 }
