@@ -179,12 +179,11 @@ void load_dns_lookup(const common::ConfigNode& test, const common::ConfigNode& p
   s.dns_lookup = std::move(p);
 }
 
-bool control_resolved(const DnsLookupParams& p, const DnsObservation& control) {
-  if (control.status != DnsStatus::answered) return false;
-  return std::any_of(control.answers.begin(), control.answers.end(), [&](const address& a) {
-    return std::none_of(p.sinkhole.begin(), p.sinkhole.end(),
-                        [&](const AddressRange& r) { return r.contains(a); });
-  });
+bool control_resolved(const DnsLookupParams& /*p*/, const DnsObservation& control) {
+  // The control only has to show that the resolver answers names normally; which address it
+  // gives is no business of the sinkhole list (a lab resolver answering 127.0.0.9, a control
+  // the resolver also sinkholes: both are working answers).
+  return control.status == DnsStatus::answered && !control.answers.empty();
 }
 
 namespace {

@@ -78,7 +78,8 @@ struct DnsVerdict {
 // control shows the same resolver answers normally.
 DnsVerdict dns_verdict(const DnsLookupParams& p, const DnsObservation& target,
                        const std::optional<DnsObservation>& control);
-// The control resolved to at least one address that is not a sinkhole.
+// The control was answered with at least one address, whatever it is: the sinkhole list judges
+// the marker name only.
 bool control_resolved(const DnsLookupParams& p, const DnsObservation& control);
 
 struct DnsRun {

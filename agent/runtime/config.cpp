@@ -160,7 +160,20 @@ void load_params(const common::ConfigNode& t, TestSpec& s, const Allowlist& allo
     t.fail(t.has("targets") ? "targets" : "control", "only tcp_connect takes targets");
 }
 
-TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
+// Fails with the value and the bound it broke, written as a reader writes durations ("30d").
+void check_range(const common::ConfigNode& n, const std::string& key,
+                 std::chrono::milliseconds value, std::chrono::milliseconds lo,
+                 std::chrono::milliseconds hi, const std::string& why = "") {
+  if (value < lo)
+    n.fail(key, common::format_duration(value) + " is too short: must be at least " +
+                    common::format_duration(lo) + why);
+  if (value > hi)
+    n.fail(key, common::format_duration(value) + " is too long: must be at most " +
+                    common::format_duration(hi));
+}
+
+TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow,
+                   std::chrono::milliseconds min_every) {
   t.check_keys({"id", "kind", "probe", "every", "jitter", "timeout", "technique", "expect",
                 "params", "targets", "control"});
   TestSpec s;
@@ -181,7 +194,11 @@ TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
   if (!s.technique.empty() && !std::regex_match(s.technique, kTechnique))
     t.fail("technique", "'" + s.technique + "' is not an ATT&CK technique id like T1105 or T1059.001");
   s.every = t.duration("every", s.every);
-  if (s.every < 10ms) t.fail("every", "must be at least 10ms");
+  check_range(t, "every", s.every, min_every, kMaxEvery,
+              min_every == kDefaultMinEvery
+                  ? " (each run is an attack step the SIEM must ingest; top-level min_every "
+                    "lowers the floor in a lab)"
+                  : " (top-level min_every is " + common::format_duration(min_every) + ")");
   s.jitter = t.duration("jitter", s.every / 10);  // default: 10% of the interval
   if (s.jitter >= s.every) t.fail("jitter", "must be shorter than 'every'");
   s.timeout = t.duration("timeout", s.timeout);
@@ -189,7 +206,10 @@ TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
   auto expect = t["expect"];
   expect.check_keys({"prevent", "alert_within", "detections"});
   s.expect_prevent = expect.boolean("prevent", false);
-  if (expect.has("alert_within")) s.alert_within = expect.duration("alert_within");
+  if (expect.has("alert_within")) {
+    s.alert_within = expect.duration("alert_within");
+    check_range(expect, "alert_within", *s.alert_within, kMinAlertWithin, kMaxAlertWithin);
+  }
   s.detections = expect.str_list("detections");
   load_params(t, s, allow);
   return s;
@@ -200,7 +220,7 @@ TestSpec load_test(const common::ConfigNode& t, const Allowlist& allow) {
 AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   auto root = common::ConfigNode::load_file(file);
   root.check_keys({"state_dir", "server", "log_level", "kill_switch", "outbox", "uplink",
-                   "allowlist", "allowed_actions", "tests"});
+                   "allowlist", "allowed_actions", "min_every", "tests"});
   AgentConfig c;
   c.state_dir = root.str("state_dir");
   if (c.state_dir.is_relative()) c.state_dir = std::filesystem::absolute(file.parent_path() / c.state_dir);
@@ -208,6 +228,8 @@ AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   if (!c.server.empty()) endpoint(root, "server", c.server);
   c.log_level = root.str("log_level", c.log_level);
   c.kill_switch = root.str("kill_switch", platform::default_kill_switch().string());
+  c.min_every = root.duration("min_every", c.min_every);
+  check_range(root, "min_every", c.min_every, kMinEveryFloor, kMaxEvery);
 
   auto outbox = root["outbox"];
   outbox.check_keys({"max_bytes"});
@@ -251,7 +273,7 @@ AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   c.actions = ActionPolicy::load(root["allowed_actions"]);
   std::set<std::string> ids;
   for (auto& t : root["tests"].items()) {
-    c.tests.push_back(load_test(t, c.allowlist));
+    c.tests.push_back(load_test(t, c.allowlist, c.min_every));
     if (!ids.insert(c.tests.back().id).second) t.fail("id", "duplicate test id '" + c.tests.back().id + "'");
   }
   return c;

@@ -76,6 +76,20 @@ struct UplinkOptions {
   std::size_t batch_max_bytes = 512 * 1024;
 };
 
+// How often a test may run. Each run is a real (if harmless) attack step: connections, files,
+// DNS queries, an event in the EDR and usually an alert the SIEM must ingest, correlate and a
+// human may see; a run every few seconds floods the SIEM and buries real alerts without telling
+// anyone more. `min_every` (agent.yaml) lowers the floor for labs and tests, never below
+// kMinEveryFloor (below it the scheduler does little but wake up).
+inline constexpr std::chrono::milliseconds kDefaultMinEvery = 10s;
+inline constexpr std::chrono::milliseconds kMinEveryFloor = 10ms;
+// A test run less often than monthly is no longer a control that is being watched.
+inline constexpr std::chrono::milliseconds kMaxEvery = std::chrono::days(30);
+// How long the SIEM may take to alert: no SIEM alerts faster than 1 s, and the collector keeps
+// a run waiting for its alert at most 30 days (it clamps longer values).
+inline constexpr std::chrono::milliseconds kMinAlertWithin = 1s;
+inline constexpr std::chrono::milliseconds kMaxAlertWithin = std::chrono::days(30);
+
 // Hard cap on the targets one tcp_connect test may expand to.
 inline constexpr std::size_t kMaxTargets = 1024;
 
@@ -90,6 +104,8 @@ struct AgentConfig {
   std::string server;  // host:port; empty = the one recorded at enrollment
   std::string log_level = "info";
   std::uint64_t outbox_max_bytes = 64ull << 20;
+  // The shortest `every` a test may have (see kDefaultMinEvery).
+  std::chrono::milliseconds min_every = kDefaultMinEvery;
   UplinkOptions uplink;
   Allowlist allowlist;
   ActionPolicy actions;  // `allowed_actions:`: what a remote command may name (agent/actions/actions.hpp)

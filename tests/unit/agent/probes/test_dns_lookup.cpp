@@ -58,6 +58,8 @@ TEST_CASE("dns_verdict maps each observation and control to a verdict and reason
   const auto ok = std::optional(seen(S::answered, {"192.0.2.5"}));
   const auto ctl_nx = std::optional(seen(S::nxdomain));
   const auto ctl_sink = std::optional(seen(S::answered, {"0.0.0.0"}));
+  const auto ctl_loopback = std::optional(seen(S::answered, {"127.0.0.9"}));
+  const auto ctl_nodata = std::optional(seen(S::nodata));
   const auto ctl_timeout = std::optional(seen(S::timeout));
   struct Case {
     const char* name;
@@ -145,9 +147,25 @@ TEST_CASE("dns_verdict maps each observation and control to a verdict and reason
        DnsRecordType::a,
        "inconclusive",
        "control_failed"},
-      {"nxdomain, control sinkholed too",
+      // The control shows the resolver answers; its address is not judged against the
+      // sinkhole list (a lab resolver may well answer 127.0.0.9 for it).
+      {"nxdomain, control answered a sinkhole-listed address",
        seen(S::nxdomain),
        ctl_sink,
+       {},
+       DnsRecordType::a,
+       "prevented",
+       "nxdomain_by_policy"},
+      {"nxdomain, control answered a loopback address",
+       seen(S::nxdomain),
+       ctl_loopback,
+       {},
+       DnsRecordType::a,
+       "prevented",
+       "nxdomain_by_policy"},
+      {"nxdomain, control without records",
+       seen(S::nxdomain),
+       ctl_nodata,
        {},
        DnsRecordType::a,
        "inconclusive",
@@ -219,12 +237,27 @@ TEST_CASE("dns_verdict maps each observation and control to a verdict and reason
       {"timeout", seen(S::timeout), ok, {}, DnsRecordType::a, "inconclusive", "timeout"},
   };
   for (const auto& c : cases) {
-    CAPTURE(c.name);
+    std::string name = c.name;  // CAPTURE of a const char* would log the pointer
+    CAPTURE(name);
     auto p = params_with(c.expect, c.type);
     auto v = dns_verdict(p, c.target, c.control);
     CHECK(v.verdict == c.verdict);
     CHECK(v.reason == c.reason);
     CHECK_FALSE(v.note.empty());
+  }
+}
+
+TEST_CASE("a control counts when it is answered with an address, whatever the address") {
+  auto p = params_with();
+  CHECK(control_resolved(p, seen(DnsStatus::answered, {"192.0.2.5"})));
+  CHECK(control_resolved(p, seen(DnsStatus::answered, {"127.0.0.9"})));
+  CHECK(control_resolved(p, seen(DnsStatus::answered, {"0.0.0.0"})));
+  CHECK(control_resolved(p, seen(DnsStatus::answered, {"::1"})));
+  CHECK_FALSE(control_resolved(p, seen(DnsStatus::answered)));  // no address in the answer
+  for (auto st : {DnsStatus::nxdomain, DnsStatus::refused, DnsStatus::nodata, DnsStatus::servfail,
+                  DnsStatus::timeout, DnsStatus::unreachable, DnsStatus::failure}) {
+    CAPTURE(static_cast<int>(st));
+    CHECK_FALSE(control_resolved(p, seen(st, {"192.0.2.5"})));
   }
 }
 

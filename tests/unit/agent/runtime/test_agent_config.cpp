@@ -185,7 +185,7 @@ TEST_CASE("bad durations are rejected naming the key") {
       {"    every: 30s\n", "    every: 30 seconds\n", "tests[1].every"},
       {"    timeout: 2s\n", "    timeout: soon\n", "tests[1].timeout"},
       {"    jitter: 5s\n", "    jitter: -5s\n", "tests[1].jitter"},
-      {"    every: 30s\n", "    every: 5ms\n", "tests[1].every"},       // below 10ms
+      {"    every: 30s\n", "    every: 5ms\n", "tests[1].every"},       // below min_every
       {"    jitter: 5s\n", "    jitter: 30s\n", "tests[1].jitter"},     // not shorter than every
       {"    timeout: 2s\n", "    timeout: 16m\n", "tests[1].timeout"},  // above 15m
       {"    timeout: 2s\n", "    timeout: 0s\n", "tests[1].timeout"},
@@ -200,6 +200,69 @@ TEST_CASE("bad durations are rejected naming the key") {
   SUBCASE("in the uplink section") {
     ConfigFile f(std::string(kMinimalHead) + "uplink:\n  io_timeout: forever\n");
     CHECK_MESSAGE(f.error().find("uplink.io_timeout") != std::string::npos, f.error());
+  }
+}
+
+// kValid with a top-level `min_every` and test 1 running every `every` (jitter 0s).
+std::string with_min_every(const std::string& min_every, const std::string& every) {
+  std::string s = valid_with("    every: 30s\n    jitter: 5s\n",
+                             "    every: " + every + "\n    jitter: 0s\n");
+  return "min_every: " + min_every + "\n" + s;
+}
+
+TEST_CASE("test timing keys outside their bounds are refused naming file, line, key and bound") {
+  struct Case {
+    std::string text, key, bound;
+  } cases[] = {
+      // Issue 18: a run every 10 ms was accepted. Each run is an attack step the SIEM ingests.
+      {valid_with("    every: 30s\n", "    every: 10ms\n"), ":13: key 'tests[1].every'",
+       "at least 10s"},
+      {valid_with("    every: 30s\n    jitter: 5s\n", "    every: 9s\n    jitter: 1s\n"),
+       ":13: key 'tests[1].every'", "at least 10s"},
+      {valid_with("    every: 30s\n", "    every: 31d\n"), ":13: key 'tests[1].every'",
+       "at most 30d"},
+      {valid_with("{prevent: true}", "{prevent: true, alert_within: 0s}"),
+       ":16: key 'tests[1].expect.alert_within'", "at least 1s"},
+      {valid_with("{prevent: true}", "{prevent: true, alert_within: 500ms}"),
+       ":16: key 'tests[1].expect.alert_within'", "at least 1s"},
+      {valid_with("{prevent: true}", "{prevent: true, alert_within: 31d}"),
+       ":16: key 'tests[1].expect.alert_within'", "at most 30d"},
+      {with_min_every("1ms", "30s"), ":1: key 'min_every'", "at least 10ms"},
+      {with_min_every("31d", "30s"), ":1: key 'min_every'", "at most 30d"},
+      {with_min_every("20ms", "10ms"), ":14: key 'tests[1].every'", "at least 20ms"},
+      {with_min_every("1m", "30s"), ":14: key 'tests[1].every'", "at least 1m"},  // raises it
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.text);
+    ConfigFile f(c.text);
+    auto msg = f.error();
+    CHECK_MESSAGE(msg.find(f.path.string() + c.key) != std::string::npos, msg);
+    CHECK_MESSAGE(msg.find(c.bound) != std::string::npos, msg);
+  }
+}
+
+TEST_CASE("test timing keys at their bounds load, and min_every lowers the floor for a lab") {
+  SUBCASE("every: 10s, every: 30d and alert_within: 1s / 30d are the edges") {
+    auto c = ConfigFile(valid_with("    every: 30s\n", "    every: 10s\n")).load();
+    CHECK(c.min_every == 10s);
+    CHECK(c.tests[1].every == 10s);
+    CHECK(ConfigFile(valid_with("    every: 30s\n", "    every: 30d\n")).load().tests[1].every ==
+          std::chrono::days(30));
+    const std::chrono::milliseconds month = std::chrono::days(30);
+    for (auto [text, value] : {std::pair{"1s", std::chrono::milliseconds(1s)},
+                               std::pair{"30d", month}}) {
+      CAPTURE(text);
+      auto d = ConfigFile(valid_with("{prevent: true}",
+                                     std::string("{prevent: true, alert_within: ") + text + "}"))
+                   .load();
+      CHECK(d.tests[1].alert_within == value);
+    }
+  }
+  SUBCASE("min_every: 20ms lets a lab run a test every 20ms") {
+    auto c = ConfigFile(with_min_every("20ms", "20ms")).load();
+    CHECK(c.min_every == 20ms);
+    CHECK(c.tests[1].every == 20ms);
+    CHECK(c.tests[0].every == 5min);  // the default every is untouched
   }
 }
 
