@@ -199,7 +199,7 @@ TEST_CASE("syslog: CEF alone and after syslog headers (ArcSight samples)") {
   for (const auto& s : samples) check_sample(s);
 }
 
-TEST_CASE("syslog: CEF extension values keep spaces and unescape \\= \\\\ \\n") {
+TEST_CASE("syslog: CEF extension values keep spaces and unescape the escaped equals sign, backslash and newline") {
   auto f = detail::cef_extension_fields(
       "act=blocked a \\= dst=1.1.1.1 path=C:\\\\Windows\\\\evil.exe msg=line1\\nline2 "
       "request=http://x/?a=b&c=d suser=Jane Doe  ");
