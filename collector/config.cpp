@@ -1,6 +1,8 @@
 #include "collector/config.hpp"
 
+#include <set>
 #include <sstream>
+#include <string>
 
 #include "common/config.hpp"
 
@@ -27,6 +29,11 @@ CollectorConfig CollectorConfig::load(const std::filesystem::path& file) {
   if (threads < 1 || threads > 64) root.fail("api_threads", "must be between 1 and 64");
   c.api_threads = static_cast<std::size_t>(threads);
   c.log_level = root.str("log_level", c.log_level);
+  // Checked here, not first by the logger at start, so check-config catches it too.
+  static const std::set<std::string> kLevels{"trace", "debug", "info",     "warn", "warning",
+                                             "error", "err",   "critical", "off"};
+  if (!kLevels.count(c.log_level))
+    root.fail("log_level", "unknown level '" + c.log_level + "' (use trace, debug, info, warn, error)");
 
   auto tls = root["tls"];
   tls.check_keys({"ca_cert", "ca_key", "server_cert", "server_key"});

@@ -156,6 +156,11 @@ std::pair<std::vector<std::uint64_t>, std::string> split_args(const IncidentActi
                        a.body_key);
     arg = id_args.back();
     id_args.pop_back();
+    // `incident close 12 13` would otherwise close #12 for good with the reason "13".
+    if (!arg.empty() && arg.find_first_not_of("0123456789") == std::string::npos)
+      throw UsageError("incident " + a.verb + ": the last word '" + arg +
+                       "' looks like an incident id, but it is taken as the " + a.body_key +
+                       "; give the " + a.body_key + " last, in quotes");
   }
   std::vector<std::uint64_t> ids;
   for (const auto& t : id_args) ids.push_back(parse_id("incident id", t));

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "common/curl.hpp"
+#include "common/text.hpp"
 
 namespace tocsin::collector::cli {
 
@@ -38,12 +39,6 @@ std::size_t display_width(const std::string& s) {
       std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xc0) != 0x80; }));
 }
 
-std::string csv_quote(const std::string& c) {
-  if (c.find_first_of(",\"\r\n") == std::string::npos) return c;
-  std::string out = "\"";
-  for (char ch : c) out += ch == '"' ? std::string("\"\"") : std::string(1, ch);
-  return out + "\"";
-}
 }  // namespace
 
 std::string text(const json& obj, const std::string& key) {
@@ -75,10 +70,10 @@ void print_table(const std::vector<std::string>& headers,
 void print_csv(const std::vector<std::string>& headers,
                const std::vector<std::vector<std::string>>& rows) {
   for (std::size_t i = 0; i < headers.size(); ++i)
-    std::cout << (i ? "," : "") << csv_quote(headers[i]);
+    std::cout << (i ? "," : "") << common::csv_cell(headers[i]);
   std::cout << "\n";
   for (const auto& r : rows) {
-    for (std::size_t i = 0; i < r.size(); ++i) std::cout << (i ? "," : "") << csv_quote(r[i]);
+    for (std::size_t i = 0; i < r.size(); ++i) std::cout << (i ? "," : "") << common::csv_cell(r[i]);
     std::cout << "\n";
   }
 }

@@ -12,6 +12,7 @@
 #include "collector/html/html.hpp"
 #include "collector/notify/detail.hpp"
 #include "common/curl.hpp"
+#include "common/text.hpp"
 
 namespace tocsin::collector::detail::notify {
 namespace curl = common::curl;
@@ -27,29 +28,6 @@ std::string text_block(const std::vector<std::pair<std::string, std::string>>& f
 }
 
 }  // namespace
-
-// A CSV cell: quoted when needed, and a leading = + - @ neutralised so a spreadsheet does not
-// run attacker-chosen text (test ids and titles come from agents) as a formula. A plain number
-// ("-174", "+3", "-0.5") is no formula: it stays a number the spreadsheet can sum.
-std::string csv_cell(std::string s) {
-  auto is_number = [](std::string_view v) {
-    if (!v.empty() && (v.front() == '-' || v.front() == '+')) v.remove_prefix(1);
-    auto dot = v.find('.');
-    auto digits = [](std::string_view d) {
-      return !d.empty() && d.find_first_not_of("0123456789") == std::string_view::npos;
-    };
-    return dot == std::string_view::npos
-               ? digits(v)
-               : digits(v.substr(0, dot)) && digits(v.substr(dot + 1));
-  };
-  if (!s.empty() && std::string_view("=+-@\t\r").find(s.front()) != std::string_view::npos &&
-      !is_number(s))
-    s.insert(s.begin(), '\'');
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
-}
 
 namespace {
 
@@ -71,7 +49,7 @@ std::string csv_row(const json& inc) {
                                  std::to_string(num(inc, "occurrences")), rem("ack_sla"),
                                  rem("resolve_sla"), note.is_object() ? str(note, "text") : ""};
   std::string out;
-  for (std::size_t k = 0; k < cells.size(); ++k) out += (k ? "," : "") + csv_cell(cells[k]);
+  for (std::size_t k = 0; k < cells.size(); ++k) out += (k ? "," : "") + common::csv_cell(cells[k]);
   return out + "\r\n";
 }
 

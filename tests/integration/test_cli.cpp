@@ -119,6 +119,10 @@ TEST_CASE("an id that is not a positive integer is a usage error naming the id")
   r = offline({"incident", "resolve", "x7", "fixed"});
   CHECK(r.rc == 2);
   CHECK(has(r.err, "got 'x7'"));
+  // Two ids and no reason: the second id must not become the reason of closing the first.
+  r = offline({"incident", "close", "12", "13"});
+  CHECK(r.rc == 2);
+  CHECK_MESSAGE(has(r.err, "the last word '13' looks like an incident id"), r.err);
   r = offline({"approve", "abc"});
   CHECK(r.rc == 2);
   CHECK_MESSAGE(has(r.err, "command id must be a positive integer, got 'abc'"), r.err);
@@ -288,6 +292,17 @@ TEST_CASE("check-config validates what run would load and names the bad key and 
   r = run_command({bin("tocsin-collector").string(), "check-config", "--config", nokey.string()});
   CHECK(r.rc == 1);
   CHECK_MESSAGE(has(r.err, "missing.key"), r.err);
+
+  // A log level run would refuse only once it starts logging.
+  auto verbose = c.dir() / "verbose.yaml";
+  text = read_text(cfg);
+  pos = text.find("log_level: ");
+  REQUIRE(pos != std::string::npos);
+  text.replace(pos, text.find('\n', pos) - pos, "log_level: verbose");
+  std::ofstream(verbose) << text;
+  r = run_command({bin("tocsin-collector").string(), "check-config", "--config", verbose.string()});
+  CHECK(r.rc == 1);
+  CHECK_MESSAGE(has(r.err, "unknown level 'verbose'"), r.err);
   CHECK(c.running());  // the live collector was not disturbed
 }
 

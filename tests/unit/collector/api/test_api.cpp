@@ -26,6 +26,7 @@
 #include "collector/store/store.hpp"
 #include "common/clock.hpp"
 #include "common/crypto.hpp"
+#include "common/text.hpp"
 #include "common/tls.hpp"
 #include "common/wire.hpp"
 
@@ -580,12 +581,8 @@ TEST_CASE("API results are the newest first, with the total in the window") {
   CHECK(j["results"][2]["seq"] == 5);
 }
 
-namespace tocsin::collector::detail::notify {
-std::string csv_cell(std::string s);  // collector/notify/email.cpp
-}
-
 TEST_CASE("the status mail's CSV leaves numbers alone and still neutralises formulas") {
-  using collector::detail::notify::csv_cell;
+  using tocsin::common::csv_cell;
   CHECK(csv_cell("-174") == "-174");
   CHECK(csv_cell("-0.5") == "-0.5");
   CHECK(csv_cell("+3") == "+3");
